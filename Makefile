@@ -1,0 +1,48 @@
+# gdbckpt: `make setup` once (it is also run by demo and test), then `make demo`, `make test`.
+PYTHON_FOR_GDB := /usr/bin/python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+EXAMPLES := $(patsubst examples/%.c,examples/build/%,$(wildcard examples/*.c))
+
+.PHONY: setup native examples demo test lint bench clean
+
+setup: $(VENV)/.installed native examples
+
+# The environment is made with GDB's own interpreter: GDB embeds /usr/bin/python3.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON_FOR_GDB) -c 'import venv, ensurepip' 2>/dev/null || { \
+		echo "installing python3-venv (needs root)"; \
+		apt-get install -y -q python3-venv >/dev/null; }
+	$(PYTHON_FOR_GDB) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+native:
+	$(MAKE) -s -C native
+
+examples: $(EXAMPLES)
+
+examples/build/%: examples/%.c
+	@mkdir -p examples/build
+	gcc -g -O1 -o $@ $<
+
+examples/build/%-static: examples/%.c
+	@mkdir -p examples/build
+	gcc -g -O1 -static -o $@ $<
+
+demo: setup
+	$(VPY) examples/demo.py
+
+test: setup
+	$(VPY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check gdbckpt tests benchmarks gdbinit.py examples
+
+bench: setup
+	$(VPY) benchmarks/bench.py
+
+clean:
+	rm -rf examples/build
+	$(MAKE) -s -C native clean

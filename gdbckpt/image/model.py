@@ -1,0 +1,231 @@
+"""What an image holds, as dataclasses, and their JSON encoding.
+
+Every metadata record's payload is the JSON of one of these classes (see
+format.RecordType). Decoding checks every field's type and names the record
+and field that is wrong; unknown keys are ignored so that a later minor
+version may add fields; fields with defaults may be missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+
+from ..errors import ImageError
+
+
+@dataclasses.dataclass
+class FileRef:
+    """A file some mapping came from, and how to tell whether it changed."""
+    path: str
+    size: int
+    mtime_ns: int
+    ino: int
+    dev: int
+    build_id: str | None = None   # hex GNU build-id of an ELF file
+    hash: str | None = None       # hex xxh3-128 of the whole file, when no build-id
+
+
+@dataclasses.dataclass
+class Vma:
+    start: int
+    end: int
+    prot: int          # linux.Prot
+    shared: bool
+    kind: str          # maps.Kind
+    path: str          # as /proc/PID/maps showed it
+    offset: int = 0    # file offset of start
+    file: int = -1     # index into FILES, or -1
+    vmflags: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Rseq:
+    addr: int
+    size: int
+    sig: int
+    flags: int = 0
+
+
+@dataclasses.dataclass
+class SyscallState:
+    """A thread was stopped inside a system call that the kernel would restart."""
+    nr: int            # the system call (orig_rax)
+    errno: int         # the ERESTART* code the kernel left in rax
+    action: str        # "restart": rip rewound to the syscall instruction
+
+
+@dataclasses.dataclass
+class SigAltStack:
+    sp: int
+    flags: int
+    size: int
+
+
+@dataclasses.dataclass
+class ThreadState:
+    tid: int
+    regs: dict[str, bytes]      # GDB register name -> raw bytes, 'save' group
+    sigmask: int = 0            # bit n-1 blocks signal n
+    name: str = ""
+    syscall: SyscallState | None = None
+    rseq: Rseq | None = None
+    sigaltstack: SigAltStack | None = None
+    tid_address: int | None = None   # clear_child_tid
+    robust_list: list[int] | None = None   # [head, len]
+
+
+@dataclasses.dataclass
+class SigAction:
+    sig: int
+    handler: int       # 0 = SIG_DFL, 1 = SIG_IGN, else an address
+    flags: int
+    restorer: int
+    mask: int
+
+
+@dataclasses.dataclass
+class MmBounds:
+    """The fields of PR_SET_MM_MAP, from /proc/PID/stat and brk(0)."""
+    start_code: int
+    end_code: int
+    start_data: int
+    end_data: int
+    start_brk: int
+    brk: int
+    start_stack: int
+    arg_start: int
+    arg_end: int
+    env_start: int
+    env_end: int
+
+
+@dataclasses.dataclass
+class ProcessInfo:
+    pid: int
+    exe: str
+    cwd: str
+    comm: str
+    cmdline: list[str]
+    kernel: dict[str, str]
+    saved_at: float
+    tool_version: str
+    mm: MmBounds
+    auxv: list[list[int]]
+    exe_file: int = -1          # index into FILES
+    personality: int = 0
+    umask: int = 0o022
+    uid: int = 0
+    gid: int = 0
+    sigactions: list[SigAction] = dataclasses.field(default_factory=list)
+    sigpending: int = 0         # process-wide pending signals (not re-raised)
+    stopped_by: str = ""        # why the process was stopped at the save
+
+
+@dataclasses.dataclass
+class VdsoInfo:
+    vdso: list[int] | None = None          # [start, end]
+    vvar: list[int] | None = None
+    vvar_vclock: list[int] | None = None
+    hash: str | None = None                # hex xxh3-64 of the vDSO bytes
+    build_id: str | None = None
+
+
+@dataclasses.dataclass
+class FdInfo:
+    fd: int
+    kind: str
+    target: str
+    flags: int = 0
+    pos: int = 0
+
+
+# --- JSON encoding ---------------------------------------------------------
+
+def to_json(obj) -> object:
+    """Plain JSON values for a model object (bytes become hex)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def encode(obj) -> bytes:
+    return json.dumps(to_json(obj), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(cls, payload: bytes, where: str):
+    """Parse a record payload into cls, or raise ImageError naming where."""
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ImageError(f"{where}: not valid JSON ({e})") from None
+    return from_json(cls, data, where)
+
+
+def from_json(typ, data, where: str):
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        return _dataclass_from_json(typ, data, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if data is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return from_json(inner[0], data, where)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if not isinstance(data, list):
+            raise ImageError(f"{where}: expected a list")
+        return [from_json(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if origin is dict:
+        _, val = typing.get_args(typ)
+        if not isinstance(data, dict):
+            raise ImageError(f"{where}: expected an object")
+        return {k: from_json(val, v, f"{where}.{k}") for k, v in data.items()}
+    if typ is bytes:
+        if not isinstance(data, str):
+            raise ImageError(f"{where}: expected hex bytes")
+        try:
+            return bytes.fromhex(data)
+        except ValueError:
+            raise ImageError(f"{where}: expected hex bytes") from None
+    if typ is int:
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise ImageError(f"{where}: expected an integer")
+        return data
+    if typ is float:
+        if not isinstance(data, (int, float)) or isinstance(data, bool):
+            raise ImageError(f"{where}: expected a number")
+        return float(data)
+    if typ in (str, bool):
+        if not isinstance(data, typ):
+            raise ImageError(f"{where}: expected {typ.__name__}")
+        return data
+    raise TypeError(f"model type {typ!r} has no JSON decoding")
+
+
+def _dataclass_from_json(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise ImageError(f"{where}: expected an object")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = from_json(hints[f.name], data[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ImageError(f"{where}: field '{f.name}' is missing")
+    return cls(**kwargs)

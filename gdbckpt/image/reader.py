@@ -1,0 +1,342 @@
+"""Read and check an image. Nothing is trusted before its checksum and bounds are checked.
+
+Image.open() reads header, trailer and metadata (a few KiB to MiB) and checks
+all of it; chunk data is read on demand, and verify_chunks() checks every
+chunk's checksum without restoring.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import os
+import stat
+
+from ..errors import ImageError
+from ..linux import EM_X86_64, PAGE_SIZE
+from . import format as fmt
+from .model import FdInfo, FileRef, ProcessInfo, ThreadState, VdsoInfo, Vma, decode
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    vaddr: int
+    size: int
+    offset: int
+    stored: int
+    flags: fmt.ChunkFlags
+    codec: fmt.Codec
+    csum: int
+
+    @property
+    def end(self) -> int:
+        return self.vaddr + self.size
+
+    @property
+    def span(self) -> int:
+        """Bytes the chunk occupies in the image, padding included."""
+        return self.stored + (-self.stored % fmt.IMAGE_PAGE_SIZE)
+
+
+@dataclasses.dataclass
+class Image:
+    path: str
+    version: int
+    created_ns: int
+    flags: fmt.ImageFlags
+    file_size: int
+    meta_offset: int
+    process: ProcessInfo
+    threads: list[ThreadState]
+    vmas: list[Vma]
+    files: list[FileRef]
+    chunks: list[Chunk]
+    vdso: VdsoInfo
+    fds: list[FdInfo]
+    notes: list[str]
+
+    @classmethod
+    def open(cls, path: str) -> Image:
+        return _Loader(path).load()
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & fmt.ImageFlags.COMPRESSED)
+
+    def chunks_in(self, start: int, end: int) -> list[Chunk]:
+        return [c for c in self.chunks if c.vaddr < end and c.end > start]
+
+    def read_chunk(self, chunk: Chunk, fd: int | None = None) -> bytes:
+        """The chunk's memory bytes, checked and decompressed."""
+        if chunk.flags & fmt.ChunkFlags.ZERO:
+            return bytes(chunk.size)
+        own = fd is None
+        if own:
+            fd = _open(self.path)
+        try:
+            raw = os.pread(fd, chunk.span, chunk.offset)
+        finally:
+            if own:
+                os.close(fd)
+        if len(raw) != chunk.span or fmt.checksum(raw) != chunk.csum:
+            raise ImageError(f"'{self.path}': chunk at {chunk.vaddr:#x} (image offset "
+                             f"{chunk.offset:#x}) is corrupt: checksum mismatch")
+        data = raw[:chunk.stored]
+        if chunk.codec == fmt.Codec.ZSTD:
+            data = _decompress(data, chunk, self.path)
+        return data
+
+    def verify_chunks(self, progress=None) -> int:
+        """Check every chunk's checksum; returns the bytes checked."""
+        fd = _open(self.path)
+        total = 0
+        try:
+            for c in self.chunks:
+                if c.flags & fmt.ChunkFlags.ZERO:
+                    continue
+                self._check_span(fd, c)
+                total += c.span
+                if progress:
+                    progress(total)
+        finally:
+            os.close(fd)
+        return total
+
+    def _check_span(self, fd: int, c: Chunk) -> None:
+        h = fmt.Hasher()
+        off, left = c.offset, c.span
+        while left:
+            piece = os.pread(fd, min(left, 8 << 20), off)
+            if not piece:
+                raise ImageError(f"'{self.path}' is truncated inside the chunk at {c.vaddr:#x}")
+            h.update(piece)
+            off += len(piece)
+            left -= len(piece)
+        if h.intdigest() != c.csum:
+            raise ImageError(f"'{self.path}': chunk at {c.vaddr:#x} (image offset "
+                             f"{c.offset:#x}) is corrupt: checksum mismatch")
+
+
+def _open(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ImageError(f"cannot open '{path}': {e.strerror}") from None
+
+
+def _decompress(data: bytes, chunk: Chunk, path: str) -> bytes:
+    import zstandard
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=chunk.size)
+    except zstandard.ZstdError as e:
+        raise ImageError(f"'{path}': chunk at {chunk.vaddr:#x} does not decompress: {e}") from None
+    if len(out) != chunk.size:
+        raise ImageError(f"'{path}': chunk at {chunk.vaddr:#x} decompresses to {len(out)} "
+                         f"bytes, not {chunk.size}")
+    return out
+
+
+class _Loader:
+    def __init__(self, path: str):
+        self.path = path
+        self.where = f"'{path}'"
+
+    def fail(self, what: str) -> ImageError:
+        return ImageError(f"{self.where} {what}")
+
+    def load(self) -> Image:
+        fd = _open(self.path)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self.fail("is not a regular file")
+            size = st.st_size
+            if size < fmt.HEADER_SIZE + fmt.TRAILER_SIZE:
+                head = os.pread(fd, 8, 0)
+                if head == fmt.MAGIC:
+                    raise self.fail(f"is truncated ({size} bytes): the save did not finish")
+                raise self.fail("is not a gdbckpt image (too small)")
+            header = os.pread(fd, fmt.HEADER_SIZE, 0)
+            version, flags, created = self._check_header(header)
+            trailer = os.pread(fd, fmt.TRAILER_SIZE, size - fmt.TRAILER_SIZE)
+            nrec, meta_off, meta_len, image_csum = self._check_trailer(trailer, size)
+            meta = os.pread(fd, meta_len, meta_off)
+        except OSError as e:
+            raise self.fail(f"cannot be read: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        if len(meta) != meta_len:
+            raise self.fail("is truncated in its metadata")
+        if fmt.checksum(header + meta) != image_csum:
+            # Name the record that is wrong when there is one.
+            self._records(meta, nrec)
+            raise self.fail("is corrupt: whole-image checksum mismatch (header or metadata)")
+        records = self._records(meta, nrec)
+        img = self._build(records, size, meta_off)
+        img.version, img.flags, img.created_ns = version, fmt.ImageFlags(flags), created
+        return img
+
+    def _check_header(self, header: bytes) -> tuple[int, int, int]:
+        magic, version, hsize, machine, page, algo, flags, created = fmt.HEADER.unpack_from(header)
+        if magic != fmt.MAGIC:
+            raise self.fail("is not a gdbckpt image (no GDBCKPT magic at the start)")
+        if version > fmt.FORMAT_VERSION:
+            raise self.fail(f"has format version {version}, newer than this gdbckpt's "
+                            f"version {fmt.FORMAT_VERSION}: upgrade gdbckpt to read it")
+        if version < 1:
+            raise self.fail(f"has an invalid format version {version}")
+        stored = int.from_bytes(header[fmt.HEADER_CSUM_AT:], "little")
+        if fmt.checksum(header[:fmt.HEADER_CSUM_AT]) != stored:
+            raise self.fail("is corrupt: header checksum mismatch")
+        if hsize != fmt.HEADER_SIZE or page != fmt.IMAGE_PAGE_SIZE:
+            raise self.fail(f"has an unsupported layout (header {hsize}, page size {page})")
+        if machine != EM_X86_64:
+            raise self.fail(f"is for another architecture (ELF machine {machine}); "
+                            "only x86-64 images can be restored here")
+        if algo not in fmt.CsumAlgo.__members__.values():
+            raise self.fail(f"uses an unknown checksum algorithm {algo}")
+        if flags & ~int(fmt.ImageFlags.COMPRESSED):
+            raise self.fail(f"has unknown header flags {flags:#x}")
+        return version, flags, created
+
+    def _check_trailer(self, trailer: bytes, size: int) -> tuple[int, int, int, int]:
+        magic, version, nrec, meta_off, meta_len, fsize, image_csum, _ = \
+            fmt.TRAILER.unpack_from(trailer)
+        if magic != fmt.TRAILER_MAGIC:
+            raise self.fail("is truncated or unfinished: no trailer at its end")
+        stored = int.from_bytes(trailer[fmt.TRAILER.size:], "little")
+        if fmt.checksum(trailer[:fmt.TRAILER.size]) != stored:
+            raise self.fail("is corrupt: trailer checksum mismatch")
+        if fsize != size:
+            raise self.fail(f"has the wrong size: {size} bytes, its trailer says {fsize}")
+        if (meta_off < fmt.HEADER_SIZE or meta_off % fmt.IMAGE_PAGE_SIZE
+                or meta_off + meta_len + fmt.TRAILER_SIZE != size):
+            raise self.fail("is corrupt: its trailer places the metadata outside the file")
+        return nrec, meta_off, meta_len, image_csum
+
+    def _records(self, meta: bytes, nrec: int) -> list[tuple[int, int, bytes]]:
+        out, pos = [], 0
+        while pos < len(meta):
+            if len(meta) - pos < fmt.RECORD_HEADER.size:
+                raise self.fail(f"is corrupt: metadata ends inside record {len(out)}")
+            rtype, rflags, length, csum = fmt.RECORD_HEADER.unpack_from(meta, pos)
+            pos += fmt.RECORD_HEADER.size
+            name = _record_name(rtype)
+            if length > len(meta) - pos:
+                raise self.fail(f"is corrupt: record {len(out)} ({name}) is longer than the "
+                                "metadata that holds it")
+            payload = meta[pos:pos + length]
+            pos += length
+            if fmt.checksum(payload) != csum:
+                raise self.fail(f"is corrupt: record {len(out)} ({name}) checksum mismatch")
+            out.append((rtype, rflags, payload))
+        if len(out) != nrec:
+            raise self.fail(f"is corrupt: {len(out)} metadata records, the trailer says {nrec}")
+        return out
+
+    def _build(self, records, size: int, meta_off: int) -> Image:
+        found: dict[fmt.RecordType, list] = {t: [] for t in fmt.RecordType}
+        for i, (rtype, rflags, payload) in enumerate(records):
+            if rtype not in fmt.RecordType.__members__.values():
+                if rflags & fmt.RecordFlags.OPTIONAL:
+                    continue
+                raise self.fail(f"has record {i} of unknown type {rtype}: it was written by a "
+                                "newer gdbckpt; upgrade to restore it")
+            found[fmt.RecordType(rtype)].append((i, payload))
+        for need in (fmt.RecordType.PROCESS, fmt.RecordType.VMAS, fmt.RecordType.CHUNKS,
+                     fmt.RecordType.THREAD):
+            if not found[need]:
+                raise self.fail(f"is corrupt: it has no {need.name} record")
+
+        def one(rtype, cls):
+            (i, payload), *_ = found[rtype]
+            return decode(cls, payload, f"{self.where} record {i} ({rtype.name})")
+
+        def listed(rtype, key, cls):
+            if not found[rtype]:
+                return []
+            i, payload = found[rtype][0]
+            where = f"{self.where} record {i} ({rtype.name})"
+            holder = decode(_ListOf.make(key, cls), payload, where)
+            return getattr(holder, key)
+
+        process = one(fmt.RecordType.PROCESS, ProcessInfo)
+        threads = [decode(ThreadState, p, f"{self.where} record {i} (THREAD)")
+                   for i, p in found[fmt.RecordType.THREAD]]
+        vmas = listed(fmt.RecordType.VMAS, "vmas", Vma)
+        files = listed(fmt.RecordType.FILES, "files", FileRef)
+        fds = listed(fmt.RecordType.FDS, "fds", FdInfo)
+        notes = listed(fmt.RecordType.NOTES, "notes", str)
+        vdso = one(fmt.RecordType.VDSO, VdsoInfo) if found[fmt.RecordType.VDSO] else VdsoInfo()
+        chunks = self._chunks(found[fmt.RecordType.CHUNKS][0], meta_off)
+        self._check_vmas(vmas, files, chunks)
+        return Image(path=self.path, version=0, created_ns=0, flags=fmt.ImageFlags.NONE,
+                     file_size=size, meta_offset=meta_off, process=process, threads=threads,
+                     vmas=vmas, files=files, chunks=chunks, vdso=vdso, fds=fds, notes=notes)
+
+    def _chunks(self, rec, meta_off: int) -> list[Chunk]:
+        i, table = rec
+        if len(table) % fmt.CHUNK_ENTRY.size:
+            raise self.fail(f"is corrupt: record {i} (CHUNKS) has a partial entry")
+        chunks, expect = [], fmt.HEADER_SIZE
+        for n, entry in enumerate(fmt.CHUNK_ENTRY.iter_unpack(table)):
+            vaddr, csize, off, stored, flags, codec, csum = entry
+            where = f"chunk {n} at {vaddr:#x}"
+            if vaddr % PAGE_SIZE or csize % PAGE_SIZE or csize == 0 or vaddr + csize > 1 << 64:
+                raise self.fail(f"is corrupt: {where} is not whole pages")
+            if flags & ~int(fmt.ChunkFlags.DIRTY | fmt.ChunkFlags.ZERO):
+                raise self.fail(f"is corrupt: {where} has unknown flags {flags:#x}")
+            if codec not in fmt.Codec.__members__.values():
+                raise self.fail(f"is corrupt: {where} has unknown codec {codec}")
+            c = Chunk(vaddr, csize, off, stored, fmt.ChunkFlags(flags), fmt.Codec(codec), csum)
+            if c.flags & fmt.ChunkFlags.ZERO:
+                if off or stored:
+                    raise self.fail(f"is corrupt: zero {where} claims stored bytes")
+            else:
+                if off != expect:
+                    raise self.fail(f"is corrupt: {where} is at image offset {off:#x}, "
+                                    f"expected {expect:#x}")
+                if stored == 0 or (codec == fmt.Codec.NONE and stored != csize):
+                    raise self.fail(f"is corrupt: {where} stores {stored} bytes for {csize}")
+                expect = off + c.span
+                if expect > meta_off:
+                    raise self.fail(f"is corrupt: {where} runs into the metadata")
+            chunks.append(c)
+        if expect != meta_off:
+            raise self.fail(f"is corrupt: chunk data ends at {expect:#x}, metadata starts at "
+                            f"{meta_off:#x}")
+        return chunks
+
+    def _check_vmas(self, vmas: list[Vma], files: list[FileRef], chunks: list[Chunk]) -> None:
+        prev_end = 0
+        for n, v in enumerate(vmas):
+            if v.start % PAGE_SIZE or v.end % PAGE_SIZE or v.start >= v.end or v.start < prev_end:
+                raise self.fail(f"is corrupt: mapping {n} ({v.start:#x}-{v.end:#x}) is not a "
+                                "page range in address order")
+            if not -1 <= v.file < len(files):
+                raise self.fail(f"is corrupt: mapping {n} names file {v.file} of {len(files)}")
+            prev_end = v.end
+        starts = [v.start for v in vmas]
+        for c in chunks:
+            k = bisect.bisect_right(starts, c.vaddr) - 1
+            if k < 0 or c.end > vmas[k].end:
+                raise self.fail(f"is corrupt: chunk at {c.vaddr:#x} lies outside every mapping")
+
+
+def _record_name(rtype: int) -> str:
+    try:
+        return fmt.RecordType(rtype).name
+    except ValueError:
+        return f"type {rtype}"
+
+
+class _ListOf:
+    """A record payload that is {"<key>": [cls, ...]}."""
+    _cache: dict = {}
+
+    @classmethod
+    def make(cls, key: str, item):
+        if (key, item) not in cls._cache:
+            cls._cache[(key, item)] = dataclasses.make_dataclass(
+                f"_{key}", [(key, list[item])])
+        return cls._cache[(key, item)]

@@ -1,0 +1,159 @@
+"""Write an image: chunks as the memory is read, metadata and trailer at the end.
+
+The image goes to a temporary file in the target directory, created 0600,
+and is renamed over the target only when complete, so an existing image is
+never lost to a failed save and no reader ever sees half an image.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+from ..errors import SaveError
+from . import format as fmt
+from .model import encode
+
+_PAD = bytes(fmt.IMAGE_PAGE_SIZE)
+
+
+def _pad_len(n: int) -> int:
+    return -n % fmt.IMAGE_PAGE_SIZE
+
+
+class ImageWriter:
+    """Use as a context manager; call commit() to finish, else the file is removed."""
+
+    def __init__(self, path: str, *, sync: bool = False, compressor=None):
+        self.path = os.path.abspath(path)
+        self.sync = sync
+        self.compressor = compressor       # zstandard.ZstdCompressor or None
+        self.created_ns = time.time_ns()
+        self.chunks: list[tuple] = []      # CHUNK_ENTRY tuples
+        self.records: list[bytes] = []
+        self.flags = fmt.ImageFlags.NONE
+        self.offset = fmt.HEADER_SIZE
+        self.bytes_raw = 0
+        d, base = os.path.split(self.path)
+        if os.path.isdir(self.path):
+            raise SaveError(f"'{path}' is a directory; give a file name for the image")
+        self.tmp = os.path.join(d, f".{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise SaveError(f"cannot create an image in '{d}': {e.strerror}") from None
+        self._seek(self.offset)
+
+    # -- chunk area ---------------------------------------------------------
+
+    def add_chunk(self, vaddr: int, data, flags: fmt.ChunkFlags) -> None:
+        """Store data (a buffer of whole pages) saved from vaddr."""
+        size = len(data)
+        codec, payload = fmt.Codec.NONE, data
+        if self.compressor is not None:
+            packed = self.compressor.compress(data)
+            if len(packed) + _pad_len(len(packed)) < size:
+                codec, payload = fmt.Codec.ZSTD, packed
+                self.flags |= fmt.ImageFlags.COMPRESSED
+        stored = len(payload)
+        pad = _pad_len(stored)
+        h = fmt.Hasher()
+        h.update(payload)
+        if pad:
+            h.update(_PAD[:pad])
+        self._write(payload)
+        if pad:
+            self._write(_PAD[:pad])
+        self.chunks.append((vaddr, size, self.offset, stored, int(flags), int(codec),
+                            h.intdigest()))
+        self.offset += stored + pad
+        self.bytes_raw += size
+
+    def add_zero_chunk(self, vaddr: int, size: int, flags: fmt.ChunkFlags) -> None:
+        """Pages that are all zero but must still be written (over a file mapping)."""
+        self.chunks.append((vaddr, size, 0, 0, int(flags | fmt.ChunkFlags.ZERO), 0, 0))
+
+    # -- metadata -----------------------------------------------------------
+
+    def add_record(self, rtype: fmt.RecordType, obj, flags=fmt.RecordFlags.NONE) -> None:
+        payload = obj if isinstance(obj, bytes) else encode(obj)
+        head = fmt.RECORD_HEADER.pack(int(rtype), int(flags), len(payload), fmt.checksum(payload))
+        self.records.append(head + payload)
+
+    def commit(self) -> str:
+        """Write metadata, trailer and header, then rename into place."""
+        table = b"".join(fmt.CHUNK_ENTRY.pack(*c) for c in self.chunks)
+        self.add_record(fmt.RecordType.CHUNKS, table)
+        meta = b"".join(self.records)
+        meta_offset = self.offset
+        self._write(meta)
+        header = self._header()
+        file_size = meta_offset + len(meta) + fmt.TRAILER_SIZE
+        image_csum = fmt.checksum(header + meta)
+        trailer = fmt.TRAILER.pack(fmt.TRAILER_MAGIC, fmt.FORMAT_VERSION, len(self.records),
+                                   meta_offset, len(meta), file_size, image_csum, 0)
+        self._write(trailer + fmt.checksum(trailer).to_bytes(8, "little"))
+        self._pwrite(header, 0)
+        try:
+            if self.sync:
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.rename(self.tmp, self.path)
+            if self.sync:
+                self._sync_dir()
+        except OSError as e:
+            raise SaveError(f"cannot finish '{self.path}': {e.strerror}") from None
+        return self.path
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd >= 0 or os.path.exists(self.tmp):
+            self.abort()
+        return False
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _header(self) -> bytes:
+        head = fmt.HEADER.pack(fmt.MAGIC, fmt.FORMAT_VERSION, fmt.HEADER_SIZE, fmt.EM_X86_64,
+                               fmt.IMAGE_PAGE_SIZE, int(fmt.CsumAlgo.XXH3_64), int(self.flags),
+                               self.created_ns)
+        head = head.ljust(fmt.HEADER_CSUM_AT, b"\0")
+        return head + fmt.checksum(head).to_bytes(8, "little")
+
+    def _write(self, data) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise SaveError(f"writing '{self.path}' failed: {e.strerror}") from None
+
+    def _pwrite(self, data: bytes, offset: int) -> None:
+        try:
+            os.pwrite(self.fd, data, offset)
+        except OSError as e:
+            raise SaveError(f"writing '{self.path}' failed: {e.strerror}") from None
+
+    def _seek(self, offset: int) -> None:
+        os.lseek(self.fd, offset, os.SEEK_SET)
+
+    def _sync_dir(self) -> None:
+        dfd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -1,0 +1,110 @@
+"""`ckpt info`: what an image holds, for people (text) and programs (JSON)."""
+
+from __future__ import annotations
+
+import datetime
+
+from . import vdso as vdsomod
+from .image import format as fmt
+from .image.model import to_json
+from .image.reader import Image
+from .linux import Prot, Sys
+from .maps import Kind
+from .regs import get
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _sysname(nr: int) -> str:
+    try:
+        return Sys(nr).name
+    except ValueError:
+        return f"syscall {nr}"
+
+
+def stored_by_vma(img: Image) -> list[int]:
+    out = []
+    for v in img.vmas:
+        out.append(sum(c.stored for c in img.chunks_in(v.start, v.end)))
+    return out
+
+
+def text(img: Image, *, mappings: bool = True) -> str:
+    p = img.process
+    when = datetime.datetime.fromtimestamp(p.saved_at, datetime.UTC)
+    mapped = sum(v.end - v.start for v in img.vmas if v.kind != Kind.VSYSCALL.value)
+    stored = sum(c.stored for c in img.chunks)
+    memory = sum(c.size for c in img.chunks if not c.flags & fmt.ChunkFlags.ZERO)
+    mode, why = vdsomod.restore_mode(img.vdso)
+    lines = [
+        f"Image:     {img.path}",
+        f"Format:    version {img.version}, {mib(img.file_size)}, "
+        f"{'zstd-compressed' if img.compressed else 'uncompressed'}",
+        f"Saved:     {when:%Y-%m-%d %H:%M:%S} UTC by gdbckpt {p.tool_version}"
+        + (f", stopped by {p.stopped_by}" if p.stopped_by else ""),
+        f"Kernel:    {p.kernel.get('release', '?')} {p.kernel.get('machine', '?')} on "
+        f"{p.kernel.get('hostname', '?')}",
+        f"Process:   pid {p.pid} '{p.comm}', uid {p.uid}, gid {p.gid}",
+        f"Program:   {p.exe}",
+        f"Command:   {' '.join(p.cmdline)}",
+        f"Cwd:       {p.cwd}",
+        f"Memory:    {len(img.vmas)} mappings, {mib(mapped)} mapped, {mib(memory)} of pages "
+        f"saved in {len(img.chunks)} chunks ({mib(stored)} stored)",
+        f"Brk:       {p.mm.start_brk:#x}-{p.mm.brk:#x}",
+        f"vDSO:      {_range(img.vdso.vdso)}, vvar {_range(img.vdso.vvar)}, vvar_vclock "
+        f"{_range(img.vdso.vvar_vclock)}",
+        f"           a restore here would {mode}: {why}",
+        f"Signals:   {len(p.sigactions)} handlers set"
+        + (f" ({', '.join(str(a.sig) for a in p.sigactions)})" if p.sigactions else ""),
+        f"Threads:   {len(img.threads)}",
+    ]
+    for t in img.threads:
+        extra = []
+        if t.syscall:
+            extra.append(f"inside {_sysname(t.syscall.nr)}: restarts from the beginning")
+        if t.rseq:
+            extra.append(f"rseq at {t.rseq.addr:#x}")
+        if t.sigmask:
+            extra.append(f"blocked {t.sigmask:#x}")
+        lines.append(f"  {t.tid} '{t.name}' rip {get(t.regs, 'rip'):#x} rsp "
+                     f"{get(t.regs, 'rsp'):#x} fs_base {get(t.regs, 'fs_base'):#x}"
+                     + (f" ({'; '.join(extra)})" if extra else ""))
+    if img.files:
+        lines.append(f"Files:     {len(img.files)} mapped files")
+        for f in img.files:
+            ident = f"build-id {f.build_id}" if f.build_id else f"xxh3 {f.hash}"
+            lines.append(f"  {f.path} ({f.size} bytes, {ident})")
+    if img.notes:
+        lines.append("Notes:")
+        lines += [f"  {n}" for n in img.notes]
+    lines.append("Not restored: open file descriptors other than the restoring GDB's stdio, "
+                 "pending signals, timers, resource limits")
+    if mappings:
+        lines.append("Mappings:")
+        for v, s in zip(img.vmas, stored_by_vma(img), strict=True):
+            perms = Prot(v.prot).perms() + ("s" if v.shared else "p")
+            lines.append(f"  {v.start:#014x}-{v.end:#014x} {perms} {v.kind:<11} "
+                         f"{mib(v.end - v.start):>10} {mib(s):>10}  {v.path}")
+    return "\n".join(lines)
+
+
+def _range(r) -> str:
+    return f"{r[0]:#x}-{r[1]:#x}" if r else "none"
+
+
+def as_json(img: Image) -> dict:
+    mode, why = vdsomod.restore_mode(img.vdso)
+    return {
+        "path": img.path, "format_version": img.version, "file_size": img.file_size,
+        "compressed": img.compressed, "process": to_json(img.process),
+        "threads": [to_json(t) for t in img.threads], "vmas": [to_json(v) for v in img.vmas],
+        "files": [to_json(f) for f in img.files], "vdso": to_json(img.vdso),
+        "vdso_restore": {"mode": mode, "why": why}, "fds": [to_json(f) for f in img.fds],
+        "notes": img.notes,
+        "chunks": [{"vaddr": c.vaddr, "size": c.size, "offset": c.offset, "stored": c.stored,
+                    "flags": c.flags.name or "NONE", "codec": c.codec.name,
+                    "csum": f"{c.csum:016x}"}
+                   for c in img.chunks],
+    }

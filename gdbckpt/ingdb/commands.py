@@ -1,0 +1,190 @@
+"""The `ckpt` commands: one gdb.Command class per subcommand under the `ckpt` prefix."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import gdb
+
+from .. import info as infomod
+from ..errors import CkptError, UsageError
+from ..image import Image
+from . import settings
+
+
+def _guard(name: str):
+    """Turn gdbckpt's errors into one-line gdb.GdbError messages that start with the command."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def invoke(self, arg, from_tty):
+            try:
+                return fn(self, arg, from_tty)
+            except CkptError as e:
+                raise gdb.GdbError(f"{name}: {e}") from None
+            except KeyboardInterrupt:
+                raise gdb.GdbError(f"{name}: interrupted") from None
+            except gdb.GdbError:
+                raise
+            except Exception as e:
+                if settings.get("debug"):
+                    raise
+                raise gdb.GdbError(f"{name}: internal error: {type(e).__name__}: {e} "
+                                   "('set ckpt debug on' shows the traceback)") from None
+        return invoke
+    return deco
+
+
+def parse_args(arg: str, usage: str, flags: tuple[str, ...] = (),
+               choices: dict[str, tuple[str, ...]] | None = None) -> tuple[dict, list[str]]:
+    """Split GDB command arguments into --options and positional words."""
+    choices = choices or {}
+    opts: dict[str, object] = {}
+    words = []
+    try:
+        argv = gdb.string_to_argv(arg)
+    except gdb.error as e:
+        raise UsageError(f"{e}; usage: {usage}") from None
+    for a in argv:
+        if a.startswith("--") and len(a) > 2:
+            key, eq, value = a[2:].partition("=")
+            if key in flags and not eq:
+                opts[key] = True
+            elif key in choices and eq:
+                if value not in choices[key]:
+                    raise UsageError(f"--{key} takes one of {', '.join(choices[key])}, not "
+                                     f"'{value}'")
+                opts[key] = value
+            else:
+                raise UsageError(f"unknown option '{a}'; usage: {usage}")
+        else:
+            words.append(a)
+    return opts, words
+
+
+def one_path(words: list[str], usage: str) -> str:
+    if len(words) != 1:
+        raise UsageError(f"{'missing' if not words else 'too many'} arguments; usage: {usage}")
+    return words[0]
+
+
+class CkptPrefix(gdb.Command):
+    """Checkpoint the process being debugged to a file and restore it later.
+
+    ckpt save IMG      save the stopped process (it stays as it is and can continue)
+    ckpt restore IMG   bring a saved process back, stopped where it was saved
+    ckpt info IMG      show what an image holds
+    Settings: 'show ckpt'."""
+
+    def __init__(self):
+        super().__init__("ckpt", gdb.COMMAND_RUNNING, gdb.COMPLETE_NONE, True)
+
+
+class CkptSave(gdb.Command):
+    """Save the stopped process to an image file.
+
+Usage: ckpt save [--sync] [--compress] IMG
+
+IMG is the image file to write; an existing file is replaced only once the
+new image is complete. The image holds the process's memory: it is created
+readable by you only (mode 0600).
+--sync      flush the image to disk before renaming it (default: 'set ckpt sync').
+--compress  compress memory with zstd (smaller, slower to save).
+The process stays stopped where it was; 'continue' runs it on."""
+
+    USAGE = "ckpt save [--sync] [--compress] IMG"
+
+    def __init__(self):
+        super().__init__("ckpt save", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
+
+    @_guard("ckpt save")
+    def invoke(self, arg, from_tty):
+        from . import dump
+        opts, words = parse_args(arg, self.USAGE, flags=("sync", "compress"))
+        path = one_path(words, self.USAGE)
+        r = dump.save(path, sync=opts.get("sync"), compress=bool(opts.get("compress")))
+        for note in r.notes:
+            gdb.write(f"ckpt save: note: {note}\n")
+        gdb.write(f"Saved process {r.pid} ({r.comm}) to {r.path}: {r.threads} thread(s), "
+                  f"{r.mappings} mappings, {infomod.mib(r.stored)} of memory "
+                  f"({infomod.mib(r.image_size)} image) in {r.seconds:.2f} s.\n")
+
+
+class CkptRestore(gdb.Command):
+    """Restore a saved process, stopped where it was saved.
+
+Usage: ckpt restore [--dry-run] [--no-verify] [--vdso=auto|move|patch] IMG
+
+IMG is an image written by 'ckpt save'. A process being debugged now is
+replaced (GDB asks first). The restored process has the program's symbols
+loaded: bt, print, info locals and breakpoints work; 'continue' runs on.
+--dry-run    print the restore plan without changing anything.
+--no-verify  skip checking the memory checksums (default: 'set ckpt verify').
+--vdso=MODE  auto (default): move this kernel's vDSO into place when it is the
+             saved one, else patch the saved one; move or patch force a way."""
+
+    USAGE = "ckpt restore [--dry-run] [--no-verify] [--vdso=auto|move|patch] IMG"
+
+    def __init__(self):
+        super().__init__("ckpt restore", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
+
+    @_guard("ckpt restore")
+    def invoke(self, arg, from_tty):
+        from . import restore
+        opts, words = parse_args(arg, self.USAGE, flags=("dry-run", "no-verify"),
+                                 choices={"vdso": ("auto", "move", "patch")})
+        path = one_path(words, self.USAGE)
+        r = restore.restore(path, vdso_mode=str(opts.get("vdso", "auto")),
+                            dry_run=bool(opts.get("dry-run")),
+                            verify=False if opts.get("no-verify") else None, from_tty=from_tty)
+        if opts.get("dry-run"):
+            gdb.write(r.plan.text() + "\n")
+            return
+        for w in r.warnings:
+            gdb.write(f"ckpt restore: warning: {w}\n")
+        p = r.image.process
+        gdb.write(f"Restored process {p.pid} ({p.comm}) as process {r.pid} in "
+                  f"{r.seconds:.2f} s (vDSO: {r.plan.vdso_mode}).\n")
+        gdb.execute("frame", to_string=False)
+
+
+class CkptInfo(gdb.Command):
+    """Show what an image holds.
+
+Usage: ckpt info [--json] [--brief] IMG
+
+Prints the saved process, its threads and registers, its mappings and how
+much of each was stored, the kernel it ran on and what a restore here would
+do with its vDSO. --json prints all of it as JSON; --brief leaves out the
+mappings."""
+
+    USAGE = "ckpt info [--json] [--brief] IMG"
+
+    def __init__(self):
+        super().__init__("ckpt info", gdb.COMMAND_STATUS, gdb.COMPLETE_FILENAME)
+
+    @_guard("ckpt info")
+    def invoke(self, arg, from_tty):
+        opts, words = parse_args(arg, self.USAGE, flags=("json", "brief"))
+        img = Image.open(one_path(words, self.USAGE))
+        if opts.get("json"):
+            gdb.write(json.dumps(infomod.as_json(img), indent=1) + "\n")
+        else:
+            gdb.write(infomod.text(img, mappings=not opts.get("brief")) + "\n")
+
+
+_registered = False
+
+
+def register() -> bool:
+    """Create the commands once; sourcing gdbinit.py again is harmless."""
+    global _registered
+    if _registered:
+        return False
+    settings.register()
+    CkptPrefix()
+    CkptSave()
+    CkptRestore()
+    CkptInfo()
+    _registered = True
+    return True

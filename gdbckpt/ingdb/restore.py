@@ -1,0 +1,203 @@
+"""ckpt restore: image -> a stub under GDB -> the saved process, stopped where it was.
+
+Reads and checks the image, starts the stub, asks it what it looks like,
+builds the plan (plan.py) and runs it: stub ops in batches, the rest from
+here. Any failure kills the stub, so no half-restored process is left
+running, and names the step that failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import gdb
+
+from .. import plan as planmod
+from ..errors import CkptError, RestoreError
+from ..image import Image
+from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
+from ..maps import Kind
+from ..regs import missing_features
+from . import settings
+from .stub import OpFailed, Stub, kill_selected
+
+
+@dataclasses.dataclass
+class RestoreResult:
+    pid: int
+    image: Image
+    plan: planmod.Plan
+    warnings: list[str]
+    seconds: float
+    phases: dict[str, float]
+
+
+def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
+            verify: bool | None = None, from_tty: bool = False) -> RestoreResult:
+    t0 = time.perf_counter()
+    phases: dict[str, float] = {}
+    img = Image.open(os.path.abspath(path))
+    if verify if verify is not None else settings.get("verify"):
+        img.verify_chunks()
+    file_problems = planmod.check_files(img)
+    phases["read image"] = time.perf_counter() - t0
+    _replace_current(from_tty)
+    with settings.temporarily(suppress_cli_notifications="on"):
+        return _restore(img, file_problems, vdso_mode, dry_run, phases, t0)
+
+
+def _restore(img, file_problems, vdso_mode, dry_run, phases, t0) -> RestoreResult:
+    stub = Stub.start()
+    phases["start stub"] = time.perf_counter() - t0
+    try:
+        live = _live(stub, img, file_problems)
+        plan = planmod.build(img, live, vdso_mode)
+        if dry_run:
+            stub.kill()
+            return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)
+        warnings = list(plan.warnings)
+        warnings += _Executor(stub, img, plan).run(phases, t0)
+        _take_over(stub.pid, img.process.exe)
+        phases["load symbols"] = time.perf_counter() - t0
+    except BaseException as e:
+        kill_selected()
+        if isinstance(e, gdb.error):
+            raise RestoreError(f"GDB failed during the restore: {e}") from None
+        raise
+    finally:
+        stub.inf.close()
+    return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0, phases)
+
+
+def _replace_current(from_tty: bool) -> None:
+    """A live process is replaced, after GDB's usual confirmation."""
+    if gdb.selected_inferior().pid:
+        try:
+            gdb.execute("kill", from_tty=from_tty, to_string=not from_tty)
+        except gdb.error as e:
+            raise RestoreError(f"the current process was kept ({e})") from None
+
+
+def _live(stub: Stub, img: Image, file_problems) -> planmod.Live:
+    maps = stub.mappings()
+    vdso = next((m for m in maps if m.kind == Kind.VDSO), None)
+    return planmod.Live(
+        stub_maps=maps, scratch=stub.scratch.base,
+        vdso=stub.inf.read(vdso.start, vdso.size) if vdso else None,
+        fd_limit=stub.fd_limit(), image_path=img.path, file_problems=file_problems,
+        can_set_exe=_may_set_exe())
+
+
+def _may_set_exe() -> bool:
+    """PR_SET_MM_EXE_FILE needs CAP_SYS_ADMIN (21) or CAP_CHECKPOINT_RESTORE (40)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                caps = int(line.split()[1], 16)
+                return bool(caps >> 21 & 1 or caps >> 40 & 1)
+    return False
+
+
+class _Executor:
+    def __init__(self, stub: Stub, img: Image, plan: planmod.Plan):
+        self.stub = stub
+        self.inf = stub.inf
+        self.img = img
+        self.plan = plan
+        self.warnings: list[str] = []
+        self.batch: list[tuple[int, planmod.Op]] = []
+
+    def run(self, phases: dict[str, float], t0: float) -> list[str]:
+        for i, step in enumerate(self.plan.steps):
+            if step.python:
+                self._flush()
+                self._python_step(i, step)
+            else:
+                self.batch.extend((i, op) for op in step.ops(self.stub.scratch))
+            if isinstance(step, planmod.Registers) and "memory" not in phases:
+                phases["memory"] = time.perf_counter() - t0
+        self._flush()
+        self.inf.memory_changed()
+        return self.warnings
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        try:
+            ignored = self.stub.run(batch)
+        except OpFailed as e:
+            step = self.plan.steps[e.index]
+            raise RestoreError(f"step {e.index} ({step.describe()}) failed: {e}") from None
+        except gdb.error as e:
+            raise RestoreError(f"the restart stub failed while running ops: {e}") from None
+        for index, op, errno in ignored:
+            from .stub import op_name
+            self.warnings.append(f"{self.plan.steps[index].describe()}: {op_name(op)}: "
+                                 f"{os.strerror(errno)}")
+
+    def _python_step(self, i: int, step: planmod.Step) -> None:
+        try:
+            if isinstance(step, planmod.WriteChunks):
+                for c in step.chunks:
+                    self.inf.write(c.vaddr, self.img.read_chunk(c))
+            elif isinstance(step, planmod.Registers):
+                self._registers(step.state.regs)
+            elif isinstance(step, planmod.DropStub):
+                self._drop_stub(step.ranges)
+            elif isinstance(step, planmod.SetExe):
+                self._set_exe(step)
+        except CkptError as e:
+            raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
+
+    def _registers(self, regs: dict[str, bytes]) -> None:
+        live = set(self.inf.register_names())
+        missing = missing_features(regs, live)
+        if missing:
+            raise RestoreError(f"the image's registers need {', '.join(missing)}, which this "
+                               "CPU (or GDB) lacks")
+        self.inf.write_registers(regs)
+
+    def _drop_stub(self, ranges: list[tuple[int, int]]) -> None:
+        self.inf.exclude_from_syscall_search(ranges)
+        # GDB's breakpoints in the stub would fail to lift once it is gone.
+        for bp in gdb.breakpoints():
+            if bp.location and "stub_" in bp.location:
+                bp.delete()
+        for start, end in ranges:
+            self.inf.syscall_ok(Sys.munmap, start, end - start,
+                                what=f"munmap of the stub at {start:#x}")
+
+    def _set_exe(self, step: planmod.SetExe) -> None:
+        mm = step.mm_map()
+        ret = self.inf.call_with_input(Sys.prctl, (Prctl.SET_MM, PrSetMM.MAP), mm, (len(mm),))
+        self.inf.syscall(Sys.close, step.fd)
+        if is_syscall_error(ret):
+            self.warnings.append(f"the exe link still names the stub: PR_SET_MM_EXE_FILE: "
+                                 f"{os.strerror(-ret)}")
+
+
+def _take_over(pid: int, exe: str) -> None:
+    """Hand GDB the real program: stop, detach, load its file, attach again.
+
+    GDB cached the stub's auxv and symbols; only a fresh attach makes it read
+    the restored process as what it now is (shared libraries, TLS, threads).
+    """
+    os.kill(pid, signal.SIGSTOP)
+    with settings.temporarily(confirm="off", exec_file_mismatch="off"):
+        gdb.execute("detach", to_string=True)
+        if os.path.exists(exe):
+            gdb.execute(f"file {_quote(exe)}", to_string=True)
+        gdb.execute(f"attach {pid}", to_string=True)
+    # The SIGSTOP left a job-control stop that the next resume would report
+    # again: SIGCONT ends it. GDB must not stop on (or pass) that SIGCONT,
+    # until the next stop, when the user's setting comes back.
+    settings.signal_quietly_once("SIGCONT")
+    os.kill(pid, signal.SIGCONT)
+
+
+def _quote(path: str) -> str:
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,116 @@
+"""`set ckpt ...` / `show ckpt ...`, and a way to change GDB settings for a while."""
+
+from __future__ import annotations
+
+import contextlib
+
+import gdb
+
+
+class _Prefix(gdb.Command):
+    def __init__(self, cmd: str, doc: str):
+        self.__doc__ = doc
+        super().__init__(cmd, gdb.COMMAND_SUPPORT, gdb.COMPLETE_NONE, True)
+
+
+class BoolSetting(gdb.Parameter):
+    def __init__(self, name: str, default: bool, doc: str, set_doc: str):
+        self.__doc__ = doc
+        self.set_doc = set_doc
+        self.show_doc = f"Show {set_doc[4:]}" if set_doc.startswith("Set ") else set_doc
+        super().__init__(f"ckpt {name}", gdb.COMMAND_SUPPORT, gdb.PARAM_BOOLEAN)
+        self.value = default
+
+    def get_set_string(self) -> str:
+        return ""
+
+    def get_show_string(self, svalue: str) -> str:
+        return f"{self.set_doc[4:].rstrip('.')} is {svalue}."
+
+
+_settings: dict[str, BoolSetting] = {}
+
+
+def register() -> None:
+    if _settings:
+        return
+    _Prefix("set ckpt", "Settings of gdbckpt (checkpoint and restore).")
+    _Prefix("show ckpt", "Settings of gdbckpt (checkpoint and restore).")
+    for name, default, set_doc, doc in (
+        ("debug", False, "Set whether gdbckpt errors show a Python traceback.",
+         "When on, an unexpected error in a ckpt command shows its traceback."),
+        ("sync", False, "Set whether ckpt save flushes the image to disk before renaming it.",
+         "When on, ckpt save calls fsync on the image and its directory (about 1.5 s per GiB\n"
+         "on these disks), so a crash right after the save cannot lose it."),
+        ("verify", True, "Set whether ckpt restore checks every chunk's checksum first.",
+         "When on (the default), ckpt restore reads the whole image and checks every\n"
+         "checksum before it changes anything; off skips the memory checksums."),
+    ):
+        _settings[name] = BoolSetting(name, default, doc, set_doc)
+
+
+def get(name: str) -> bool:
+    register()
+    return bool(_settings[name].value)
+
+
+def _param_text(name: str) -> str:
+    return gdb.execute(f"show {name}", to_string=True)
+
+
+@contextlib.contextmanager
+def temporarily(**values: str):
+    """Set GDB settings (`set NAME VALUE`) and put the user's values back afterwards.
+
+    Names use underscores for spaces and dashes: scheduler_locking -> 'scheduler-locking'.
+    """
+    saved = {}
+    for key, value in values.items():
+        name = key.replace("__", " ").replace("_", "-")
+        old = gdb.parameter(name)
+        saved[name] = _as_setting(old)
+        gdb.execute(f"set {name} {value}", to_string=True)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            try:
+                gdb.execute(f"set {name} {old}", to_string=True)
+            except gdb.error:
+                pass
+
+
+def _as_setting(value) -> str:
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    if value is None:
+        return "auto"
+    return str(value)
+
+
+def signal_handling(sig: str) -> str:
+    """The user's `handle` setting for sig, as words for `handle`: 'stop print pass'."""
+    out = gdb.execute(f"info signals {sig}", to_string=True)
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] == sig and len(parts) >= 4:
+            words = [("" if parts[i] == "Yes" else "no") + w
+                     for i, w in ((1, "stop"), (2, "print"), (3, "pass"))]
+            return " ".join(words)
+    return "stop print pass"
+
+
+def signal_quietly_once(sig: str) -> None:
+    """Let sig go unnoticed and undelivered until the inferior next stops or exits."""
+    user = signal_handling(sig)
+    gdb.execute(f"handle {sig} nostop noprint nopass", to_string=True)
+
+    def put_back(event):
+        gdb.events.stop.disconnect(put_back)
+        gdb.events.exited.disconnect(put_back)
+        gdb.execute(f"handle {sig} {user}", to_string=True)
+
+    gdb.events.stop.connect(put_back)
+    gdb.events.exited.connect(put_back)

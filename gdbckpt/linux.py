@@ -1,0 +1,194 @@
+"""Linux x86-64 numbers gdbckpt uses, with names.
+
+Only what the save and restore paths need; values are from the kernel's uapi
+headers for x86-64.
+"""
+
+import enum
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+EM_X86_64 = 62
+# The highest errno a raw system call returns as -errno.
+MAX_ERRNO = 4095
+
+
+def page_up(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def page_down(n: int) -> int:
+    return n & ~(PAGE_SIZE - 1)
+
+
+def is_syscall_error(ret: int) -> bool:
+    return -MAX_ERRNO <= ret < 0
+
+
+class Prot(enum.IntFlag):
+    NONE = 0
+    READ = 1
+    WRITE = 2
+    EXEC = 4
+
+    @classmethod
+    def from_perms(cls, perms: str) -> "Prot":
+        """'r-xp' -> READ|EXEC."""
+        p = cls.NONE
+        if perms[0] == "r":
+            p |= cls.READ
+        if perms[1] == "w":
+            p |= cls.WRITE
+        if perms[2] == "x":
+            p |= cls.EXEC
+        return p
+
+    def perms(self) -> str:
+        return ("r" if self & Prot.READ else "-") + ("w" if self & Prot.WRITE else "-") + (
+            "x" if self & Prot.EXEC else "-")
+
+
+class MapFlag(enum.IntFlag):
+    SHARED = 0x01
+    PRIVATE = 0x02
+    FIXED = 0x10
+    ANONYMOUS = 0x20
+    GROWSDOWN = 0x0100
+    NORESERVE = 0x4000
+    FIXED_NOREPLACE = 0x100000
+
+
+class Mremap(enum.IntFlag):
+    MAYMOVE = 1
+    FIXED = 2
+
+
+class OpenFlag(enum.IntFlag):
+    RDONLY = 0
+    WRONLY = 1
+    RDWR = 2
+    CREAT = 0o100
+    EXCL = 0o200
+    NOCTTY = 0o400
+    TRUNC = 0o1000
+    APPEND = 0o2000
+    NONBLOCK = 0o4000
+    DIRECTORY = 0o200000
+    CLOEXEC = 0o2000000
+
+
+class Sys(enum.IntEnum):
+    """System call numbers (x86-64)."""
+    read = 0
+    write = 1
+    close = 3
+    lseek = 8
+    mmap = 9
+    mprotect = 10
+    munmap = 11
+    brk = 12
+    rt_sigaction = 13
+    rt_sigprocmask = 14
+    pread64 = 17
+    mremap = 25
+    madvise = 28
+    dup2 = 33
+    nanosleep = 35
+    getitimer = 36
+    setitimer = 38
+    getpid = 39
+    clone = 56
+    kill = 62
+    fcntl = 72
+    chdir = 80
+    fchdir = 81
+    umask = 95
+    getrlimit = 97
+    sigaltstack = 131
+    personality = 135
+    prctl = 157
+    arch_prctl = 158
+    setrlimit = 160
+    gettid = 186
+    futex = 202
+    set_tid_address = 218
+    restart_syscall = 219
+    clock_nanosleep = 230
+    exit_group = 231
+    tgkill = 234
+    openat = 257
+    set_robust_list = 273
+    get_robust_list = 274
+    dup3 = 292
+    rt_tgsigqueueinfo = 297
+    prlimit64 = 302
+    rseq = 334
+    clone3 = 435
+
+
+class Restart(enum.IntEnum):
+    """Kernel-internal errnos a stopped system call leaves in rax (negated).
+
+    The kernel rewrites them when the task next returns to user space; a
+    saved image must do the same, since the kernel state behind them is gone.
+    """
+    ERESTARTSYS = 512
+    ERESTARTNOINTR = 513
+    ERESTARTNOHAND = 514
+    ERESTART_RESTARTBLOCK = 516
+
+
+class Prctl(enum.IntEnum):
+    SET_PDEATHSIG = 1
+    SET_DUMPABLE = 4
+    SET_NAME = 15
+    GET_NAME = 16
+    SET_MM = 35
+    GET_TID_ADDRESS = 40
+    SET_NO_NEW_PRIVS = 38
+    SET_VMA = 0x53564D41
+
+
+class PrSetMM(enum.IntEnum):
+    EXE_FILE = 13
+    MAP = 14
+    MAP_SIZE = 15
+
+
+PR_SET_VMA_ANON_NAME = 0
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
+SIG_SETMASK = 2
+NSIG = 64
+
+
+class Auxv(enum.IntEnum):
+    AT_NULL = 0
+    AT_IGNORE = 1
+    AT_EXECFD = 2
+    AT_PHDR = 3
+    AT_PHENT = 4
+    AT_PHNUM = 5
+    AT_PAGESZ = 6
+    AT_BASE = 7
+    AT_FLAGS = 8
+    AT_ENTRY = 9
+    AT_NOTELF = 10
+    AT_UID = 11
+    AT_EUID = 12
+    AT_GID = 13
+    AT_EGID = 14
+    AT_PLATFORM = 15
+    AT_HWCAP = 16
+    AT_CLKTCK = 17
+    AT_SECURE = 23
+    AT_BASE_PLATFORM = 24
+    AT_RANDOM = 25
+    AT_HWCAP2 = 26
+    AT_RSEQ_FEATURE_SIZE = 27
+    AT_RSEQ_ALIGN = 28
+    AT_HWCAP3 = 29
+    AT_HWCAP4 = 30
+    AT_EXECFN = 31
+    AT_SYSINFO_EHDR = 33
+    AT_MINSIGSTKSZ = 51
+

@@ -1,0 +1,164 @@
+"""Copy a stopped process's memory into an image.
+
+Reads /proc/PID/mem in large pieces into a page-aligned buffer (GDB's process
+is the tracer, so it may), skips pages that are not present (pagemap) and
+pages that are all zero, and hands runs of pages to the image writer. No
+Python loop runs per page: pagemap flags and zero pages are handled as byte
+strings and by a C helper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import re
+
+from . import native
+from .errors import SaveError
+from .image.format import ChunkFlags
+from .linux import PAGE_SHIFT, PAGE_SIZE, page_up
+from .maps import Kind, Mapping
+from .procfs import DIRTY_TABLE, PRESENT_TABLE, read_pagemap, runs
+
+READ_PIECE = 4 << 20     # one pread; 1-8 MiB pieces read fastest here
+
+
+@dataclasses.dataclass
+class DumpStats:
+    mapped: int = 0      # bytes of mappings considered
+    read: int = 0        # bytes read from the process
+    stored: int = 0      # bytes of non-zero pages handed to the writer
+    zero: int = 0        # bytes skipped as all-zero
+
+
+@dataclasses.dataclass
+class Region:
+    """Pages of one mapping to read, and which of them differ from the backing file."""
+    mapping: Mapping
+    first: int           # page index within the mapping
+    count: int
+    dirty: bytes         # one 0/1 byte per page
+
+
+def regions(pid: int, m: Mapping, file_size: int | None) -> list[Region]:
+    """What to read of one mapping."""
+    npages = m.size >> PAGE_SHIFT
+    if m.kind == Kind.VDSO:
+        return [Region(m, 0, npages, b"\1" * npages)]
+    flags = read_pagemap(pid, m.start, m.end)
+    if m.kind in (Kind.ANON, Kind.SHMEM):
+        present = flags.translate(PRESENT_TABLE)
+        return [Region(m, s, n, b"\1" * n) for s, n in runs(present)]
+    # File-backed: keep every page the file has, so the image stands on its
+    # own; note which pages are private copies (the only ones a restore over
+    # the unchanged file must write).
+    dirty = flags.translate(DIRTY_TABLE)
+    if m.shared:
+        dirty = bytes(npages)
+    if file_size is None:
+        # A deleted file: beyond what pagemap shows, what its pages held is unknown.
+        present = flags.translate(PRESENT_TABLE)
+        return [Region(m, s, n, dirty[s:s + n]) for s, n in runs(present)]
+    in_file = max(0, min(npages, (page_up(file_size) - m.offset) >> PAGE_SHIFT))
+    return [Region(m, 0, in_file, dirty[:in_file])] if in_file else []
+
+
+class MemoryDumper:
+    def __init__(self, pid: int, writer):
+        self.pid = pid
+        self.writer = writer
+        self.stats = DumpStats()
+        self.buf = mmap.mmap(-1, READ_PIECE)
+        self.addr = native.buffer_address(self.buf)
+        self.view = memoryview(self.buf)
+        try:
+            self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SaveError(f"cannot open /proc/{pid}/mem: {e.strerror}") from None
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.view.release()
+        # The ctypes export of the buffer keeps it alive; the mmap is freed with it.
+
+    def dump(self, region: Region) -> None:
+        self.stats.mapped += region.count * PAGE_SIZE
+        base = region.mapping.start + region.first * PAGE_SIZE
+        done = 0
+        while done < region.count:
+            n = min(region.count - done, READ_PIECE >> PAGE_SHIFT)
+            addr = base + done * PAGE_SIZE
+            got = self._read(addr, n)
+            self._emit(addr, got, region.dirty[done:done + got], region.mapping)
+            if got < n:
+                # Unreadable pages (beyond the end of a file): skip them one by one.
+                got += 1
+            done += got
+
+    def _read(self, addr: int, npages: int) -> int:
+        """Read npages at addr into the buffer; returns the pages read whole."""
+        want = npages * PAGE_SIZE
+        got = 0
+        while got < want:
+            try:
+                n = os.preadv(self.fd, [self.view[got:want]], addr + got)
+            except OSError as e:
+                if got == 0 and npages > 1:
+                    return self._read_pagewise(addr, npages)
+                if got:
+                    break
+                if e.errno in (5, 14):   # EIO, EFAULT: the page cannot be read
+                    return 0
+                raise SaveError(f"reading memory at {addr + got:#x} failed: {e.strerror}") from None
+            if n == 0:
+                break
+            got += n
+        self.stats.read += got
+        return got // PAGE_SIZE
+
+    def _read_pagewise(self, addr: int, npages: int) -> int:
+        for i in range(npages):
+            if self._read(addr + i * PAGE_SIZE, 1) == 0:
+                return i
+            if i:
+                # _read filled the start of the buffer: move the page into place.
+                self.view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = self.view[:PAGE_SIZE]
+        return npages
+
+    def _emit(self, addr: int, npages: int, dirty: bytes, m: Mapping) -> None:
+        if npages == 0:
+            return
+        nonzero = native.nonzero_pages(self.buf, self.addr, npages)
+        file_backed = m.kind not in (Kind.ANON, Kind.SHMEM, Kind.VDSO)
+        # Group pages by (non-zero, dirty): each run becomes one chunk.
+        kinds = _combine(nonzero, dirty) if file_backed else nonzero
+        for start, count, kind in _groups(kinds):
+            size = count * PAGE_SIZE
+            at = addr + start * PAGE_SIZE
+            is_dirty = ChunkFlags.DIRTY if (kind & 2 or not file_backed) else ChunkFlags.NONE
+            if kind & 1:
+                self.writer.add_chunk(at, self.view[start * PAGE_SIZE:start * PAGE_SIZE + size],
+                                      is_dirty)
+                self.stats.stored += size
+            else:
+                self.stats.zero += size
+                if is_dirty and file_backed:
+                    # A private page zeroed over a file: a restore over the file must zero it.
+                    self.writer.add_zero_chunk(at, size, ChunkFlags.DIRTY)
+
+
+def _combine(nonzero: bytes, dirty: bytes) -> bytes:
+    """Per page: 1 = non-zero, 2 = dirty, 3 = both (bytes of 0/1 in, no carries)."""
+    n = len(nonzero)
+    return (int.from_bytes(nonzero, "little") | int.from_bytes(dirty, "little") << 1).to_bytes(
+        n, "little")
+
+
+_RUN = re.compile(rb"(.)\1*", re.S)
+
+
+def _groups(kinds: bytes):
+    """(start, count, value) for each run of equal bytes in kinds."""
+    for m in _RUN.finditer(kinds):
+        yield m.start(), m.end() - m.start(), kinds[m.start()]

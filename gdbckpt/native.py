@@ -1,0 +1,69 @@
+"""Where the native parts live (the restart stub, the C helpers) and the helpers' bindings."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from .linux import PAGE_SIZE
+
+NATIVE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
+
+
+def native_path(name: str) -> str:
+    return os.path.join(os.environ.get("GDBCKPT_NATIVE", NATIVE_DIR), name)
+
+
+def stub_path() -> str:
+    return native_path("gdbckpt-stub")
+
+
+_lib = None
+
+
+def _helpers():
+    global _lib
+    if _lib is None:
+        path = native_path("libckpthelp.so")
+        try:
+            lib = ctypes.CDLL(path)
+            lib.ckpt_nonzero_pages.restype = ctypes.c_size_t
+            lib.ckpt_nonzero_pages.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+            _lib = lib
+        except OSError:
+            _lib = False    # not built: fall back to Python, slower but the same result
+    return _lib
+
+
+def buffer_address(buf) -> int:
+    """The address of a writable buffer (an mmap), for C helpers."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def nonzero_pages(buf, addr: int, npages: int) -> bytes:
+    """A bytes of npages 0/1 values: 1 where the page holds a non-zero byte.
+
+    buf is the buffer (an mmap) and addr its address from buffer_address().
+    """
+    lib = _helpers()
+    if lib:
+        out = ctypes.create_string_buffer(npages)
+        lib.ckpt_nonzero_pages(addr, npages, out)
+        return out.raw
+    view = memoryview(buf)
+    return bytes(view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] != _ZERO_PAGE for i in range(npages))
+
+
+def have_helpers() -> bool:
+    return bool(_helpers())
+
+
+def stub_built() -> bool:
+    return os.access(stub_path(), os.X_OK)
+
+
+def native_hint() -> str:
+    return f"run 'make setup' in {os.path.dirname(NATIVE_DIR)} to build it"

@@ -1,0 +1,635 @@
+"""The restore plan: an image and the live stub's layout in, a list of steps out.
+
+Plain data, made without GDB: `ckpt restore --dry-run` prints it, tests
+check it, and a failed restore names the step that failed. Most steps turn
+into stub ops (system calls the stub makes in one batch); a few are done by
+GDB's side (ingdb/restore.py): filling memory from compressed chunks,
+registers, and the last touches once the stub is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+
+from . import fileid
+from .errors import RestoreError
+from .image import format as fmt
+from .image.model import SigAction, ThreadState, Vma
+from .image.reader import Chunk, Image
+from .linux import (
+    PR_SET_VMA_ANON_NAME,
+    SIG_SETMASK,
+    MapFlag,
+    Mremap,
+    OpenFlag,
+    Prctl,
+    Prot,
+    PrSetMM,
+    Sys,
+)
+from .maps import Kind, Mapping, find_gap
+from .procfs import pack_auxv
+from .stubabi import STUB_SCRATCH_SIZE, StubOp, StubOpFlags
+
+# madvise() advice for smaps VmFlags a restore puts back.
+VMFLAG_ADVICE = {"dd": 16, "wf": 18, "dc": 10, "hg": 14, "nh": 15}
+SPECIAL_KINDS = (Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VDSO)
+SPECIAL_AREA_ALIGN = 1 << 30
+USER_TOP = 0x7FFFFFFFF000
+PRCTL_MM_MAP = struct.Struct("<11QQII")
+KERNEL_SIGACTION = struct.Struct("<QQQQ")
+STACK_T = struct.Struct("<QiiQ")
+SS_ONSTACK = 1
+
+
+@dataclasses.dataclass
+class Op:
+    nr: int
+    args: tuple[int, ...] = ()
+    flags: StubOpFlags = StubOpFlags.NONE
+
+
+class Scratch:
+    """Bytes for the stub's scratch buffer: paths and structs the ops point to."""
+
+    def __init__(self, base: int, size: int = STUB_SCRATCH_SIZE):
+        self.base = base
+        self.size = size
+        self.data = bytearray()
+
+    def put(self, data: bytes) -> int:
+        self.data.extend(bytes(-len(self.data) % 16))
+        addr = self.base + len(self.data)
+        self.data.extend(data)
+        if len(self.data) > self.size:
+            raise RestoreError("the restore needs more scratch memory than the stub has")
+        return addr
+
+    def cstr(self, s: str) -> int:
+        return self.put(os.fsencode(s) + b"\0")
+
+
+# --- steps -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Step:
+    """One thing the restore does. ops() gives the stub's system calls for it."""
+    thread: int = 0            # which thread runs it: 0 = the leader (index into threads)
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def ops(self, scratch: Scratch) -> list[Op]:
+        return []
+
+    # Done by GDB's side rather than by stub ops.
+    python = False
+    # A failure is reported as a warning, not as a failed restore.
+    optional = False
+
+
+@dataclasses.dataclass
+class MoveMapping(Step):
+    src: int = 0
+    size: int = 0
+    dst: int = 0
+    name: str = ""
+
+    def describe(self):
+        return f"move {self.name} {self.src:#x} -> {self.dst:#x} ({self.size:#x} bytes)"
+
+    def ops(self, scratch):
+        flags = Mremap.MAYMOVE | Mremap.FIXED
+        return [Op(Sys.mremap, (self.src, self.size, self.size, int(flags), self.dst))]
+
+
+@dataclasses.dataclass
+class Unmap(Step):
+    start: int = 0
+    size: int = 0
+    why: str = ""
+
+    def describe(self):
+        return f"unmap {self.start:#x}-{self.start + self.size:#x} ({self.why})"
+
+    def ops(self, scratch):
+        return [Op(Sys.munmap, (self.start, self.size))]
+
+
+@dataclasses.dataclass
+class OpenFile(Step):
+    path: str = ""
+    flags: int = 0
+    fd: int = 0
+    why: str = ""
+
+    def describe(self):
+        return f"open {self.path} as fd {self.fd} ({self.why})"
+
+    def ops(self, scratch):
+        return [Op(StubOp.OPEN_AT, (scratch.cstr(self.path), self.flags | OpenFlag.CLOEXEC, 0,
+                                    self.fd))]
+
+
+@dataclasses.dataclass
+class CloseFd(Step):
+    fd: int = 0
+
+    def describe(self):
+        return f"close fd {self.fd}"
+
+    def ops(self, scratch):
+        return [Op(Sys.close, (self.fd,))]
+
+
+@dataclasses.dataclass
+class Map(Step):
+    """Create a mapping at its saved address, writable until it is filled."""
+    vma: Vma = None
+    fd: int = -1               # the file to map, or -1 for anonymous memory
+    shared: bool = False
+    growsdown: bool = False
+    note: str = ""
+
+    def describe(self):
+        v = self.vma
+        src = f"file fd {self.fd} +{v.offset:#x}" if self.fd >= 0 else (
+            "shared anonymous" if self.shared else "anonymous")
+        extra = f" [{self.note}]" if self.note else ""
+        return f"map {v.start:#x}-{v.end:#x} {src} {v.path or ''}{extra}".rstrip()
+
+    def ops(self, scratch):
+        v = self.vma
+        prot = Prot.READ | Prot.WRITE
+        flags = MapFlag.FIXED_NOREPLACE | (MapFlag.SHARED if self.shared else MapFlag.PRIVATE)
+        if self.fd < 0:
+            flags |= MapFlag.ANONYMOUS
+        if self.growsdown:
+            flags |= MapFlag.GROWSDOWN
+        if self.shared and self.fd >= 0 and not v.prot & Prot.WRITE:
+            prot = Prot.READ       # the file may be open read-only
+        off = v.offset if self.fd >= 0 else 0
+        return [Op(Sys.mmap, (v.start, v.end - v.start, int(prot), int(flags), self.fd, off))]
+
+
+@dataclasses.dataclass
+class Fill(Step):
+    """Copy stored pages into place: the stub reads them from the image (pread)."""
+    image_fd: int = 0
+    runs: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # addr, len, off
+
+    def describe(self):
+        total = sum(n for _, n, _ in self.runs)
+        first = self.runs[0][0]
+        return f"fill {total:#x} bytes from the image at {first:#x} ({len(self.runs)} reads)"
+
+    def ops(self, scratch):
+        return [Op(StubOp.PREAD_ALL, (self.image_fd, a, n, off)) for a, n, off in self.runs]
+
+
+@dataclasses.dataclass
+class WriteChunks(Step):
+    """Pages GDB's side writes through /proc/PID/mem: compressed or zeroed chunks."""
+    chunks: list[Chunk] = dataclasses.field(default_factory=list)
+    python = True
+
+    def describe(self):
+        total = sum(c.size for c in self.chunks)
+        kinds = {("zero" if c.flags & fmt.ChunkFlags.ZERO else c.codec.name.lower())
+                 for c in self.chunks}
+        return f"write {total:#x} bytes at {self.chunks[0].vaddr:#x} ({', '.join(sorted(kinds))})"
+
+
+@dataclasses.dataclass
+class Protect(Step):
+    start: int = 0
+    size: int = 0
+    prot: int = 0
+
+    def describe(self):
+        return f"protect {self.start:#x}-{self.start + self.size:#x} {Prot(self.prot).perms()}"
+
+    def ops(self, scratch):
+        return [Op(Sys.mprotect, (self.start, self.size, self.prot))]
+
+
+@dataclasses.dataclass
+class Advise(Step):
+    start: int = 0
+    size: int = 0
+    advice: list[int] = dataclasses.field(default_factory=list)
+    name: str | None = None
+    optional = True
+
+    def describe(self):
+        parts = [f"madvise {a}" for a in self.advice]
+        if self.name is not None:
+            parts.append(f"name [anon:{self.name}]")
+        return f"{', '.join(parts)} at {self.start:#x}"
+
+    def ops(self, scratch):
+        out = [Op(Sys.madvise, (self.start, self.size, a), StubOpFlags.IGNORE_ERROR)
+               for a in self.advice]
+        if self.name is not None:
+            out.append(Op(Sys.prctl, (Prctl.SET_VMA, PR_SET_VMA_ANON_NAME, self.start, self.size,
+                                      scratch.cstr(self.name)), StubOpFlags.IGNORE_ERROR))
+        return out
+
+
+@dataclasses.dataclass
+class SetMM(Step):
+    """code/data/brk/stack/arg/env bounds and the auxv, in one PR_SET_MM_MAP."""
+    fields: tuple[int, ...] = ()
+    auxv: bytes = b""
+
+    def describe(self):
+        return "set mm bounds, brk and auxv (PR_SET_MM_MAP)"
+
+    def ops(self, scratch):
+        auxv_at = scratch.put(self.auxv)
+        mm = PRCTL_MM_MAP.pack(*self.fields, auxv_at, len(self.auxv), 0xFFFFFFFF)
+        return [Op(Sys.prctl, (Prctl.SET_MM, PrSetMM.MAP, scratch.put(mm), len(mm), 0))]
+
+
+@dataclasses.dataclass
+class ProcessAttrs(Step):
+    """cwd, umask, personality and name: each a warning, not a failure, if refused."""
+    cwd: str = ""
+    umask: int = 0o022
+    personality: int = 0
+    comm: str = ""
+    optional = True
+
+    def describe(self):
+        return (f"cwd {self.cwd}, umask {self.umask:03o}, personality {self.personality:#x}, "
+                f"name {self.comm!r}")
+
+    def ops(self, scratch):
+        ign = StubOpFlags.IGNORE_ERROR
+        name = os.fsencode(self.comm)[:15] + b"\0"
+        return [Op(Sys.chdir, (scratch.cstr(self.cwd),), ign),
+                Op(Sys.umask, (self.umask,), ign),
+                Op(Sys.personality, (self.personality,), ign),
+                Op(Sys.prctl, (Prctl.SET_NAME, scratch.put(name)), ign)]
+
+
+@dataclasses.dataclass
+class SigActions(Step):
+    actions: list[SigAction] = dataclasses.field(default_factory=list)
+
+    def describe(self):
+        return f"signal handlers for {', '.join(str(a.sig) for a in self.actions)}"
+
+    def ops(self, scratch):
+        return [Op(Sys.rt_sigaction, (a.sig, scratch.put(KERNEL_SIGACTION.pack(
+            a.handler, a.flags, a.restorer, a.mask)), 0, 8)) for a in self.actions]
+
+
+@dataclasses.dataclass
+class ThreadKernelState(Step):
+    """What the kernel keeps per thread: rseq, alt stack, robust list, tid address, mask."""
+    state: ThreadState = None
+
+    def describe(self):
+        t = self.state
+        parts = [f"mask {t.sigmask:#x}"]
+        if t.rseq:
+            parts.append(f"rseq {t.rseq.addr:#x}")
+        if t.sigaltstack:
+            parts.append(f"altstack {t.sigaltstack.sp:#x}")
+        return f"thread {t.tid}: " + ", ".join(parts)
+
+    def ops(self, scratch):
+        t = self.state
+        out = []
+        if t.rseq:
+            out.append(Op(Sys.rseq, (t.rseq.addr, t.rseq.size, 0, t.rseq.sig)))
+        if t.sigaltstack:
+            s = t.sigaltstack
+            out.append(Op(Sys.sigaltstack, (scratch.put(STACK_T.pack(
+                s.sp, s.flags & ~SS_ONSTACK, 0, s.size)), 0)))
+        if t.robust_list:
+            out.append(Op(Sys.set_robust_list, tuple(t.robust_list)))
+        if t.tid_address is not None:
+            out.append(Op(Sys.set_tid_address, (t.tid_address,)))
+        out.append(Op(Sys.rt_sigprocmask, (SIG_SETMASK, scratch.put(struct.pack("<Q", t.sigmask)),
+                                           0, 8)))
+        return out
+
+
+@dataclasses.dataclass
+class Registers(Step):
+    state: ThreadState = None
+    python = True
+
+    def describe(self):
+        from .regs import get
+        return f"thread {self.state.tid}: registers, rip {get(self.state.regs, 'rip'):#x}"
+
+
+@dataclasses.dataclass
+class DropStub(Step):
+    """Remove the stub's own mappings, by a system call injected in the restored code."""
+    ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    python = True
+
+    def describe(self):
+        return "unmap the restart stub: " + ", ".join(f"{s:#x}-{e:#x}" for s, e in self.ranges)
+
+
+@dataclasses.dataclass
+class SetExe(Step):
+    """Point /proc/PID/exe at the program (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
+
+    Only PR_SET_MM_MAP may set it without CAP_SYS_RESOURCE, and only once no
+    mapping of the old exe (the stub) is left: so after DropStub, by an
+    injected call, with the struct on the restored stack.
+    """
+    fd: int = -1
+    path: str = ""
+    fields: tuple[int, ...] = ()
+    python = True
+    optional = True
+
+    def describe(self):
+        return f"set the exe link to {self.path}"
+
+    def mm_map(self) -> bytes:
+        return PRCTL_MM_MAP.pack(*self.fields, 0, 0, self.fd)
+
+
+# --- building the plan ---------------------------------------------------------
+
+@dataclasses.dataclass
+class Live:
+    """What the freshly started stub looks like, and what the host can do."""
+    stub_maps: list[Mapping]
+    scratch: int                    # address of the stub's scratch buffer
+    vdso: bytes | None              # the live vDSO's bytes
+    fd_limit: int                   # the stub's soft RLIMIT_NOFILE
+    image_path: str
+    file_problems: dict[int, str | None]   # file index -> None (unchanged) or what changed
+    can_set_exe: bool = False
+
+
+@dataclasses.dataclass
+class Plan:
+    steps: list[Step]
+    warnings: list[str]
+    vdso_mode: str
+
+    def text(self) -> str:
+        lines = [f"{i:3d}  {s.describe()}" for i, s in enumerate(self.steps)]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+class _FdAlloc:
+    """fd numbers for the stub's own use, from the top of its limit down."""
+
+    def __init__(self, limit: int, taken: set[int]):
+        self.next = limit - 1
+        self.taken = taken
+
+    def take(self) -> int:
+        while self.next in self.taken:
+            self.next -= 1
+        if self.next < 3:
+            raise RestoreError("no file descriptor numbers left for the restore")
+        fd, self.next = self.next, self.next - 1
+        return fd
+
+
+def build(img: Image, live: Live, vdso_mode: str = "auto") -> Plan:
+    return _Builder(img, live, vdso_mode).build()
+
+
+class _Builder:
+    def __init__(self, img: Image, live: Live, vdso_mode: str):
+        self.img = img
+        self.live = live
+        self.vdso_mode = vdso_mode
+        self.steps: list[Step] = []
+        self.warnings: list[str] = []
+        self.fds = _FdAlloc(live.fd_limit, {f.fd for f in img.fds})
+        self.stub = [m for m in live.stub_maps if m.kind not in SPECIAL_KINDS
+                     and m.kind != Kind.VSYSCALL and m.path != "[stack]"]
+        self.live_special = {m.kind: m for m in live.stub_maps if m.kind in SPECIAL_KINDS}
+
+    def build(self) -> Plan:
+        self._check_collisions()
+        mode = self._choose_vdso_mode()
+        temp = self._park_specials()
+        self._clear_stub()
+        image_fd = self.fds.take()
+        self.steps.append(OpenFile(path=self.live.image_path, flags=OpenFlag.RDONLY, fd=image_fd,
+                                   why="the image"))
+        file_fds = self._open_files()
+        for vma in self.img.vmas:
+            self._mapping(vma, image_fd, file_fds)
+        self._place_specials(mode, temp)
+        for fd in [image_fd, *file_fds.values()]:
+            self.steps.append(CloseFd(fd=fd))
+        self._process()
+        self._threads()
+        return Plan(self.steps, self.warnings, mode)
+
+    # -- checks ---------------------------------------------------------------
+
+    def _check_collisions(self) -> None:
+        for v in self.img.vmas:
+            for m in self.stub:
+                if v.start < m.end and m.start < v.end:
+                    raise RestoreError(
+                        f"the image maps {v.start:#x}-{v.end:#x} ({v.path or 'anonymous'}), "
+                        f"where the restart stub lives ({m.start:#x}-{m.end:#x}); rebuild the "
+                        "stub at another address (STUB_BASE in native/stub_abi.h)")
+            if v.end > USER_TOP + 0x1000 and v.kind != Kind.VSYSCALL.value:
+                raise RestoreError(f"the image maps {v.start:#x}, above the user address space")
+
+    def _saved_special(self, kind: Kind) -> Vma | None:
+        return next((v for v in self.img.vmas if v.kind == kind.value), None)
+
+    def _choose_vdso_mode(self) -> str:
+        saved = {k: self._saved_special(k) for k in SPECIAL_KINDS}
+        same_layout = all(
+            (saved[k] is None) == (k not in self.live_special)
+            and (saved[k] is None or saved[k].end - saved[k].start == self.live_special[k].size)
+            for k in SPECIAL_KINDS)
+        vdso_chunks = (self.img.chunks_in(saved[Kind.VDSO].start, saved[Kind.VDSO].end)
+                       if saved[Kind.VDSO] else [])
+        same_bytes = (self.live.vdso is not None and self.img.vdso.hash is not None
+                      and f"{fmt.checksum(self.live.vdso):016x}" == self.img.vdso.hash)
+        if saved[Kind.VDSO] is None:
+            return "none"
+        if self.vdso_mode == "auto":
+            mode = "move" if same_layout and same_bytes else "patch"
+        else:
+            mode = self.vdso_mode
+        if mode == "move" and not same_layout:
+            raise RestoreError("the live vDSO/vvar layout differs from the saved one: it cannot "
+                               "be moved into place; use --vdso=patch or auto")
+        if mode == "move" and not same_bytes:
+            raise RestoreError("the live vDSO differs from the saved one (another kernel): "
+                               "use --vdso=patch or auto")
+        if mode == "patch" and not vdso_chunks:
+            raise RestoreError("the image holds no vDSO bytes to patch")
+        if mode == "patch":
+            raise RestoreError("the saved vDSO differs from this kernel's and patching it is not "
+                               "supported yet; restore on the kernel the image was saved on")
+        return mode
+
+    # -- the stub's own address space ----------------------------------------
+
+    def _park_specials(self) -> int | None:
+        """Move the stub's vvar/vdso to a free area; the target may need their place."""
+        if not self.live_special:
+            return None
+        lo = min(m.start for m in self.live_special.values())
+        hi = max(m.end for m in self.live_special.values())
+        taken = [(v.start, v.end) for v in self.img.vmas] + [(m.start, m.end) for m in self.stub]
+        stub_end = max(m.end for m in self.stub)
+        start = -(-stub_end // SPECIAL_AREA_ALIGN) * SPECIAL_AREA_ALIGN
+        temp = find_gap(taken, hi - lo, start, USER_TOP)
+        for kind in SPECIAL_KINDS:
+            m = self.live_special.get(kind)
+            if m is not None:
+                self.steps.append(MoveMapping(src=m.start, size=m.size, dst=temp + m.start - lo,
+                                              name=m.path))
+        return temp - lo    # add to a live address to get its parked address
+
+    def _clear_stub(self) -> None:
+        for m in self.live.stub_maps:
+            if m.path == "[stack]":
+                self.steps.append(Unmap(start=m.start, size=m.size, why="the stub's first stack"))
+
+    def _place_specials(self, mode: str, shift: int | None) -> None:
+        if mode == "move":
+            for kind in SPECIAL_KINDS:
+                m, v = self.live_special.get(kind), self._saved_special(kind)
+                if m is not None and v is not None:
+                    self.steps.append(MoveMapping(src=m.start + shift, size=m.size, dst=v.start,
+                                                  name=m.path))
+        elif mode == "none":
+            for m in self.live_special.values():
+                self.steps.append(Unmap(start=m.start + shift, size=m.size,
+                                        why=f"{m.path}: the saved process had none"))
+
+    # -- mappings --------------------------------------------------------------
+
+    def _open_files(self) -> dict[int, int]:
+        """fds for files still as saved; a changed file's mappings become copies."""
+        fds: dict[int, int] = {}
+        needed = {v.file for v in self.img.vmas if v.file >= 0}
+        for i in sorted(needed):
+            ref = self.img.files[i]
+            problem = self.live.file_problems.get(i)
+            if problem:
+                self.warnings.append(f"{problem}: its mappings are restored from the image "
+                                     "as private copies")
+                continue
+            writable = any(v.file == i and v.shared and v.prot & Prot.WRITE
+                           for v in self.img.vmas)
+            fd = self.fds.take()
+            flags = OpenFlag.RDWR if writable else OpenFlag.RDONLY
+            self.steps.append(OpenFile(path=ref.path, flags=int(flags), fd=fd, why="mapped file"))
+            fds[i] = fd
+        return fds
+
+    def _mapping(self, v: Vma, image_fd: int, file_fds: dict[int, int]) -> None:
+        kind = Kind(v.kind)
+        if kind in SPECIAL_KINDS or kind in (Kind.VSYSCALL, Kind.SPECIAL):
+            return
+        fd = file_fds.get(v.file, -1)
+        from_file = fd >= 0
+        shared = v.shared and (from_file or kind == Kind.SHMEM)
+        note = ""
+        if v.shared and not shared:
+            note = "was a shared file mapping; its file changed, so writes stay private"
+            self.warnings.append(f"{v.path}: {note}")
+        if kind == Kind.DELETED:
+            note = "deleted file: restored as a private copy"
+        self.steps.append(Map(vma=v, fd=fd, shared=shared, growsdown="gd" in v.vmflags,
+                              note=note))
+        chunks = self.img.chunks_in(v.start, v.end)
+        if from_file:
+            # Over the unchanged file only the pages that differ from it are written.
+            chunks = [c for c in chunks if c.flags & fmt.ChunkFlags.DIRTY]
+            if v.shared:
+                chunks = []
+        else:
+            chunks = [c for c in chunks if not c.flags & fmt.ChunkFlags.ZERO]
+        self._fill(chunks, image_fd)
+        writable = Prot.READ | Prot.WRITE
+        final = v.prot
+        if shared and from_file and not v.prot & Prot.WRITE:
+            writable = Prot.READ
+        if final != writable:
+            self.steps.append(Protect(start=v.start, size=v.end - v.start, prot=final))
+        advice = [VMFLAG_ADVICE[f] for f in v.vmflags if f in VMFLAG_ADVICE]
+        name = _anon_name(v.path)
+        if advice or name is not None:
+            self.steps.append(Advise(start=v.start, size=v.end - v.start, advice=advice,
+                                     name=name))
+
+    def _fill(self, chunks: list[Chunk], image_fd: int) -> None:
+        runs: list[list[int]] = []
+        python: list[Chunk] = []
+        for c in chunks:
+            if c.flags & fmt.ChunkFlags.ZERO or c.codec != fmt.Codec.NONE:
+                python.append(c)
+                continue
+            last = runs[-1] if runs else None
+            if last and last[0] + last[1] == c.vaddr and last[2] + last[1] == c.offset:
+                last[1] += c.size     # contiguous in memory and in the image: one read
+            else:
+                runs.append([c.vaddr, c.size, c.offset])
+        if runs:
+            self.steps.append(Fill(image_fd=image_fd, runs=[tuple(r) for r in runs]))
+        if python:
+            self.steps.append(WriteChunks(chunks=python))
+
+    # -- process and threads -----------------------------------------------------
+
+    def _process(self) -> None:
+        p = self.img.process
+        mm = p.mm
+        fields = (mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk,
+                  mm.start_stack, mm.arg_start, mm.arg_end, mm.env_start, mm.env_end)
+        self.mm_fields = fields
+        self.steps.append(SetMM(fields=fields, auxv=pack_auxv([tuple(a) for a in p.auxv])))
+        self.steps.append(ProcessAttrs(cwd=p.cwd, umask=p.umask, personality=p.personality,
+                                       comm=p.comm))
+        if p.sigactions:
+            self.steps.append(SigActions(actions=p.sigactions))
+
+    def _threads(self) -> None:
+        if len(self.img.threads) > 1:
+            raise RestoreError(f"the image has {len(self.img.threads)} threads; restoring "
+                               "multi-threaded processes is not supported yet")
+        leader = self.img.threads[0]
+        self.steps.append(ThreadKernelState(state=leader))
+        if self.live.can_set_exe and self.img.process.exe_file >= 0 \
+                and not self.live.file_problems.get(self.img.process.exe_file):
+            fd = self.fds.take()
+            self.steps.append(OpenFile(path=self.img.process.exe, flags=int(OpenFlag.RDONLY),
+                                       fd=fd, why="the exe link"))
+            exe = SetExe(fd=fd, path=self.img.process.exe, fields=self.mm_fields)
+        else:
+            exe = None
+        self.steps.append(Registers(state=leader))
+        self.steps.append(DropStub(ranges=[(m.start, m.end) for m in self.stub]))
+        if exe:
+            self.steps.append(exe)
+
+
+def _anon_name(path: str) -> str | None:
+    if path.startswith("[anon:") and path.endswith("]"):
+        return path[6:-1]
+    return None
+
+
+def check_files(img: Image) -> dict[int, str | None]:
+    return {i: fileid.check(ref) for i, ref in enumerate(img.files)}

@@ -1,0 +1,65 @@
+"""Register sets as raw bytes by GDB register name, and the kernel's syscall-restart rules.
+
+Plain Python: GDB reads and writes the registers (ingdb/inferior.py); this
+module only decides what the saved values must be.
+"""
+
+from __future__ import annotations
+
+from .image.model import SyscallState
+from .linux import Restart
+
+# Registers every x86-64 image must have; the rest of the 'save' group
+# (x87, SSE, AVX, AVX-512, pkru) depends on the CPU.
+GENERAL = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
+           "r12", "r13", "r14", "r15", "rip", "eflags", "cs", "ss", "ds", "es", "fs", "gs",
+           "fs_base", "gs_base", "orig_rax")
+# What each CPU feature adds to GDB's register set: used to explain a refusal.
+FEATURE_OF = {"zmm": "AVX-512", "k0": "AVX-512", "ymm": "AVX", "pkru": "PKU (protection keys)",
+              "xmm16": "AVX-512"}
+SYSCALL_INSN = b"\x0f\x05"
+
+
+def get(regs: dict[str, bytes], name: str) -> int:
+    """A register as an unsigned integer."""
+    return int.from_bytes(regs[name], "little")
+
+
+def get_signed(regs: dict[str, bytes], name: str) -> int:
+    return int.from_bytes(regs[name], "little", signed=True)
+
+
+def put(regs: dict[str, bytes], name: str, value: int) -> None:
+    size = len(regs[name])
+    regs[name] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+
+def apply_restart(regs: dict[str, bytes]) -> SyscallState | None:
+    """Rewind a thread stopped inside a restartable system call, in place.
+
+    A thread stopped in a system call has orig_rax = the call and rax =
+    -ERESTART*. The live kernel would rewind rip to the syscall instruction
+    (and for ERESTART_RESTARTBLOCK call restart_syscall, whose state is in
+    the kernel and is lost). The image gets the rewind done: rip at the
+    syscall instruction, rax = the call number, orig_rax = -1, so a restored
+    thread makes the same call again. A relative sleep starts over.
+    """
+    nr = get_signed(regs, "orig_rax")
+    err = -get_signed(regs, "rax")
+    if nr < 0 or err not in Restart.__members__.values():
+        return None
+    put(regs, "rip", get(regs, "rip") - len(SYSCALL_INSN))
+    put(regs, "rax", nr)
+    put(regs, "orig_rax", -1)
+    return SyscallState(nr=nr, errno=err, action="restart")
+
+
+def missing_features(saved: dict[str, bytes], live_names: set[str]) -> list[str]:
+    """Registers in the image the live CPU has no place for, as feature names."""
+    missing = sorted(set(saved) - live_names)
+    feats = []
+    for name in missing:
+        feat = next((f for p, f in FEATURE_OF.items() if name.startswith(p)), f"register {name}")
+        if feat not in feats:
+            feats.append(feat)
+    return feats

@@ -1,0 +1,119 @@
+/*
+ * gdbckpt restart stub: the process that becomes the restored program.
+ *
+ * GDB starts it, stops it in stub_park(), and drives it with inferior calls
+ * to stub_run(): a batch of system calls (struct stub_op) that recreate the
+ * saved address space. It has no libc, so nothing of its own (rseq area,
+ * TLS, malloc arenas) lingers in what becomes the target's memory; it is
+ * static and not PIE, linked at STUB_BASE, where no ordinary layout puts
+ * anything.
+ */
+#include "stub_abi.h"
+
+#define EINTR  4
+#define EIO    5
+#define SYS_read      0
+#define SYS_close     3
+#define SYS_pread64   17
+#define SYS_dup3      292
+#define SYS_openat    257
+#define AT_FDCWD      (-100)
+#define O_CLOEXEC     02000000
+
+long stub_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
+long stub_clone(long flags, void *stack_top, int *ptid, int *ctid, long tls);
+
+char stub_stack[STUB_STACK_SIZE] __attribute__((aligned(16)));
+/* Paths, structs and op lists that GDB writes for a run. */
+unsigned char stub_scratch[STUB_SCRATCH_SIZE] __attribute__((aligned(4096)));
+/* One small parking stack per extra thread the restore creates. */
+unsigned char stub_thread_stacks[STUB_MAX_THREADS][STUB_THREAD_STACK] __attribute__((aligned(16)));
+
+/* GDB's breakpoint targets: empty, called in a loop. noipa: GCC must neither
+ * inline them nor fold the two identical bodies into one. */
+void __attribute__((noipa)) stub_park(void)
+{
+	__asm__ volatile("" ::: "memory");
+}
+
+void __attribute__((noipa)) stub_thread_park(void)
+{
+	__asm__ volatile("" ::: "memory");
+}
+
+static long pread_all(long fd, long addr, long len, long off)
+{
+	while (len > 0) {
+		long n = stub_syscall(SYS_pread64, fd, addr, len, off, 0, 0);
+		if (n == -EINTR)
+			continue;
+		if (n < 0)
+			return n;
+		if (n == 0)
+			return -EIO; /* the image is shorter than its index says */
+		addr += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static long open_at(long path, long flags, long mode, long want)
+{
+	long fd = stub_syscall(SYS_openat, AT_FDCWD, path, flags, mode, 0, 0);
+	if (fd < 0 || fd == want)
+		return fd;
+	long r = stub_syscall(SYS_dup3, fd, want, flags & O_CLOEXEC, 0, 0, 0);
+	stub_syscall(SYS_close, fd, 0, 0, 0, 0, 0);
+	return r;
+}
+
+static long clone_parked(long flags, long tls, long tidptr, long slot)
+{
+	if (slot < 0 || slot >= STUB_MAX_THREADS)
+		return -22; /* EINVAL */
+	void *top = stub_thread_stacks[slot] + STUB_THREAD_STACK;
+	return stub_clone(flags, top, (int *)tidptr, (int *)tidptr, tls);
+}
+
+static long run_one(struct stub_op *op)
+{
+	long *a = op->arg;
+	switch (op->nr) {
+	case STUB_OP_PREAD_ALL:
+		return pread_all(a[0], a[1], a[2], a[3]);
+	case STUB_OP_OPEN_AT:
+		return open_at(a[0], a[1], a[2], a[3]);
+	case STUB_OP_CLONE:
+		return clone_parked(a[0], a[1], a[2], a[3]);
+	default:
+		return stub_syscall(op->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+	}
+}
+
+/*
+ * Run ops in order; stop at the first failure not marked IGNORE_ERROR.
+ * Returns the number of ops completed: n when all succeeded.
+ */
+long stub_run(struct stub_op *ops, long n)
+{
+	for (long i = 0; i < n; i++) {
+		ops[i].ret = run_one(&ops[i]);
+		if (ops[i].ret < 0 && ops[i].ret > -4096 &&
+		    !(ops[i].flags & STUB_OPF_IGNORE_ERROR))
+			return i;
+	}
+	return n;
+}
+
+void stub_thread_main(void)
+{
+	for (;;)
+		stub_thread_park();
+}
+
+void stub_main(void)
+{
+	for (;;)
+		stub_park();
+}

@@ -1,0 +1,30 @@
+/*
+ * The contract between the restart stub and gdbckpt/stubabi.py.
+ * tests/test_stub_abi.py checks that both sides agree on every number here.
+ */
+#ifndef GDBCKPT_STUB_ABI_H
+#define GDBCKPT_STUB_ABI_H
+
+#define STUB_BASE          0x100000000000UL /* -Ttext-segment in the Makefile */
+#define STUB_STACK_SIZE    (256 * 1024)
+#define STUB_SCRATCH_SIZE  (4 * 1024 * 1024)
+#define STUB_MAX_THREADS   256
+#define STUB_THREAD_STACK  (16 * 1024)
+
+/* Op numbers below 1000 are raw system calls; these are done by the stub itself. */
+#define STUB_OP_PREAD_ALL  1000 /* fd, addr, len, offset: read exactly len bytes */
+#define STUB_OP_OPEN_AT    1001 /* path, flags, mode, fd: open and move to fd */
+#define STUB_OP_CLONE      1002 /* flags, tls, tid ptr, slot: a thread parked in the stub */
+
+#define STUB_OPF_IGNORE_ERROR 1 /* a failure is recorded in ret but does not stop the run */
+
+#ifndef __ASSEMBLER__
+struct stub_op {
+	long nr;
+	long arg[6];
+	long flags;
+	long ret;
+};
+#endif
+
+#endif

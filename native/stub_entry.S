@@ -1,0 +1,49 @@
+/*
+ * Entry, raw system calls and thread creation for the restart stub.
+ * No libc: everything the stub does is a system call made here.
+ */
+#include "stub_abi.h"
+
+	.text
+
+/* The kernel's stack is where the target's [stack] usually was: leave it at once. */
+	.globl _start
+	.type _start, @function
+_start:
+	lea	stub_stack+STUB_STACK_SIZE(%rip), %rsp
+	xor	%ebp, %ebp
+	call	stub_main
+	hlt
+
+/* long stub_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6) */
+	.globl stub_syscall
+	.type stub_syscall, @function
+stub_syscall:
+	mov	%rdi, %rax
+	mov	%rsi, %rdi
+	mov	%rdx, %rsi
+	mov	%rcx, %rdx
+	mov	%r8, %r10
+	mov	%r9, %r8
+	mov	8(%rsp), %r9
+	syscall
+	ret
+
+/*
+ * long stub_clone(long flags, void *stack_top, int *ptid, int *ctid, long tls)
+ * The child starts on stack_top in stub_thread_main and never returns here.
+ */
+	.globl stub_clone
+	.type stub_clone, @function
+stub_clone:
+	mov	%rcx, %r10
+	mov	$56, %eax
+	syscall
+	test	%rax, %rax
+	jnz	1f
+	xor	%ebp, %ebp
+	call	stub_thread_main
+	hlt
+1:	ret
+
+	.section .note.GNU-stack,"",@progbits
