@@ -2,7 +2,8 @@
 PYTHON_FOR_GDB := /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-EXAMPLES := $(patsubst examples/%.c,examples/build/%,$(wildcard examples/*.c))
+EXAMPLES := $(patsubst examples/%.c,examples/build/%,$(wildcard examples/*.c)) \
+	examples/build/counter-static examples/build/counter-nopie
 
 .PHONY: setup native examples demo test lint bench clean
 
@@ -30,6 +31,10 @@ examples/build/%: examples/%.c
 examples/build/%-static: examples/%.c
 	@mkdir -p examples/build
 	gcc -g -O1 -static -o $@ $<
+
+examples/build/%-nopie: examples/%.c
+	@mkdir -p examples/build
+	gcc -g -O1 -no-pie -fno-pie -o $@ $<
 
 demo: setup
 	$(VPY) examples/demo.py

@@ -94,6 +94,7 @@ class Sys(enum.IntEnum):
     madvise = 28
     dup2 = 33
     nanosleep = 35
+    pause = 34
     getitimer = 36
     setitimer = 38
     getpid = 39

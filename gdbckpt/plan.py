@@ -124,13 +124,27 @@ class OpenFile(Step):
     flags: int = 0
     fd: int = 0
     why: str = ""
+    mode: int = 0o644
+    cloexec: bool = True       # the stub's own descriptors; not the program's
 
     def describe(self):
         return f"open {self.path} as fd {self.fd} ({self.why})"
 
     def ops(self, scratch):
-        return [Op(StubOp.OPEN_AT, (scratch.cstr(self.path), self.flags | OpenFlag.CLOEXEC, 0,
-                                    self.fd))]
+        flags = self.flags | (OpenFlag.CLOEXEC if self.cloexec else 0)
+        return [Op(StubOp.OPEN_AT, (scratch.cstr(self.path), int(flags), self.mode, self.fd))]
+
+
+@dataclasses.dataclass
+class DupFd(Step):
+    fd: int = 0
+    to: int = 0
+
+    def describe(self):
+        return f"duplicate fd {self.fd} as fd {self.to}"
+
+    def ops(self, scratch):
+        return [Op(Sys.dup3, (self.fd, self.to, 0))]
 
 
 @dataclasses.dataclass
@@ -402,15 +416,24 @@ class _FdAlloc:
         return fd
 
 
-def build(img: Image, live: Live, vdso_mode: str = "auto") -> Plan:
-    return _Builder(img, live, vdso_mode).build()
+STDIO_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
+
+
+def build(img: Image, live: Live, vdso_mode: str = "auto",
+          stdio: dict[int, str] | None = None) -> Plan:
+    """The steps that turn the live stub into the image's process.
+
+    stdio maps 0/1/2 to files the restored process gets as stdin/stdout/stderr.
+    """
+    return _Builder(img, live, vdso_mode, stdio or {}).build()
 
 
 class _Builder:
-    def __init__(self, img: Image, live: Live, vdso_mode: str):
+    def __init__(self, img: Image, live: Live, vdso_mode: str, stdio: dict[int, str]):
         self.img = img
         self.live = live
         self.vdso_mode = vdso_mode
+        self.stdio = stdio
         self.steps: list[Step] = []
         self.warnings: list[str] = []
         self.fds = _FdAlloc(live.fd_limit, {f.fd for f in img.fds})
@@ -432,6 +455,7 @@ class _Builder:
         self._place_specials(mode, temp)
         for fd in [image_fd, *file_fds.values()]:
             self.steps.append(CloseFd(fd=fd))
+        self._stdio()
         self._process()
         self._threads()
         return Plan(self.steps, self.warnings, mode)
@@ -590,6 +614,19 @@ class _Builder:
             self.steps.append(Fill(image_fd=image_fd, runs=[tuple(r) for r in runs]))
         if python:
             self.steps.append(WriteChunks(chunks=python))
+
+    def _stdio(self) -> None:
+        opened: dict[str, int] = {}
+        for fd in sorted(self.stdio):
+            path = os.path.abspath(self.stdio[fd])
+            if path in opened:
+                self.steps.append(DupFd(fd=opened[path], to=fd))
+                continue
+            out = OpenFlag.WRONLY | OpenFlag.CREAT | OpenFlag.TRUNC
+            flags = OpenFlag.RDONLY if fd == 0 else out
+            self.steps.append(OpenFile(path=path, flags=int(flags), fd=fd, cloexec=False,
+                                       why=STDIO_NAMES[fd]))
+            opened[path] = fd
 
     # -- process and threads -----------------------------------------------------
 

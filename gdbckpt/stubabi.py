@@ -11,6 +11,7 @@ STUB_STACK_SIZE = 256 * 1024
 STUB_SCRATCH_SIZE = 4 * 1024 * 1024
 STUB_MAX_THREADS = 256
 STUB_THREAD_STACK = 16 * 1024
+STUB_READY_FD = 3
 
 STUB_OP = struct.Struct("<q6qqq")     # nr, arg[6], flags, ret
 RET_OFFSET = 8 * 8                    # offsetof(struct stub_op, ret)

@@ -1,9 +1,10 @@
 /*
  * gdbckpt restart stub: the process that becomes the restored program.
  *
- * GDB starts it, stops it in stub_park(), and drives it with inferior calls
- * to stub_run(): a batch of system calls (struct stub_op) that recreate the
- * saved address space. It has no libc, so nothing of its own (rseq area,
+ * gdbckpt spawns it with a pipe at STUB_READY_FD; once the stub runs on its
+ * own stack it writes one byte there and waits in pause(). GDB attaches and
+ * drives it with inferior calls to stub_run(): a batch of system calls
+ * (struct stub_op) that recreate the saved address space. It has no libc, so nothing of its own (rseq area,
  * TLS, malloc arenas) lingers in what becomes the target's memory; it is
  * static and not PIE, linked at STUB_BASE, where no ordinary layout puts
  * anything.
@@ -13,7 +14,9 @@
 #define EINTR  4
 #define EIO    5
 #define SYS_read      0
+#define SYS_write     1
 #define SYS_close     3
+#define SYS_pause     34
 #define SYS_pread64   17
 #define SYS_dup3      292
 #define SYS_openat    257
@@ -114,6 +117,11 @@ void stub_thread_main(void)
 
 void stub_main(void)
 {
-	for (;;)
+	/* Tell gdbckpt that the kernel's stack is no longer in use. */
+	stub_syscall(SYS_write, STUB_READY_FD, (long)"R", 1, 0, 0, 0);
+	stub_syscall(SYS_close, STUB_READY_FD, 0, 0, 0, 0, 0);
+	for (;;) {
 		stub_park();
+		stub_syscall(SYS_pause, 0, 0, 0, 0, 0, 0);
+	}
 }

@@ -10,6 +10,7 @@
 #define STUB_SCRATCH_SIZE  (4 * 1024 * 1024)
 #define STUB_MAX_THREADS   256
 #define STUB_THREAD_STACK  (16 * 1024)
+#define STUB_READY_FD      3 /* the stub writes one byte here once it is parked */
 
 /* Op numbers below 1000 are raw system calls; these are done by the stub itself. */
 #define STUB_OP_PREAD_ALL  1000 /* fd, addr, len, offset: read exactly len bytes */

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 import gdb
 
@@ -36,8 +37,13 @@ def _guard(name: str):
 
 
 def parse_args(arg: str, usage: str, flags: tuple[str, ...] = (),
-               choices: dict[str, tuple[str, ...]] | None = None) -> tuple[dict, list[str]]:
-    """Split GDB command arguments into --options and positional words."""
+               choices: dict[str, tuple[str, ...]] | None = None,
+               values: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+    """Split GDB command arguments into --options and positional words.
+
+    flags take no value, choices one of a list (--key=value), values any
+    value (--key=value or --key value).
+    """
     choices = choices or {}
     opts: dict[str, object] = {}
     words = []
@@ -45,11 +51,18 @@ def parse_args(arg: str, usage: str, flags: tuple[str, ...] = (),
         argv = gdb.string_to_argv(arg)
     except gdb.error as e:
         raise UsageError(f"{e}; usage: {usage}") from None
-    for a in argv:
+    it = iter(argv)
+    for a in it:
         if a.startswith("--") and len(a) > 2:
             key, eq, value = a[2:].partition("=")
             if key in flags and not eq:
                 opts[key] = True
+            elif key in values:
+                if not eq:
+                    value = next(it, "")
+                if not value:
+                    raise UsageError(f"--{key} needs a value; usage: {usage}")
+                opts[key] = value
             elif key in choices and eq:
                 if value not in choices[key]:
                     raise UsageError(f"--{key} takes one of {', '.join(choices[key])}, not "
@@ -113,17 +126,22 @@ The process stays stopped where it was; 'continue' runs it on."""
 class CkptRestore(gdb.Command):
     """Restore a saved process, stopped where it was saved.
 
-Usage: ckpt restore [--dry-run] [--no-verify] [--vdso=auto|move|patch] IMG
+Usage: ckpt restore [--dry-run] [--no-verify] [--vdso=auto|move|patch]
+                    [--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG
 
 IMG is an image written by 'ckpt save'. A process being debugged now is
 replaced (GDB asks first). The restored process has the program's symbols
 loaded: bt, print, info locals and breakpoints work; 'continue' runs on.
+Its standard streams are GDB's unless redirected:
+--stdin=FILE, --stdout=FILE, --stderr=FILE  read from / write to FILE
+             (created or truncated, like the shell's < and >).
 --dry-run    print the restore plan without changing anything.
 --no-verify  skip checking the memory checksums (default: 'set ckpt verify').
 --vdso=MODE  auto (default): move this kernel's vDSO into place when it is the
              saved one, else patch the saved one; move or patch force a way."""
 
-    USAGE = "ckpt restore [--dry-run] [--no-verify] [--vdso=auto|move|patch] IMG"
+    USAGE = ("ckpt restore [--dry-run] [--no-verify] [--vdso=auto|move|patch] "
+             "[--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG")
 
     def __init__(self):
         super().__init__("ckpt restore", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
@@ -132,10 +150,15 @@ loaded: bt, print, info locals and breakpoints work; 'continue' runs on.
     def invoke(self, arg, from_tty):
         from . import restore
         opts, words = parse_args(arg, self.USAGE, flags=("dry-run", "no-verify"),
-                                 choices={"vdso": ("auto", "move", "patch")})
+                                 choices={"vdso": ("auto", "move", "patch")},
+                                 values=("stdin", "stdout", "stderr"))
         path = one_path(words, self.USAGE)
+        stdio = {fd: str(opts[name]) for fd, name in enumerate(("stdin", "stdout", "stderr"))
+                 if name in opts}
+        if 0 in stdio and not os.access(stdio[0], os.R_OK):
+            raise UsageError(f"--stdin: cannot read '{stdio[0]}'")
         r = restore.restore(path, vdso_mode=str(opts.get("vdso", "auto")),
-                            dry_run=bool(opts.get("dry-run")),
+                            dry_run=bool(opts.get("dry-run")), stdio=stdio,
                             verify=False if opts.get("no-verify") else None, from_tty=from_tty)
         if opts.get("dry-run"):
             gdb.write(r.plan.text() + "\n")

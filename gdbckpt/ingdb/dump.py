@@ -62,10 +62,8 @@ def save(path: str, *, sync: bool | None = None, compress: bool = False) -> Save
     check_stopped(SaveError)
     inf = Inferior(SaveError)
     try:
-        # Scheduler locking: injected calls must not let other threads run.
-        with settings.temporarily(scheduler_locking="on", suppress_cli_notifications="on"):
-            return _Saver(inf, path, settings.get("sync") if sync is None else sync,
-                          compress).run(t0)
+        return _Saver(inf, path, settings.get("sync") if sync is None else sync,
+                      compress).run(t0)
     finally:
         inf.close()
 

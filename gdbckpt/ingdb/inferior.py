@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import struct
 
 import gdb
@@ -21,9 +22,6 @@ from ..maps import Kind, Mapping, read_mappings
 from ..regs import SYSCALL_INSN
 
 _U8 = None
-# Registers an injected system call changes; put back afterwards.
-_INJECT_SAVE = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "rcx", "r11", "rip", "eflags",
-                "orig_rax")
 # Bytes below rsp that the injected calls may use: past the 128-byte red zone.
 _SCRATCH_GAP = 128 + 512
 
@@ -132,30 +130,41 @@ class Inferior:
     # -- injected system calls ---------------------------------------------------
 
     def syscall(self, nr: int, *args: int) -> int:
-        """Make the selected thread run one system call; returns rax (may be -errno)."""
+        """Make the selected thread run one system call; returns rax (may be -errno).
+
+        Done with ptrace directly (GDB's process is the tracer): set the
+        registers, single-step over a syscall instruction already in the
+        process, wait for the trap, put the registers back. GDB never sees
+        the thread run, so GDB/MI front ends see no ^running or *stopped.
+        """
         at = self._find_syscall_insn()
-        saved = {n: self.read_reg(n) for n in _INJECT_SAVE}
+        tid = gdb.selected_thread().ptid[1]
+        saved = ptrace_getregs(tid, self.raise_as)
+        regs = list(saved)
+        # orig_rax = -1: a thread stopped inside a system call would
+        # otherwise have that call restarted by the kernel instead of ours.
+        padded = (*args, *[0] * (6 - len(args)))
+        for name, value in (("orig_rax", -1), ("rip", at), ("rax", nr),
+                            *zip(SYSCALL_ARG_REGS, padded, strict=True)):
+            regs[USER_REGS[name]] = value & MASK64
+        caught: list[int] = []
         try:
-            # orig_rax = -1 first: a thread stopped inside a system call would
-            # otherwise have it restarted by the kernel instead of ours run.
-            self.set_reg("orig_rax", -1)
-            self.set_reg("rip", at)
-            self.set_reg("rax", nr)
-            # Unused arguments are zero: some calls (prctl) insist on it.
-            padded = (*args, *[0] * (6 - len(args)))
-            for reg, val in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), padded, strict=True):
-                self.set_reg(reg, val)
-            self.set_reg("orig_rax", -1)
-            gdb.execute("stepi", to_string=True)
-            if self.read_reg("rip") != at + len(SYSCALL_INSN):
-                raise self.raise_as(f"injected system call {nr} did not complete "
-                                    f"(stopped at {self.read_reg('rip'):#x})")
-            return _signed(self.read_reg("rax"))
+            ptrace_setregs(tid, regs, self.raise_as)
+            while True:
+                sig = ptrace_step(tid, self.raise_as)
+                if sig == signal.SIGTRAP:
+                    break
+                caught.append(sig)     # arrived while stepping: sent again below
+            after = ptrace_getregs(tid, self.raise_as)
         finally:
-            for name in _INJECT_SAVE:
-                if name != "orig_rax":
-                    self.set_reg(name, saved[name])
-            self.set_reg("orig_rax", saved["orig_rax"])
+            ptrace_setregs(tid, saved, self.raise_as)
+            gdb.execute("maintenance flush register-cache", to_string=True)
+            for sig in caught:
+                _libc().syscall(Sys.tgkill, self.pid, tid, sig)
+        if after[USER_REGS["rip"]] != at + len(SYSCALL_INSN):
+            raise self.raise_as(f"injected system call {nr} did not complete "
+                                f"(stopped at {after[USER_REGS['rip']]:#x})")
+        return _signed(after[USER_REGS["rax"]])
 
     def syscall_ok(self, nr: int, *args: int, what: str) -> int:
         ret = self.syscall(nr, *args)
@@ -247,6 +256,39 @@ class Inferior:
         length = ctypes.c_size_t()
         ret = _libc().syscall(Sys.get_robust_list, tid, ctypes.byref(head), ctypes.byref(length))
         return (head.value, length.value) if ret == 0 else None
+
+
+# struct user_regs_struct (x86-64), as PTRACE_GETREGS fills it.
+USER_REGS = {name: i for i, name in enumerate(
+    "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss "
+    "fs_base gs_base ds es fs gs".split())}
+SYSCALL_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+MASK64 = (1 << 64) - 1
+PTRACE_SINGLESTEP, PTRACE_GETREGS, PTRACE_SETREGS = 9, 12, 13
+WALL = 0x40000000
+
+
+def ptrace_getregs(tid: int, err) -> list[int]:
+    buf = (ctypes.c_uint64 * len(USER_REGS))()
+    if _libc().ptrace(PTRACE_GETREGS, tid, None, ctypes.byref(buf)) < 0:
+        raise err(f"ptrace(GETREGS, {tid}) failed: {os.strerror(ctypes.get_errno())}")
+    return list(buf)
+
+
+def ptrace_setregs(tid: int, regs: list[int], err) -> None:
+    buf = (ctypes.c_uint64 * len(USER_REGS))(*regs)
+    if _libc().ptrace(PTRACE_SETREGS, tid, None, ctypes.byref(buf)) < 0:
+        raise err(f"ptrace(SETREGS, {tid}) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def ptrace_step(tid: int, err) -> int:
+    """Single-step tid and wait for it; returns the signal it stopped with."""
+    if _libc().ptrace(PTRACE_SINGLESTEP, tid, None, None) < 0:
+        raise err(f"ptrace(SINGLESTEP, {tid}) failed: {os.strerror(ctypes.get_errno())}")
+    _, status = os.waitpid(tid, WALL)
+    if not os.WIFSTOPPED(status):
+        raise err(f"thread {tid} ended during an injected system call")
+    return os.WSTOPSIG(status)
 
 
 _LIBC = None

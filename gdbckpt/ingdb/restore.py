@@ -36,7 +36,8 @@ class RestoreResult:
 
 
 def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
-            verify: bool | None = None, from_tty: bool = False) -> RestoreResult:
+            verify: bool | None = None, stdio: dict[int, str] | None = None,
+            from_tty: bool = False) -> RestoreResult:
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
     img = Image.open(os.path.abspath(path))
@@ -46,15 +47,15 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
     phases["read image"] = time.perf_counter() - t0
     _replace_current(from_tty)
     with settings.temporarily(suppress_cli_notifications="on"):
-        return _restore(img, file_problems, vdso_mode, dry_run, phases, t0)
+        return _restore(img, file_problems, vdso_mode, dry_run, stdio, phases, t0)
 
 
-def _restore(img, file_problems, vdso_mode, dry_run, phases, t0) -> RestoreResult:
+def _restore(img, file_problems, vdso_mode, dry_run, stdio, phases, t0) -> RestoreResult:
     stub = Stub.start()
     phases["start stub"] = time.perf_counter() - t0
     try:
         live = _live(stub, img, file_problems)
-        plan = planmod.build(img, live, vdso_mode)
+        plan = planmod.build(img, live, vdso_mode, stdio)
         if dry_run:
             stub.kill()
             return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)

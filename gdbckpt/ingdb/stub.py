@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import select
+import signal
 
 import gdb
 
@@ -11,7 +14,7 @@ from ..errors import RestoreError
 from ..linux import is_syscall_error
 from ..maps import Mapping, read_mappings
 from ..plan import Op, Scratch
-from ..stubabi import RET_OFFSET, STUB_OP, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
+from ..stubabi import RET_OFFSET, STUB_OP, STUB_READY_FD, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
 from . import settings
 from .inferior import Inferior
 
@@ -19,6 +22,7 @@ from .inferior import Inferior
 OPS_AREA = 1 << 20
 DATA_AREA = STUB_SCRATCH_SIZE - OPS_AREA
 OPS_PER_RUN = OPS_AREA // STUB_OP.size
+READY_TIMEOUT = 10
 
 
 class OpFailed(Exception):
@@ -52,16 +56,25 @@ class Stub:
 
     @classmethod
     def start(cls) -> Stub:
+        """Spawn the stub, wait until it is parked on its own stack, attach to it.
+
+        Not `run`: a run (or any resume that is not an inferior call) makes
+        GDB/MI answer the ckpt command with ^running instead of ^done.
+        """
         path = native.stub_path()
         if not native.stub_built():
             raise RestoreError(f"the restart stub {path} is not built: {native.native_hint()}")
-        with settings.temporarily(startup_with_shell="off", confirm="off"):
-            gdb.execute(f"file {path}", to_string=True)
-            gdb.execute("tbreak stub_park", to_string=True)
-            gdb.execute("run", to_string=True)
-        frame = gdb.selected_frame() if gdb.selected_inferior().pid else None
-        if frame is None or frame.name() != "stub_park":
-            raise RestoreError("the restart stub did not start (see GDB's messages above)")
+        pid = _spawn_parked(path)
+        try:
+            with settings.temporarily(confirm="off"):
+                gdb.execute(f"file {path}", to_string=True)
+                gdb.execute(f"attach {pid}", to_string=True)
+        except gdb.error as e:
+            os.kill(pid, signal.SIGKILL)
+            raise RestoreError(f"cannot attach to the restart stub: {e}") from None
+        if gdb.selected_inferior().pid != pid:
+            os.kill(pid, signal.SIGKILL)
+            raise RestoreError("GDB did not attach to the restart stub")
         return cls()
 
     def mappings(self) -> list[Mapping]:
@@ -107,6 +120,38 @@ class Stub:
 
     def kill(self) -> None:
         kill_selected()
+
+
+def _spawn_parked(path: str) -> int:
+    """Start the stub with only stdio and its ready pipe; returns once it is parked."""
+    r, w = os.pipe()
+    actions = [(os.POSIX_SPAWN_DUP2, w, STUB_READY_FD)]
+    # Descriptors GDB inherited without close-on-exec must not reach the
+    # restored process.
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in (w, STUB_READY_FD):
+            try:
+                if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
+            except OSError:
+                pass
+    try:
+        pid = os.posix_spawn(path, [path], {}, file_actions=actions)
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        raise RestoreError(f"cannot start the restart stub {path}: {e.strerror}") from None
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
+        if not ready or os.read(r, 1) != b"R":
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise RestoreError(f"the restart stub did not start within {READY_TIMEOUT} s")
+    finally:
+        os.close(r)
+    return pid
 
 
 def kill_selected() -> None:

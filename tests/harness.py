@@ -1,0 +1,113 @@
+"""End-to-end helpers: real GDB under MI, real example programs, real images.
+
+Every scenario has the same shape: run a program under GDB with its output
+to a file, stop it somewhere, `ckpt save`, kill it, restore the image in a
+fresh GDB with the rest of the output to a second file, let it finish, and
+compare the two files joined with the output of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import time
+
+from gdbckpt.mi import Gdb, MiError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(REPO, "examples", "build")
+EXAMPLES = os.path.join(REPO, "examples")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def example(name: str) -> str:
+    return os.path.join(BUILD, name)
+
+
+def uninterrupted(argv: list[str], stdin: str = "/dev/null", timeout: float = 60) -> str:
+    with open(stdin) as inp:
+        return subprocess.run(argv, stdin=inp, capture_output=True, text=True, check=True,
+                              timeout=timeout).stdout
+
+
+class Session:
+    """One GDB; killed with whatever it runs when the test ends."""
+
+    def __init__(self, prefix: tuple[str, ...] = (), timeout: float = 60):
+        self.gdb = Gdb(prefix=prefix, timeout=timeout)
+
+    def cli(self, command: str, timeout: float | None = None) -> str:
+        return self.gdb.cli(command, timeout)
+
+    def pid(self) -> int:
+        out = self.cli("info inferiors")
+        m = re.search(r"process (\d+)", out)
+        return int(m.group(1)) if m else 0
+
+    def start(self, argv: list[str], stdout: str, stdin: str = "/dev/null",
+              breakpoint: str | None = None, aslr: bool = False) -> dict:
+        """Run argv under GDB, output to stdout; stops at breakpoint if given."""
+        self.cli(f"file {shlex.quote(argv[0])}")
+        if aslr:
+            self.cli("set disable-randomization off")
+        if breakpoint:
+            self.cli(f"break {breakpoint}")
+        args = " ".join(shlex.quote(a) for a in argv[1:])
+        self.gdb.cmd(f"-exec-arguments {args} < {shlex.quote(stdin)} > {shlex.quote(stdout)}")
+        if breakpoint:
+            return self.resume("-exec-run")
+        self.gdb.cmd("-exec-run")
+        return {}
+
+    def interrupt_when(self, path: str, pattern: str, timeout: float = 30) -> dict:
+        """Stop the running program once its output file shows pattern."""
+        wait_for_output(path, pattern, timeout)
+        return self.resume("-exec-interrupt")
+
+    def save(self, img: str, *opts: str) -> str:
+        return self.cli(f"ckpt save {' '.join(opts)} {img}".replace("  ", " "), timeout=120)
+
+    def restore(self, img: str, stdout: str | None = None, stdin: str = "/dev/null",
+                *opts: str) -> str:
+        words = ["ckpt restore", *opts, f"--stdin={stdin}"]
+        if stdout:
+            words.append(f"--stdout={stdout}")
+        words.append(img)
+        return self.cli(" ".join(words), timeout=120)
+
+    def finish(self, timeout: float = 60) -> dict:
+        """Continue until the program exits; returns the *stopped record."""
+        return self.resume("-exec-continue", timeout)
+
+    def resume(self, command: str, timeout: float = 60) -> dict:
+        """Resume with an MI command and wait for the stop it leads to."""
+        self.gdb.events.clear()
+        self.gdb.cmd(command)
+        return self.gdb.wait_stopped(timeout)
+
+    def close(self) -> None:
+        try:
+            if self.pid():
+                self.cli("kill")
+        except (MiError, Exception):
+            pass
+        self.gdb.close()
+
+
+def wait_for_output(path: str, pattern: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read()
+            if re.search(pattern, text, re.M):
+                return text
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never showed {pattern!r}")
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()

@@ -1,0 +1,148 @@
+"""Core: save a stopped process in GDB, kill it, restore it in a fresh GDB, finish it."""
+
+import os
+import re
+
+import pytest
+from harness import example, read, uninterrupted
+
+from gdbckpt.mi import MiError
+
+
+def save_at_break(sessions, tmp_path, argv, bp, **kw):
+    img = str(tmp_path / "p.img")
+    before = str(tmp_path / "before.out")
+    s = sessions()
+    stop = s.start(argv, before, breakpoint=bp, **kw)
+    assert stop.get("reason") == "breakpoint-hit", stop
+    out = s.save(img)
+    assert "Saved process" in out
+    s.cli("kill")
+    return img, before
+
+
+def restore_and_finish(sessions, tmp_path, img, stdin="/dev/null"):
+    after = str(tmp_path / "after.out")
+    r = sessions()
+    out = r.restore(img, after, stdin)
+    assert "Restored process" in out, out
+    stop = r.finish()
+    assert stop.get("reason") == "exited-normally", stop
+    return r, out, after
+
+
+# What GDB shows at the saved point; a restore must show the same.
+VIEWS = ("bt", "info args", "info locals", "print tls_acc", "print global_table[3]",
+         "print/x $rip", "print/x $rsp", "print $_siginfo.si_signo")
+
+
+def views(session) -> dict[str, str]:
+    out = {}
+    for v in VIEWS:
+        try:
+            out[v] = re.sub(r"^\$\d+ = ", "$N = ", session.cli(v))
+        except MiError as e:
+            # e.g. GDB 13 reads no TLS of static programs: then neither session can.
+            out[v] = "error: " + re.sub(r"process \d+", "process N", e.msg)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["counter", "counter-nopie", "counter-static"])
+def test_counter_restores_and_finishes_identically(sessions, tmp_path, variant):
+    argv = [example(variant), "12", "10"]
+    img = str(tmp_path / "p.img")
+    before = str(tmp_path / "before.out")
+    s = sessions()
+    s.start(argv, before, breakpoint="compute_step if step == 5")
+    seen = views(s)
+    s.save(img)
+    assert views(s) == seen, "saving changed what GDB shows"
+    s.cli("kill")
+    assert oct(os.stat(img).st_mode & 0o777) == "0o600"
+    r = sessions()
+    after = str(tmp_path / "after.out")
+    r.restore(img, after)
+    restored = views(r)
+    for v in VIEWS:
+        if v != "print $_siginfo.si_signo":
+            assert restored[v] == seen[v], v
+    assert re.search(r"#0 .*compute_step", restored["bt"]) and "main" in restored["bt"]
+    stop = r.finish()
+    assert stop.get("reason") == "exited-normally", stop
+    assert read(before) + read(after) == uninterrupted(argv)
+
+
+def test_new_breakpoint_after_restore(sessions, tmp_path):
+    argv = [example("counter"), "10", "5"]
+    img, before = save_at_break(sessions, tmp_path, argv, "compute_step if step == 3")
+    r = sessions()
+    after = str(tmp_path / "after.out")
+    r.restore(img, after)
+    r.cli("break compute_step if step == 7")
+    stop = r.resume("-exec-continue")
+    assert stop.get("reason") == "breakpoint-hit", stop
+    assert "step = 7" in r.cli("info args")
+    assert read(after).splitlines()[-1].startswith("step 6 ")
+    stop = r.finish()
+    assert read(before) + read(after) == uninterrupted(argv)
+
+
+@pytest.mark.parametrize("aslr", [False, True], ids=["aslr-off", "aslr-on"])
+def test_clocks_work_after_restore(sessions, tmp_path, aslr):
+    argv = [example("clock"), "10", "10"]
+    img, before = save_at_break(sessions, tmp_path, argv, "check_clocks if step == 4", aslr=aslr)
+    r, out, after = restore_and_finish(sessions, tmp_path, img)
+    assert "vDSO: move" in out
+    text = read(before) + read(after)
+    assert text == uninterrupted(argv)
+    assert "WRONG" not in text
+
+
+def test_sched_getcpu_right_after_restore(sessions, tmp_path):
+    argv = [example("cpuhop"), "12", "5"]
+    img, before = save_at_break(sessions, tmp_path, argv, "hop if step == 5")
+    r, out, after = restore_and_finish(sessions, tmp_path, img)
+    text = read(before) + read(after)
+    assert "STALE" not in text
+    assert text == uninterrupted(argv)
+
+
+def test_saved_inside_nanosleep_restarts_the_sleep(sessions, tmp_path):
+    argv = [example("sleeper"), "2"]
+    img = str(tmp_path / "p.img")
+    before = str(tmp_path / "before.out")
+    s = sessions()
+    s.start(argv, before)
+    s.interrupt_when(before, "^sleeping")
+    s.save(img)
+    s.cli("kill")
+    info = sessions().cli(f"ckpt info --brief {img}")
+    assert "inside clock_nanosleep: restarts" in info
+    stdin = tmp_path / "input"
+    stdin.write_text("hello\n")
+    r, out, after = restore_and_finish(sessions, tmp_path, img, str(stdin))
+    assert read(before) + read(after) == uninterrupted(argv, str(stdin))
+    assert "nanosleep returned 0 errno 0" in read(after)
+
+
+def test_saved_inside_read_restarts_the_read(sessions, tmp_path):
+    argv = [example("sleeper"), "0"]
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    # Hold the fifo open for writing so the program blocks in read, not at EOF.
+    hold = os.open(fifo, os.O_RDWR)
+    img = str(tmp_path / "p.img")
+    before = str(tmp_path / "before.out")
+    try:
+        s = sessions()
+        s.start(argv, before, stdin=fifo)
+        s.interrupt_when(before, "^reading")
+        s.save(img)
+        s.cli("kill")
+    finally:
+        os.close(hold)
+    stdin = tmp_path / "input"
+    stdin.write_text("hello\n")
+    r, out, after = restore_and_finish(sessions, tmp_path, img, str(stdin))
+    assert read(after) == "read returned 6 errno 0: hello\n\n"
+    assert read(before) + read(after) == uninterrupted(argv, str(stdin))
