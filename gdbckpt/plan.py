@@ -648,8 +648,12 @@ class _Builder:
                                "multi-threaded processes is not supported yet")
         leader = self.img.threads[0]
         self.steps.append(ThreadKernelState(state=leader))
-        if self.live.can_set_exe and self.img.process.exe_file >= 0 \
-                and not self.live.file_problems.get(self.img.process.exe_file):
+        exe_ok = (self.img.process.exe_file >= 0
+                  and not self.live.file_problems.get(self.img.process.exe_file))
+        if exe_ok and not self.live.can_set_exe:
+            self.warnings.append("the exe link (/proc/PID/exe) keeps naming the restart stub: "
+                                 "setting it is not permitted without CAP_CHECKPOINT_RESTORE")
+        if exe_ok and self.live.can_set_exe:
             fd = self.fds.take()
             self.steps.append(OpenFile(path=self.img.process.exe, flags=int(OpenFlag.RDONLY),
                                        fd=fd, why="the exe link"))

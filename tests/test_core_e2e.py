@@ -2,9 +2,11 @@
 
 import os
 import re
+import shutil
+import tempfile
 
 import pytest
-from harness import example, read, uninterrupted
+from harness import EXAMPLES, SYSTEM_PYTHON, example, read, uninterrupted
 
 from gdbckpt.mi import MiError
 
@@ -146,3 +148,57 @@ def test_saved_inside_read_restarts_the_read(sessions, tmp_path):
     r, out, after = restore_and_finish(sessions, tmp_path, img, str(stdin))
     assert read(after) == "read returned 6 errno 0: hello\n\n"
     assert read(before) + read(after) == uninterrupted(argv, str(stdin))
+
+
+def test_system_python_restores_mid_loop(sessions, tmp_path):
+    """A real program no one here wrote: /usr/bin/python3, stopped while it runs."""
+    argv = [SYSTEM_PYTHON, os.path.join(EXAMPLES, "pyloop.py"), "30", "0.02"]
+    img = str(tmp_path / "p.img")
+    before = str(tmp_path / "before.out")
+    s = sessions()
+    s.start(argv, before)
+    s.interrupt_when(before, "^12 ")
+    s.save(img)
+    s.cli("kill")
+    r, out, after = restore_and_finish(sessions, tmp_path, img)
+    assert read(before) + read(after) == uninterrupted(argv)
+
+
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all")
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory an unprivileged user can write (tmp_path is root's alone)."""
+    d = tempfile.mkdtemp(prefix="gdbckpt-")
+    os.chmod(d, 0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("who", ["root", "nobody"])
+def test_exe_link_and_privileges(sessions, shared_dir, who):
+    """As root the exe link names the program; unprivileged it cannot, and says so."""
+    prefix = NOBODY if who == "nobody" else ()
+    argv = [example("counter"), "8", "5"]
+    img = os.path.join(shared_dir, "p.img")
+    before = os.path.join(shared_dir, "before.out")
+    after = os.path.join(shared_dir, "after.out")
+    s = sessions(prefix=prefix)
+    s.start(argv, before, breakpoint="compute_step if step == 2")
+    s.save(img)
+    s.cli("kill")
+    r = sessions(prefix=prefix)
+    out = r.restore(img, after)
+    exe = os.readlink(f"/proc/{r.pid()}/exe")
+    if who == "root":
+        assert exe == argv[0]
+    else:
+        assert "exe link" in out and "not permitted" in out.lower(), out
+        assert os.path.basename(exe) == "gdbckpt-stub"
+        # A restored process saves again: the program is known from GDB.
+        again = os.path.join(shared_dir, "again.img")
+        r.save(again)
+        assert f"Program:   {argv[0]}" in r.cli(f"ckpt info --brief {again}")
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(before) + read(after) == uninterrupted(argv)
