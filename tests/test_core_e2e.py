@@ -202,3 +202,46 @@ def test_exe_link_and_privileges(sessions, shared_dir, who):
         assert f"Program:   {argv[0]}" in r.cli(f"ckpt info --brief {again}")
     assert r.finish().get("reason") == "exited-normally"
     assert read(before) + read(after) == uninterrupted(argv)
+
+
+@pytest.mark.parametrize("change", ["rebuilt", "deleted"])
+def test_changed_program_file_restores_from_the_image(sessions, tmp_path, change):
+    """A mapped file that changed after the save is not trusted: its pages come from the image."""
+    prog = str(tmp_path / "counter")
+    shutil.copy(example("counter"), prog)
+    argv = [prog, "10", "5"]
+    expected = uninterrupted(argv)
+    img = str(tmp_path / "p.img")
+    before = str(tmp_path / "before.out")
+    s = sessions()
+    s.start(argv, before, breakpoint="compute_step if step == 3")
+    s.save(img)
+    s.cli("kill")
+    if change == "rebuilt":
+        shutil.copy(example("clock"), prog)     # same name, other content
+    else:
+        os.unlink(prog)
+    r = sessions()
+    after = str(tmp_path / "after.out")
+    out = r.restore(img, after)
+    assert "restored from the image as private copies" in out, out
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(before) + read(after) == expected
+
+
+def test_info_describes_the_image(sessions, tmp_path):
+    img = str(tmp_path / "p.img")
+    s = sessions()
+    s.start([example("counter"), "5", "1"], str(tmp_path / "o"),
+            breakpoint="compute_step if step == 2")
+    s.save(img)
+    info = s.cli(f"ckpt info {img}")
+    for want in ("Format:    version 1", f"Program:   {example('counter')}", "Threads:   1",
+                 "[heap]", "[stack]", "libc.so.6", "a restore here would move", "Kernel:    "
+                 + os.uname().release):
+        assert want in info, want
+    import json
+    data = json.loads(s.cli(f"ckpt info --json {img}"))
+    assert data["process"]["exe"] == example("counter")
+    assert data["vdso_restore"]["mode"] == "move"
+    assert {v["path"] for v in data["vmas"]} >= {"[heap]", "[stack]", "[vdso]"}

@@ -61,7 +61,13 @@ def _restore(img, file_problems, vdso_mode, dry_run, stdio, phases, t0) -> Resto
             return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)
         warnings = list(plan.warnings)
         warnings += _Executor(stub, img, plan).run(phases, t0)
-        _take_over(stub.pid, img.process.exe)
+        exe = img.process.exe
+        changed = file_problems.get(img.process.exe_file) if img.process.exe_file >= 0 else None
+        if changed:
+            warnings.append(f"the program changed since the save ({changed}): GDB has no "
+                            "symbols for it, only for its shared libraries")
+            exe = None
+        _take_over(stub.pid, exe)
         phases["load symbols"] = time.perf_counter() - t0
     except BaseException as e:
         kill_selected()
@@ -181,7 +187,7 @@ class _Executor:
                                  f"{os.strerror(-ret)}")
 
 
-def _take_over(pid: int, exe: str) -> None:
+def _take_over(pid: int, exe: str | None) -> None:
     """Hand GDB the real program: stop, detach, load its file, attach again.
 
     GDB cached the stub's auxv and symbols; only a fresh attach makes it read
@@ -190,8 +196,10 @@ def _take_over(pid: int, exe: str) -> None:
     os.kill(pid, signal.SIGSTOP)
     with settings.temporarily(confirm="off", exec_file_mismatch="off"):
         gdb.execute("detach", to_string=True)
-        if os.path.exists(exe):
+        if exe and os.path.exists(exe):
             gdb.execute(f"file {_quote(exe)}", to_string=True)
+        else:
+            gdb.execute("file", to_string=True)      # not the stub's symbols
         gdb.execute(f"attach {pid}", to_string=True)
     # The SIGSTOP left a job-control stop that the next resume would report
     # again: SIGCONT ends it. GDB must not stop on (or pass) that SIGCONT,

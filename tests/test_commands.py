@@ -1,0 +1,129 @@
+"""The ckpt commands in real GDB: help, one-line errors, loading, replacing a live process."""
+
+import os
+import subprocess
+
+import pytest
+from harness import REPO, SYSTEM_PYTHON, example, read, uninterrupted
+
+from gdbckpt.mi import MiError
+
+GDBINIT = os.path.join(REPO, "gdbinit.py")
+
+
+def error_of(session, command: str) -> str:
+    with pytest.raises(MiError) as e:
+        session.cli(command)
+    msg = e.value.msg
+    assert "\n" not in msg.strip() and "Traceback" not in msg, msg
+    return msg
+
+
+def test_help_lists_subcommands(sessions):
+    out = sessions().cli("help ckpt")
+    for sub in ("save", "restore", "info"):
+        assert f"ckpt {sub}" in out
+    assert "Usage: ckpt save" in sessions().cli("help ckpt save")
+
+
+def test_usage_errors_are_one_line(sessions):
+    s = sessions()
+    assert error_of(s, "ckpt save").startswith("ckpt save: missing arguments; usage: ckpt save")
+    assert "unknown option '--bogus'" in error_of(s, "ckpt save --bogus x.img")
+    assert "too many arguments" in error_of(s, "ckpt info a b")
+    assert "--vdso takes one of auto, move, patch" in error_of(s, "ckpt restore --vdso=x a")
+    assert error_of(s, "ckpt save /tmp/x.img") == (
+        "ckpt save: there is no process: start or attach one first")
+
+
+def test_bad_images_are_refused_in_one_line(sessions, tmp_path):
+    s = sessions()
+    missing = tmp_path / "missing.img"
+    assert "cannot open" in error_of(s, f"ckpt restore {missing}")
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"not an image at all" * 500)
+    assert "is not a gdbckpt image" in error_of(s, f"ckpt info {junk}")
+    assert "is not a gdbckpt image" in error_of(s, f"ckpt restore {junk}")
+    assert "is not a regular file" in error_of(s, f"ckpt info {tmp_path}")
+    assert s.pid() == 0
+
+
+def test_batch_gdb_exits_non_zero_on_error(tmp_path):
+    r = subprocess.run(["gdb", "-nx", "-batch", "-x", GDBINIT, "-ex",
+                        f"ckpt info {tmp_path / 'nope.img'}"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "ckpt info: cannot open" in r.stderr
+
+
+def test_loading_twice_is_harmless_and_quiet(tmp_path):
+    r = subprocess.run(["gdb", "-nx", "-batch", "-x", GDBINIT, "-x", GDBINIT, "-ex",
+                        "help ckpt"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("gdbckpt loaded") == 1
+    assert r.stderr == ""
+
+
+def test_prompt_toolkit_never_loads_in_gdb(sessions, tmp_path):
+    s = sessions()
+    s.start([example("counter"), "3", "1"], str(tmp_path / "o"), breakpoint="compute_step")
+    s.save(str(tmp_path / "p.img"))
+    s.cli(f"ckpt info {tmp_path / 'p.img'}")
+    out = s.cli("python print(sorted(m for m in sys.modules "
+                "if m.startswith(('prompt_toolkit', 'readline'))))")
+    assert out.strip() == "[]"
+
+
+def test_restore_replaces_a_live_process(sessions, tmp_path):
+    argv = [example("counter"), "8", "1"]
+    img = str(tmp_path / "p.img")
+    before = str(tmp_path / "before.out")
+    s = sessions()
+    s.start(argv, before, breakpoint="compute_step if step == 4")
+    s.save(img)
+    old = s.pid()
+    s.cli("continue")        # the original runs on after a save
+    s.cli("delete")
+    s.start([example("counter"), "50", "1"], str(tmp_path / "other.out"),
+            breakpoint="compute_step if step == 1")
+    other = s.pid()
+    after = str(tmp_path / "after.out")
+    out = s.restore(img, after)
+    assert "Restored process" in out
+    assert s.pid() not in (0, old, other)
+    assert not os.path.exists(f"/proc/{other}")
+    assert s.finish().get("reason") == "exited-normally"
+    assert read(before).splitlines()[:4] + read(after).splitlines() == \
+        uninterrupted(argv).splitlines()
+
+
+PIN_AT_STUB = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+addr = libc.mmap(0x100000000000, 4096, 3, 0x22 | 0x100000, -1, 0)
+print("mapped", hex(addr), flush=True)
+time.sleep(30)
+"""
+
+
+def test_failed_restore_kills_the_stub_and_keeps_gdb_usable(sessions, tmp_path):
+    """An image that needs the stub's own addresses is refused; nothing is left running."""
+    script = tmp_path / "pin.py"
+    script.write_text(PIN_AT_STUB)
+    img = str(tmp_path / "p.img")
+    out = str(tmp_path / "o")
+    s = sessions()
+    s.start([SYSTEM_PYTHON, str(script)], out)
+    s.interrupt_when(out, "^mapped 0x100000000000")
+    s.save(img)
+    s.cli("kill")
+    r = sessions()
+    msg = error_of(r, f"ckpt restore {img}")
+    assert msg.startswith("ckpt restore: the image maps 0x100000000000"), msg
+    assert "restart stub" in msg
+    assert r.pid() == 0
+    assert "gdbckpt-stub" not in subprocess.run(["ps", "-eo", "comm"], capture_output=True,
+                                                text=True).stdout
+    assert "No symbol" not in r.cli("print 1 + 1")
