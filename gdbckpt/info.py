@@ -55,6 +55,8 @@ def text(img: Image, *, mappings: bool = True) -> str:
         f"Brk:       {p.mm.start_brk:#x}-{p.mm.brk:#x}",
         f"vDSO:      {_range(img.vdso.vdso)}, vvar {_range(img.vdso.vvar)}, vvar_vclock "
         f"{_range(img.vdso.vvar_vclock)}",
+        *([f"           patched proxy of an earlier kernel's vDSO at {_range(img.vdso.proxy)} "
+           f"(gdbckpt mark at {_range(img.vdso.mark)})"] if img.vdso.proxy else []),
         f"           a restore here would {mode}: {why}",
         f"Signals:   {len(p.sigactions)} handlers set"
         + (f" ({', '.join(str(a.sig) for a in p.sigactions)})" if p.sigactions else ""),

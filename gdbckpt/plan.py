@@ -14,11 +14,14 @@ import os
 import struct
 
 from . import fileid
+from . import vdso as vdsomod
 from .errors import RestoreError
 from .image import format as fmt
 from .image.model import SigAction, ThreadState, Vma
 from .image.reader import Chunk, Image
 from .linux import (
+    NSIG,
+    PAGE_SIZE,
     PR_SET_VMA_ANON_NAME,
     SIG_SETMASK,
     MapFlag,
@@ -42,6 +45,7 @@ PRCTL_MM_MAP = struct.Struct("<11QQII")
 KERNEL_SIGACTION = struct.Struct("<QQQQ")
 STACK_T = struct.Struct("<QiiQ")
 SS_ONSTACK = 1
+SIGKILL, SIGSTOP = 9, 19
 
 
 @dataclasses.dataclass
@@ -217,6 +221,28 @@ class WriteChunks(Step):
 
 
 @dataclasses.dataclass
+class PatchVdso(Step):
+    """Jumps from the saved vDSO's functions into the live vDSO."""
+    patches: list = dataclasses.field(default_factory=list)    # vdso.Patch
+    python = True
+
+    def describe(self):
+        return "patch the saved vDSO: " + ", ".join(
+            f"{p.names[0]} at {p.addr:#x} -> {p.how}" for p in self.patches)
+
+
+@dataclasses.dataclass
+class WriteBytes(Step):
+    addr: int = 0
+    data: bytes = b""
+    what: str = ""
+    python = True
+
+    def describe(self):
+        return f"write {self.what} at {self.addr:#x} ({len(self.data)} bytes)"
+
+
+@dataclasses.dataclass
 class Protect(Step):
     start: int = 0
     size: int = 0
@@ -291,14 +317,29 @@ class ProcessAttrs(Step):
 
 @dataclasses.dataclass
 class SigActions(Step):
+    """Every signal's disposition: the saved ones, the default for the rest.
+
+    The stub may have inherited ignored signals from GDB (Python ignores
+    SIGPIPE and SIGXFSZ), so the defaults are set explicitly too.
+    """
     actions: list[SigAction] = dataclasses.field(default_factory=list)
 
     def describe(self):
-        return f"signal handlers for {', '.join(str(a.sig) for a in self.actions)}"
+        set_ = ", ".join(str(a.sig) for a in self.actions) or "none"
+        return f"signal dispositions: handlers or SIG_IGN for {set_}, default for the others"
 
     def ops(self, scratch):
-        return [Op(Sys.rt_sigaction, (a.sig, scratch.put(KERNEL_SIGACTION.pack(
-            a.handler, a.flags, a.restorer, a.mask)), 0, 8)) for a in self.actions]
+        saved = {a.sig: a for a in self.actions}
+        default = scratch.put(KERNEL_SIGACTION.pack(0, 0, 0, 0))
+        out = []
+        for sig in range(1, NSIG + 1):
+            if sig in (SIGKILL, SIGSTOP):
+                continue
+            a = saved.get(sig)
+            act = scratch.put(KERNEL_SIGACTION.pack(a.handler, a.flags, a.restorer, a.mask)) \
+                if a else default
+            out.append(Op(Sys.rt_sigaction, (sig, act, 0, 8)))
+        return out
 
 
 @dataclasses.dataclass
@@ -444,7 +485,9 @@ class _Builder:
     def build(self) -> Plan:
         self._check_collisions()
         mode = self._choose_vdso_mode()
+        self.mode = mode
         temp = self._park_specials()
+        self.shift = temp
         self._clear_stub()
         image_fd = self.fds.take()
         self.steps.append(OpenFile(path=self.live.image_path, flags=OpenFlag.RDONLY, fd=image_fd,
@@ -498,11 +541,13 @@ class _Builder:
         if mode == "move" and not same_bytes:
             raise RestoreError("the live vDSO differs from the saved one (another kernel): "
                                "use --vdso=patch or auto")
-        if mode == "patch" and not vdso_chunks:
-            raise RestoreError("the image holds no vDSO bytes to patch")
         if mode == "patch":
-            raise RestoreError("the saved vDSO differs from this kernel's and patching it is not "
-                               "supported yet; restore on the kernel the image was saved on")
+            v = saved[Kind.VDSO]
+            if sum(c.size for c in vdso_chunks) != v.end - v.start:
+                raise RestoreError("the image does not hold the whole saved vDSO: it cannot be "
+                                   "patched")
+            if self.live.vdso is None:
+                raise RestoreError("this kernel gives processes no vDSO to call into")
         return mode
 
     # -- the stub's own address space ----------------------------------------
@@ -564,6 +609,9 @@ class _Builder:
 
     def _mapping(self, v: Vma, image_fd: int, file_fds: dict[int, int]) -> None:
         kind = Kind(v.kind)
+        if kind == Kind.VDSO and self.mode == "patch":
+            self._vdso_proxy(v, image_fd)
+            return
         if kind in SPECIAL_KINDS or kind in (Kind.VSYSCALL, Kind.SPECIAL):
             return
         fd = file_fds.get(v.file, -1)
@@ -597,6 +645,25 @@ class _Builder:
         if advice or name is not None:
             self.steps.append(Advise(start=v.start, size=v.end - v.start, advice=advice,
                                      name=name))
+
+    def _vdso_proxy(self, v: Vma, image_fd: int) -> None:
+        """The saved vDSO's bytes at its address, its functions patched to call the live one."""
+        live = self.live_special[Kind.VDSO]
+        live_at = live.start + self.shift
+        saved = b"".join(self.img.read_chunk(c) for c in self.img.chunks_in(v.start, v.end))
+        patches = vdsomod.patch_plan(saved, v.start, self.live.vdso, live_at)
+        self.steps.append(Map(vma=v, note="the saved vDSO, to be patched"))
+        self._fill(self.img.chunks_in(v.start, v.end), image_fd)
+        self.steps.append(PatchVdso(patches=patches))
+        self.steps.append(Protect(start=v.start, size=v.end - v.start, prot=v.prot))
+        vvar = self._saved_special(Kind.VVAR)
+        if vvar is not None:
+            page = Vma(start=vvar.start, end=vvar.start + PAGE_SIZE, prot=int(Prot.READ),
+                       shared=False, kind=Kind.ANON.value, path="")
+            self.steps.append(Map(vma=page, note="gdbckpt's mark of the vDSO proxy"))
+            self.steps.append(WriteBytes(addr=page.start, data=vdsomod.mark(
+                (v.start, v.end), (live_at, live_at + live.size)), what="the vDSO proxy mark"))
+            self.steps.append(Protect(start=page.start, size=PAGE_SIZE, prot=int(Prot.READ)))
 
     def _fill(self, chunks: list[Chunk], image_fd: int) -> None:
         runs: list[list[int]] = []
@@ -639,8 +706,7 @@ class _Builder:
         self.steps.append(SetMM(fields=fields, auxv=pack_auxv([tuple(a) for a in p.auxv])))
         self.steps.append(ProcessAttrs(cwd=p.cwd, umask=p.umask, personality=p.personality,
                                        comm=p.comm))
-        if p.sigactions:
-            self.steps.append(SigActions(actions=p.sigactions))
+        self.steps.append(SigActions(actions=p.sigactions))
 
     def _threads(self) -> None:
         if len(self.img.threads) > 1:

@@ -131,6 +131,8 @@ class VdsoInfo:
     vvar_vclock: list[int] | None = None
     hash: str | None = None                # hex xxh3-64 of the vDSO bytes
     build_id: str | None = None
+    proxy: list[int] | None = None         # a patched vDSO of an earlier kernel (vdso.py)
+    mark: list[int] | None = None          # the page that names the proxy
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ import gdb
 
 from .. import __version__, fileid
 from .. import regs as regsmod
+from .. import vdso as vdsomod
 from ..errors import SaveError
 from ..image import format as fmt
 from ..image.model import (
@@ -31,7 +32,7 @@ from ..image.model import (
     Vma,
 )
 from ..image.writer import ImageWriter
-from ..linux import NSIG, Sys
+from ..linux import NSIG, PAGE_SIZE, Prot, Sys
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
 from ..memory import MemoryDumper, regions
 from ..procfs import MM_FIELDS, Proc, kernel_identity, sigset
@@ -228,7 +229,13 @@ class _Saver:
                 setattr(info, m.kind.value, [m.start, m.end])
             if m.kind == Kind.VDSO:
                 data = self.inf.read(m.start, m.size)
-                info.hash = f"{fmt.checksum(data):016x}"
+                info.hash = vdsomod.digest(data)
+                info.build_id = vdsomod.build_id(data)
+            if m.kind == Kind.ANON and m.prot == Prot.READ and m.size == PAGE_SIZE:
+                # A restore that patched an older vDSO left a mark page: keep knowing it.
+                found = vdsomod.read_mark(self.inf.read(m.start, vdsomod.MARK.size))
+                if found:
+                    info.proxy, info.mark = list(found[0]), [m.start, m.end]
             if m.kind == Kind.SPECIAL:
                 self.notes.append(f"mapping {m.describe()} is made by the kernel and cannot be "
                                   "restored; it is left out")

@@ -22,7 +22,7 @@ from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
 from ..maps import Kind
 from ..regs import missing_features
 from . import settings
-from .stub import OpFailed, Stub, kill_selected
+from .stub import OpFailed, Stub, kill_selected, scratch_inferior
 
 
 @dataclasses.dataclass
@@ -45,20 +45,26 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
         img.verify_chunks()
     file_problems = planmod.check_files(img)
     phases["read image"] = time.perf_counter() - t0
+    if dry_run:
+        # A stub of its own in a scratch inferior: the process being debugged stays as it is.
+        with settings.temporarily(suppress_cli_notifications="on"), scratch_inferior():
+            stub = Stub.start()
+            try:
+                plan = planmod.build(img, _live(stub, img, file_problems), vdso_mode, stdio)
+            finally:
+                stub.inf.close()
+        return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)
     _replace_current(from_tty)
     with settings.temporarily(suppress_cli_notifications="on"):
-        return _restore(img, file_problems, vdso_mode, dry_run, stdio, phases, t0)
+        return _restore(img, file_problems, vdso_mode, stdio, phases, t0)
 
 
-def _restore(img, file_problems, vdso_mode, dry_run, stdio, phases, t0) -> RestoreResult:
+def _restore(img, file_problems, vdso_mode, stdio, phases, t0) -> RestoreResult:
     stub = Stub.start()
     phases["start stub"] = time.perf_counter() - t0
     try:
         live = _live(stub, img, file_problems)
         plan = planmod.build(img, live, vdso_mode, stdio)
-        if dry_run:
-            stub.kill()
-            return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)
         warnings = list(plan.warnings)
         warnings += _Executor(stub, img, plan).run(phases, t0)
         exe = img.process.exe
@@ -151,6 +157,11 @@ class _Executor:
             if isinstance(step, planmod.WriteChunks):
                 for c in step.chunks:
                     self.inf.write(c.vaddr, self.img.read_chunk(c))
+            elif isinstance(step, planmod.PatchVdso):
+                for patch in step.patches:
+                    self.inf.write(patch.addr, patch.code)
+            elif isinstance(step, planmod.WriteBytes):
+                self.inf.write(step.addr, step.data)
             elif isinstance(step, planmod.Registers):
                 self._registers(step.state.regs)
             elif isinstance(step, planmod.DropStub):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
 import select
 import signal
 
@@ -23,6 +25,7 @@ OPS_AREA = 1 << 20
 DATA_AREA = STUB_SCRATCH_SIZE - OPS_AREA
 OPS_PER_RUN = OPS_AREA // STUB_OP.size
 READY_TIMEOUT = 10
+_RESETTABLE = [s for s in range(1, signal.NSIG) if s not in (signal.SIGKILL, signal.SIGSTOP)]
 
 
 class OpFailed(Exception):
@@ -137,7 +140,9 @@ def _spawn_parked(path: str) -> int:
             except OSError:
                 pass
     try:
-        pid = os.posix_spawn(path, [path], {}, file_actions=actions)
+        # Default dispositions and an empty mask: nothing of GDB's may leak in.
+        pid = os.posix_spawn(path, [path], {}, file_actions=actions, setsigmask=(),
+                             setsigdef=_RESETTABLE)
     except OSError as e:
         os.close(r)
         os.close(w)
@@ -152,6 +157,21 @@ def _spawn_parked(path: str) -> int:
     finally:
         os.close(r)
     return pid
+
+
+@contextlib.contextmanager
+def scratch_inferior():
+    """A new, empty GDB inferior for a while; then the user's one is selected again."""
+    old = gdb.selected_inferior().num
+    out = gdb.execute("add-inferior", to_string=True)
+    num = int(re.search(r"Added inferior (\d+)", out).group(1))
+    gdb.execute(f"inferior {num}", to_string=True)
+    try:
+        yield
+    finally:
+        kill_selected()
+        gdb.execute(f"inferior {old}", to_string=True)
+        gdb.execute(f"remove-inferiors {num}", to_string=True)
 
 
 def kill_selected() -> None:
