@@ -78,11 +78,24 @@ def text(img: Image, *, mappings: bool = True) -> str:
         for f in img.files:
             ident = f"build-id {f.build_id}" if f.build_id else f"xxh3 {f.hash}"
             lines.append(f"  {f.path} ({f.size} bytes, {ident})")
+    if img.fds:
+        lines.append(f"Files open: {len(img.fds)}")
+        for f in img.fds:
+            how = f"same as fd {f.same_as}" if f.same_as >= 0 else _fd_restore(f)
+            lines.append(f"  {f.fd:>4} {f.kind:<8} {f.target}  (flags {f.flags:o}, offset "
+                         f"{f.pos}; {how})")
+    if p.rlimits or p.itimers or p.timers:
+        lines.append(f"Limits:    {len(p.rlimits)} resource limits, {len(p.itimers)} interval "
+                     f"timers, {len(p.timers)} POSIX timers; umask {p.umask:03o}, nice "
+                     f"{p.nice}, no_new_privs {int(p.no_new_privs)}, dumpable {p.dumpable}")
+    pending = sum(len(t.pending) for t in img.threads) + len(p.shared_pending)
+    if pending:
+        lines.append(f"Pending:   {pending} signals, queued again at restore")
     if img.notes:
         lines.append("Notes:")
         lines += [f"  {n}" for n in img.notes]
-    lines.append("Not restored: open file descriptors other than the restoring GDB's stdio, "
-                 "pending signals, timers, resource limits")
+    lines.append("Not restored:")
+    lines += [f"  {n}" for n in (*p.not_restored, *ALWAYS_LOST)]
     if mappings:
         lines.append("Mappings:")
         for v, s in zip(img.vmas, stored_by_vma(img), strict=True):
@@ -90,6 +103,26 @@ def text(img: Image, *, mappings: bool = True) -> str:
             lines.append(f"  {v.start:#014x}-{v.end:#014x} {perms} {v.kind:<11} "
                          f"{mib(v.end - v.start):>10} {mib(s):>10}  {v.path}")
     return "\n".join(lines)
+
+
+# What no gdbckpt restore brings back, whatever the image.
+ALWAYS_LOST = (
+    "contents of pipes and sockets, and their peers",
+    "child processes, ptrace relations, SysV semaphores and message queues, file locks",
+    "credentials and capabilities (the restored process has the restoring user's), "
+    "namespaces, cgroups, seccomp filters, scheduling policy",
+    "the pid and thread ids (a restored process has new ones)",
+)
+
+
+def _fd_restore(f) -> str:
+    from .fds import RESTORABLE, FdKind
+    kind = FdKind(f.kind)
+    if kind not in RESTORABLE:
+        return "restored as /dev/null"
+    return {FdKind.FILE: "reopened at its offset", FdKind.DIR: "reopened",
+            FdKind.DELETED: "recreated from the image", FdKind.CHARDEV: "reopened",
+            FdKind.TTY: "this session's terminal"}[kind]
 
 
 def _range(r) -> str:

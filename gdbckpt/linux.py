@@ -105,15 +105,21 @@ class Sys(enum.IntEnum):
     fchdir = 81
     umask = 95
     getrlimit = 97
+    rt_sigqueueinfo = 129
     sigaltstack = 131
     personality = 135
+    setpriority = 141
     prctl = 157
     arch_prctl = 158
     setrlimit = 160
     gettid = 186
     futex = 202
+    sched_setaffinity = 203
     set_tid_address = 218
     restart_syscall = 219
+    timer_create = 222
+    timer_settime = 223
+    timer_gettime = 224
     clock_nanosleep = 230
     exit_group = 231
     tgkill = 234
@@ -123,6 +129,7 @@ class Sys(enum.IntEnum):
     dup3 = 292
     rt_tgsigqueueinfo = 297
     prlimit64 = 302
+    copy_file_range = 326
     rseq = 334
     clone3 = 435
 

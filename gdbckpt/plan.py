@@ -13,6 +13,7 @@ import dataclasses
 import os
 import struct
 
+from . import fds as fdsmod
 from . import fileid
 from . import vdso as vdsomod
 from .errors import RestoreError
@@ -45,6 +46,11 @@ PRCTL_MM_MAP = struct.Struct("<11QQII")
 KERNEL_SIGACTION = struct.Struct("<QQQQ")
 STACK_T = struct.Struct("<QiiQ")
 SS_ONSTACK = 1
+O_TMPFILE = 0o20200000
+F_SETFD, FD_CLOEXEC = 2, 1
+PR_TIMER_CREATE_RESTORE_IDS = 77
+RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock",
+                "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime")
 SIGKILL, SIGSTOP = 9, 19
 
 
@@ -137,6 +143,17 @@ class OpenFile(Step):
     def ops(self, scratch):
         flags = self.flags | (OpenFlag.CLOEXEC if self.cloexec else 0)
         return [Op(StubOp.OPEN_AT, (scratch.cstr(self.path), int(flags), self.mode, self.fd))]
+
+
+@dataclasses.dataclass
+class SetCloexec(Step):
+    fd: int = 0
+
+    def describe(self):
+        return f"fd {self.fd}: close-on-exec"
+
+    def ops(self, scratch):
+        return [Op(Sys.fcntl, (self.fd, F_SETFD, FD_CLOEXEC))]
 
 
 @dataclasses.dataclass
@@ -369,8 +386,132 @@ class ThreadKernelState(Step):
             out.append(Op(Sys.set_robust_list, tuple(t.robust_list)))
         if t.tid_address is not None:
             out.append(Op(Sys.set_tid_address, (t.tid_address,)))
-        out.append(Op(Sys.rt_sigprocmask, (SIG_SETMASK, scratch.put(struct.pack("<Q", t.sigmask)),
+        if t.cpus:
+            mask = sum(1 << c for c in t.cpus).to_bytes(-(-(max(t.cpus) + 1) // 64) * 8, "little")
+            out.append(Op(Sys.sched_setaffinity, (0, len(mask), scratch.put(mask)),
+                          StubOpFlags.IGNORE_ERROR))
+        # Everything blocked until the registers are the program's: a signal
+        # queued now must not run a handler on the stub's stack. The saved
+        # mask is set with PTRACE_SETSIGMASK together with the registers.
+        out.append(Op(Sys.rt_sigprocmask, (SIG_SETMASK, scratch.put(struct.pack("<q", -1)),
                                            0, 8)))
+        return out
+
+
+@dataclasses.dataclass
+class QueueSignals(Step):
+    """Signals that were pending, queued again with their siginfo."""
+    tgid: int = 0
+    tid: int = 0
+    private: list[bytes] = dataclasses.field(default_factory=list)
+    shared: list[bytes] = dataclasses.field(default_factory=list)
+
+    def describe(self):
+        sigs = [struct.unpack_from("<i", si)[0] for si in self.private + self.shared]
+        return f"queue pending signals {', '.join(map(str, sigs))}"
+
+    def ops(self, scratch):
+        out = []
+        for si in self.private:
+            sig = struct.unpack_from("<i", si)[0]
+            out.append(Op(Sys.rt_tgsigqueueinfo, (self.tgid, self.tid, sig, scratch.put(si))))
+        for si in self.shared:
+            sig = struct.unpack_from("<i", si)[0]
+            out.append(Op(Sys.rt_sigqueueinfo, (self.tgid, sig, scratch.put(si))))
+        return out
+
+
+@dataclasses.dataclass
+class Seek(Step):
+    fd: int = 0
+    pos: int = 0
+
+    def describe(self):
+        return f"fd {self.fd}: offset {self.pos}"
+
+    def ops(self, scratch):
+        return [Op(Sys.lseek, (self.fd, self.pos, 0))]
+
+
+@dataclasses.dataclass
+class RecreateDeleted(Step):
+    """A deleted file that was open: a new unlinked file with the saved bytes."""
+    fd: int = 0
+    tmp_fd: int = 0
+    directory: str = "/tmp"
+    flags: int = 0
+    image_fd: int = 0
+    copies: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # img, file, n
+    target: str = ""
+
+    def describe(self):
+        total = sum(n for _, _, n in self.copies)
+        return f"fd {self.fd}: recreate deleted {self.target} ({total} bytes) in {self.directory}"
+
+    def ops(self, scratch):
+        tmpfile = OpenFlag.RDWR | O_TMPFILE
+        out = [Op(StubOp.OPEN_AT, (scratch.cstr(self.directory), int(tmpfile | OpenFlag.CLOEXEC),
+                                   0o600, self.tmp_fd))]
+        for img_off, file_off, n in self.copies:
+            offs = scratch.put(struct.pack("<qq", img_off, file_off))
+            out.append(Op(StubOp.COPY_ALL, (self.image_fd, offs, self.tmp_fd, offs + 8, n)))
+        out.append(Op(StubOp.OPEN_AT, (scratch.cstr(f"/proc/self/fd/{self.tmp_fd}"), self.flags,
+                                       0, self.fd)))
+        out.append(Op(Sys.close, (self.tmp_fd,)))
+        return out
+
+
+@dataclasses.dataclass
+class Limits(Step):
+    """Resource limits, interval and POSIX timers, nice, no_new_privs."""
+    rlimits: list = dataclasses.field(default_factory=list)      # model.Rlimit
+    itimers: list = dataclasses.field(default_factory=list)      # model.ItimerState
+    timers: list = dataclasses.field(default_factory=list)       # model.PosixTimer
+    timer_tid: dict = dataclasses.field(default_factory=dict)    # saved tid -> live tid
+    nice: int | None = None
+    no_new_privs: bool = False
+    optional = True
+
+    def empty(self) -> bool:
+        return not (self.rlimits or self.itimers or self.timers or self.nice is not None
+                    or self.no_new_privs)
+
+    def describe(self):
+        parts = []
+        if self.rlimits:
+            parts.append("rlimits " + ", ".join(RLIMIT_SHORT[r.resource] for r in self.rlimits))
+        if self.itimers:
+            parts.append(f"{len(self.itimers)} interval timers")
+        if self.timers:
+            parts.append("POSIX timers " + ", ".join(str(t.id) for t in self.timers))
+        if self.nice is not None:
+            parts.append(f"nice {self.nice}")
+        if self.no_new_privs:
+            parts.append("no_new_privs")
+        return "; ".join(parts) or "no limits to set"
+
+    def ops(self, scratch):
+        ign = StubOpFlags.IGNORE_ERROR
+        out = [Op(Sys.prlimit64, (0, r.resource, scratch.put(struct.pack("<QQ", r.soft, r.hard)),
+                                  0), ign) for r in self.rlimits]
+        for t in self.itimers:
+            val = struct.pack("<qqqq", *divmod(t.interval_us, 10**6), *divmod(t.value_us, 10**6))
+            out.append(Op(Sys.setitimer, (t.which, scratch.put(val), 0), ign))
+        if self.timers:
+            out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 1), ign))
+            for t in self.timers:
+                tid = self.timer_tid.get(t.tid, 0)
+                sev = struct.pack("<qiii", t.value, t.signo, t.notify, tid).ljust(64, b"\0")
+                idp = scratch.put(struct.pack("<i", t.id))
+                out.append(Op(Sys.timer_create, (t.clock, scratch.put(sev), idp), ign))
+                its = struct.pack("<qqqq", *divmod(t.interval_ns, 10**9),
+                                  *divmod(t.remaining_ns, 10**9))
+                out.append(Op(Sys.timer_settime, (t.id, 0, scratch.put(its), 0), ign))
+            out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 0), ign))
+        if self.nice is not None:
+            out.append(Op(Sys.setpriority, (0, 0, self.nice), ign))
+        if self.no_new_privs:
+            out.append(Op(Sys.prctl, (Prctl.SET_NO_NEW_PRIVS, 1, 0, 0, 0), ign))
         return out
 
 
@@ -427,6 +568,14 @@ class Live:
     image_path: str
     file_problems: dict[int, str | None]   # file index -> None (unchanged) or what changed
     can_set_exe: bool = False
+    stub_pid: int = 0
+    stub_fds: set[int] = dataclasses.field(default_factory=lambda: {0, 1, 2})
+    stub_limits: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    has_tty: bool = False           # /dev/tty opens (the restoring session has a terminal)
+    fd_checks: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    force: bool = False
+    timer_ids: bool = False         # PR_TIMER_CREATE_RESTORE_IDS works here
+    stub_nice: int = 0
 
 
 @dataclasses.dataclass
@@ -493,12 +642,14 @@ class _Builder:
         self.steps.append(OpenFile(path=self.live.image_path, flags=OpenFlag.RDONLY, fd=image_fd,
                                    why="the image"))
         file_fds = self._open_files()
+        # Opened early: later steps may lower RLIMIT_NOFILE below the fd chosen.
+        self.exe_fd = self._open_exe()
         for vma in self.img.vmas:
             self._mapping(vma, image_fd, file_fds)
         self._place_specials(mode, temp)
+        self._descriptors(image_fd)
         for fd in [image_fd, *file_fds.values()]:
             self.steps.append(CloseFd(fd=fd))
-        self._stdio()
         self._process()
         self._threads()
         return Plan(self.steps, self.warnings, mode)
@@ -682,6 +833,77 @@ class _Builder:
         if python:
             self.steps.append(WriteChunks(chunks=python))
 
+    # -- file descriptors ------------------------------------------------------
+
+    def _descriptors(self, image_fd: int) -> None:
+        """Every saved fd at its number; --stdin/--stdout/--stderr win over the image."""
+        saved = {f.fd: f for f in self.img.fds}
+        for f in sorted(self.img.fds, key=lambda f: f.fd):
+            if f.fd in self.stdio:
+                continue
+            if f.same_as >= 0 and f.same_as in saved and f.same_as not in self.stdio:
+                self.steps.append(DupFd(fd=f.same_as, to=f.fd))
+                if not f.flags & fdsmod.O_CLOEXEC:
+                    continue
+                self.steps.append(SetCloexec(fd=f.fd))
+                continue
+            self._descriptor(f, image_fd)
+        self._stdio()
+        if self.img.fds:
+            for fd in sorted(self.live.stub_fds - set(saved) - set(self.stdio)):
+                self.steps.append(CloseFd(fd=fd))
+
+    def _descriptor(self, f, image_fd: int) -> None:
+        kind = fdsmod.FdKind(f.kind)
+        if kind in (fdsmod.FdKind.FILE, fdsmod.FdKind.DIR):
+            status, why = self.live.fd_checks.get(f.fd, ("ok", ""))
+            if status in ("gone", "shorter") and not self.live.force:
+                raise RestoreError(f"{why}; restore with --force to go on anyway")
+            if status == "gone":
+                self.warnings.append(f"{why}: /dev/null in its place (--force)")
+                return self._null(f)
+            if status != "ok":
+                self.warnings.append(f"{why}: restored anyway")
+            self.steps.append(OpenFile(path=f.target, flags=fdsmod.reopen_flags(f), fd=f.fd,
+                                       cloexec=False, why=f"saved fd {f.fd}"))
+            self.steps.append(Seek(fd=f.fd, pos=f.pos))
+        elif kind == fdsmod.FdKind.DELETED:
+            path = f.target.removesuffix(" (deleted)")
+            directory = os.path.dirname(path) or "/"
+            if not os.path.isdir(directory):
+                directory = "/tmp"
+            copies = [(c.offset, c.vaddr, c.size) for c in self.img.fd_chunks(f)]
+            if any(c.codec != fmt.Codec.NONE for c in self.img.fd_chunks(f)):
+                raise RestoreError(f"{fdsmod.describe(f)}: compressed file data cannot be "
+                                   "recreated yet")
+            self.steps.append(RecreateDeleted(fd=f.fd, tmp_fd=self.fds.take(),
+                                              directory=directory,
+                                              flags=fdsmod.reopen_flags(f), image_fd=image_fd,
+                                              copies=copies, target=path))
+            self.steps.append(Seek(fd=f.fd, pos=f.pos))
+        elif kind == fdsmod.FdKind.CHARDEV:
+            self.steps.append(OpenFile(path=f.target, flags=fdsmod.reopen_flags(f), fd=f.fd,
+                                       cloexec=False, why=f"saved fd {f.fd}"))
+        elif kind == fdsmod.FdKind.TTY:
+            if f.fd <= 2 and f.fd in self.live.stub_fds:
+                return      # the restoring session's own stdin/stdout/stderr
+            if self.live.has_tty:
+                flags = fdsmod.O_RDWR | (f.flags & fdsmod.O_CLOEXEC)
+                self.steps.append(OpenFile(path="/dev/tty", flags=flags, fd=f.fd, cloexec=False,
+                                           why=f"saved fd {f.fd} was a terminal"))
+            else:
+                self.warnings.append(f"{fdsmod.describe(f)}: no terminal here, /dev/null "
+                                     "in its place")
+                self._null(f)
+        else:
+            self.warnings.append(f"{fdsmod.describe(f)} cannot be restored: /dev/null in its "
+                                 "place")
+            self._null(f)
+
+    def _null(self, f) -> None:
+        self.steps.append(OpenFile(path="/dev/null", flags=fdsmod.null_flags(f), fd=f.fd,
+                                   cloexec=False, why=f"in place of {f.kind} {f.target}"))
+
     def _stdio(self) -> None:
         opened: dict[str, int] = {}
         for fd in sorted(self.stdio):
@@ -707,6 +929,24 @@ class _Builder:
         self.steps.append(ProcessAttrs(cwd=p.cwd, umask=p.umask, personality=p.personality,
                                        comm=p.comm))
         self.steps.append(SigActions(actions=p.sigactions))
+        self._limits()
+
+    def _limits(self) -> None:
+        p = self.img.process
+        rlimits = [r for r in p.rlimits
+                   if self.live.stub_limits.get(r.resource) != (r.soft, r.hard)]
+        timers = p.timers
+        if timers and not self.live.timer_ids:
+            self.warnings.append("POSIX timers " + ", ".join(str(t.id) for t in timers) +
+                                 " are not restored: this kernel cannot create a timer with a "
+                                 "given id (PR_TIMER_CREATE_RESTORE_IDS)")
+            timers = []
+        step = Limits(rlimits=rlimits, itimers=p.itimers, timers=timers,
+                      timer_tid={self.img.threads[0].tid: self.live.stub_pid},
+                      nice=p.nice if p.nice != self.live.stub_nice else None,
+                      no_new_privs=p.no_new_privs)
+        if not step.empty():
+            self.steps.append(step)
 
     def _threads(self) -> None:
         if len(self.img.threads) > 1:
@@ -714,22 +954,29 @@ class _Builder:
                                "multi-threaded processes is not supported yet")
         leader = self.img.threads[0]
         self.steps.append(ThreadKernelState(state=leader))
+        if leader.pending or self.img.process.shared_pending:
+            self.steps.append(QueueSignals(tgid=self.live.stub_pid, tid=self.live.stub_pid,
+                                           private=leader.pending,
+                                           shared=self.img.process.shared_pending))
+        self.steps.append(Registers(state=leader))
+        self.steps.append(DropStub(ranges=[(m.start, m.end) for m in self.stub]))
+        if self.exe_fd is not None:
+            self.steps.append(SetExe(fd=self.exe_fd, path=self.img.process.exe,
+                                     fields=self.mm_fields))
+
+    def _open_exe(self) -> int | None:
+        """An fd of the program for the exe link, where that is permitted."""
         exe_ok = (self.img.process.exe_file >= 0
                   and not self.live.file_problems.get(self.img.process.exe_file))
         if exe_ok and not self.live.can_set_exe:
             self.warnings.append("the exe link (/proc/PID/exe) keeps naming the restart stub: "
                                  "setting it is not permitted without CAP_CHECKPOINT_RESTORE")
-        if exe_ok and self.live.can_set_exe:
-            fd = self.fds.take()
-            self.steps.append(OpenFile(path=self.img.process.exe, flags=int(OpenFlag.RDONLY),
-                                       fd=fd, why="the exe link"))
-            exe = SetExe(fd=fd, path=self.img.process.exe, fields=self.mm_fields)
-        else:
-            exe = None
-        self.steps.append(Registers(state=leader))
-        self.steps.append(DropStub(ranges=[(m.start, m.end) for m in self.stub]))
-        if exe:
-            self.steps.append(exe)
+        if not (exe_ok and self.live.can_set_exe):
+            return None
+        fd = self.fds.take()
+        self.steps.append(OpenFile(path=self.img.process.exe, flags=int(OpenFlag.RDONLY),
+                                   fd=fd, why="the exe link"))
+        return fd
 
 
 def _anon_name(path: str) -> str | None:
@@ -740,3 +987,9 @@ def _anon_name(path: str) -> str | None:
 
 def check_files(img: Image) -> dict[int, str | None]:
     return {i: fileid.check(ref) for i, ref in enumerate(img.files)}
+
+
+def check_fds(img: Image) -> dict[int, tuple[str, str]]:
+    """How each saved regular file or directory descriptor's file looks now."""
+    return {f.fd: fdsmod.check_file(f) for f in img.fds
+            if f.kind in (fdsmod.FdKind.FILE.value, fdsmod.FdKind.DIR.value)}

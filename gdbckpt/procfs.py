@@ -15,7 +15,7 @@ from .linux import PAGE_SHIFT
 
 # /proc/PID/stat field numbers (man 5 proc, counting from 1).
 STAT_FIELDS = {
-    "state": 3, "ppid": 4, "pgrp": 5, "session": 6, "flags": 9, "num_threads": 20,
+    "state": 3, "ppid": 4, "pgrp": 5, "session": 6, "flags": 9, "nice": 19, "num_threads": 20,
     "start_code": 26, "end_code": 27, "start_stack": 28, "start_data": 45, "end_data": 46,
     "start_brk": 47, "arg_start": 48, "arg_end": 49, "env_start": 50, "env_end": 51,
 }
@@ -154,3 +154,65 @@ def kernel_identity() -> dict[str, str]:
     u = os.uname()
     return {"release": u.release, "version": u.version, "machine": u.machine,
             "hostname": u.nodename}
+
+
+# /proc/PID/limits names, in RLIMIT_* order.
+RLIMIT_NAMES = ("Max cpu time", "Max file size", "Max data size", "Max stack size",
+                "Max core file size", "Max resident set", "Max processes", "Max open files",
+                "Max locked memory", "Max address space", "Max file locks",
+                "Max pending signals", "Max msgqueue size", "Max nice priority",
+                "Max realtime priority", "Max realtime timeout")
+RLIM_INFINITY = (1 << 64) - 1
+
+
+def parse_limits(text: str) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for every limit /proc/PID/limits shows."""
+    out = []
+    for line in text.splitlines()[1:]:
+        for res, name in enumerate(RLIMIT_NAMES):
+            if line.startswith(name):
+                soft, hard = line[len(name):].split()[:2]
+                out.append((res, _limit(soft), _limit(hard)))
+    return out
+
+
+def _limit(word: str) -> int:
+    return RLIM_INFINITY if word == "unlimited" else int(word)
+
+
+def parse_timers(text: str) -> list[dict[str, int]]:
+    """POSIX timers from /proc/PID/timers: id, signo, value, notify, tid, clock."""
+    notify_kinds = {"signal": 0, "none": 1, "thread": 4}
+    timers, cur = [], None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "ID":
+            cur = {"id": int(value), "signo": 0, "value": 0, "notify": 0, "tid": 0, "clock": 0}
+            timers.append(cur)
+        elif cur is None:
+            continue
+        elif key == "signal":
+            signo, _, sival = value.partition("/")
+            cur["signo"], cur["value"] = int(signo), int(sival or "0", 16)
+        elif key == "notify":
+            kind, _, who = value.partition("/")
+            cur["notify"] = notify_kinds.get(kind, 0)
+            if kind == "thread":
+                cur["notify"] = 4
+                cur["tid"] = int(who.split(".")[-1])
+        elif key == "ClockID":
+            cur["clock"] = int(value)
+    return timers
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'0-2,5' -> [0, 1, 2, 5]."""
+    cpus = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus

@@ -21,6 +21,7 @@ class StubOp(enum.IntEnum):
     PREAD_ALL = 1000
     OPEN_AT = 1001
     CLONE = 1002
+    COPY_ALL = 1003
 
 
 class StubOpFlags(enum.IntFlag):

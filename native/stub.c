@@ -19,6 +19,12 @@
 #define SYS_pause     34
 #define SYS_pread64   17
 #define SYS_dup3      292
+#define SYS_pwrite64  18
+#define SYS_copy_file_range 326
+#define EXDEV  18
+#define EINVAL 22
+#define ENOSYS 38
+#define EOPNOTSUPP 95
 #define SYS_openat    257
 #define AT_FDCWD      (-100)
 #define O_CLOEXEC     02000000
@@ -61,6 +67,36 @@ static long pread_all(long fd, long addr, long len, long off)
 	return 0;
 }
 
+/* A bounce buffer for copies copy_file_range refuses (across filesystems). */
+static unsigned char copy_buf[64 * 1024];
+
+static long copy_all(long in, long *off_in, long out, long *off_out, long len)
+{
+	while (len > 0) {
+		long n = stub_syscall(SYS_copy_file_range, in, (long)off_in, out, (long)off_out,
+				      len, 0);
+		if (n == -EXDEV || n == -EINVAL || n == -ENOSYS || n == -EOPNOTSUPP) {
+			long want = len < (long)sizeof copy_buf ? len : (long)sizeof copy_buf;
+			n = pread_all(in, (long)copy_buf, want, *off_in);
+			if (n < 0)
+				return n;
+			n = stub_syscall(SYS_pwrite64, out, (long)copy_buf, want, *off_out, 0, 0);
+			if (n >= 0) {
+				*off_in += n;
+				*off_out += n;
+			}
+		}
+		if (n == -EINTR)
+			continue;
+		if (n < 0)
+			return n;
+		if (n == 0)
+			return -EIO;
+		len -= n;
+	}
+	return 0;
+}
+
 static long open_at(long path, long flags, long mode, long want)
 {
 	long fd = stub_syscall(SYS_openat, AT_FDCWD, path, flags, mode, 0, 0);
@@ -89,6 +125,8 @@ static long run_one(struct stub_op *op)
 		return open_at(a[0], a[1], a[2], a[3]);
 	case STUB_OP_CLONE:
 		return clone_parked(a[0], a[1], a[2], a[3]);
+	case STUB_OP_COPY_ALL:
+		return copy_all(a[0], (long *)a[1], a[2], (long *)a[3], a[4]);
 	default:
 		return stub_syscall(op->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	}

@@ -67,7 +67,8 @@ TRAILER = struct.Struct("<8sIIQQQQQ")
 TRAILER_SIZE = TRAILER.size + 8
 RECORD_HEADER = struct.Struct("<IIQQ")
 # vaddr, size (bytes of memory), offset (in the image), stored (bytes in the
-# image before padding), flags (ChunkFlags), codec (Codec), csum
+# image before padding), flags (ChunkFlags), codec (Codec), csum. A FILE_DATA
+# chunk holds file bytes instead: vaddr is the offset in the file.
 CHUNK_ENTRY = struct.Struct("<QQQQIIQ")
 
 
@@ -100,6 +101,8 @@ class ChunkFlags(enum.IntFlag):
     NONE = 0
     DIRTY = 1   # differs from the backing file (always set for anonymous memory)
     ZERO = 2    # all zero: no bytes stored; only written over a file mapping
+    FILE_DATA = 4   # not memory: bytes of a file (a deleted open file); vaddr is the
+                    # offset in that file and size any length. FdInfo.data names them.
 
 
 class Codec(enum.IntEnum):

@@ -75,6 +75,8 @@ class ThreadState:
     sigaltstack: SigAltStack | None = None
     tid_address: int | None = None   # clear_child_tid
     robust_list: list[int] | None = None   # [head, len]
+    pending: list[bytes] = dataclasses.field(default_factory=list)   # siginfo, 128 bytes each
+    cpus: list[int] | None = None    # CPU affinity
 
 
 @dataclasses.dataclass
@@ -120,8 +122,16 @@ class ProcessInfo:
     uid: int = 0
     gid: int = 0
     sigactions: list[SigAction] = dataclasses.field(default_factory=list)
-    sigpending: int = 0         # process-wide pending signals (not re-raised)
+    sigpending: int = 0         # process-wide pending signals, as a mask
+    shared_pending: list[bytes] = dataclasses.field(default_factory=list)   # their siginfo
     stopped_by: str = ""        # why the process was stopped at the save
+    rlimits: list[Rlimit] = dataclasses.field(default_factory=list)
+    itimers: list[ItimerState] = dataclasses.field(default_factory=list)
+    timers: list[PosixTimer] = dataclasses.field(default_factory=list)
+    no_new_privs: bool = False
+    dumpable: int = 1
+    nice: int = 0
+    not_restored: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -137,11 +147,44 @@ class VdsoInfo:
 
 @dataclasses.dataclass
 class FdInfo:
+    """An open file descriptor; fds.py says how each kind is saved and restored."""
     fd: int
-    kind: str
-    target: str
-    flags: int = 0
+    kind: str                  # fds.FdKind
+    target: str                # readlink of /proc/PID/fd/N
+    flags: int = 0             # open flags from fdinfo, O_CLOEXEC included
     pos: int = 0
+    same_as: int = -1          # a lower fd sharing this open file description (kcmp)
+    size: int | None = None    # a regular file's size at the save
+    mtime_ns: int | None = None
+    ino: int | None = None
+    dev: int | None = None
+    data: list[int] | None = None   # [first, count] of the FILE_DATA chunks with its bytes
+
+
+@dataclasses.dataclass
+class ItimerState:
+    which: int                 # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+    interval_us: int
+    value_us: int
+
+
+@dataclasses.dataclass
+class PosixTimer:
+    id: int
+    clock: int
+    signo: int
+    notify: int                # SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4
+    value: int                 # sigev_value
+    tid: int = 0               # for SIGEV_THREAD_ID
+    interval_ns: int = 0
+    remaining_ns: int = 0
+
+
+@dataclasses.dataclass
+class Rlimit:
+    resource: int
+    soft: int
+    hard: int
 
 
 # --- JSON encoding ---------------------------------------------------------

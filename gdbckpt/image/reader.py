@@ -50,7 +50,8 @@ class Image:
     threads: list[ThreadState]
     vmas: list[Vma]
     files: list[FileRef]
-    chunks: list[Chunk]
+    chunks: list[Chunk]       # memory, in address order within each mapping
+    table: list[Chunk]        # every chunk, as the CHUNKS record lists them
     vdso: VdsoInfo
     fds: list[FdInfo]
     notes: list[str]
@@ -62,6 +63,10 @@ class Image:
     @property
     def compressed(self) -> bool:
         return bool(self.flags & fmt.ImageFlags.COMPRESSED)
+
+    def fd_chunks(self, f: FdInfo) -> list[Chunk]:
+        """The FILE_DATA chunks holding the bytes of a saved descriptor's file."""
+        return [] if f.data is None else self.table[f.data[0]:f.data[0] + f.data[1]]
 
     def chunks_in(self, start: int, end: int) -> list[Chunk]:
         return [c for c in self.chunks if c.vaddr < end and c.end > start]
@@ -91,7 +96,7 @@ class Image:
         fd = _open(self.path)
         total = 0
         try:
-            for c in self.chunks:
+            for c in self.table:
                 if c.flags & fmt.ChunkFlags.ZERO:
                     continue
                 self._check_span(fd, c)
@@ -268,11 +273,14 @@ class _Loader:
         fds = listed(fmt.RecordType.FDS, "fds", FdInfo)
         notes = listed(fmt.RecordType.NOTES, "notes", str)
         vdso = one(fmt.RecordType.VDSO, VdsoInfo) if found[fmt.RecordType.VDSO] else VdsoInfo()
-        chunks = self._chunks(found[fmt.RecordType.CHUNKS][0], meta_off)
+        table = self._chunks(found[fmt.RecordType.CHUNKS][0], meta_off)
+        chunks = [c for c in table if not c.flags & fmt.ChunkFlags.FILE_DATA]
         self._check_vmas(vmas, files, chunks)
+        self._check_fd_data(fds, table)
         return Image(path=self.path, version=0, created_ns=0, flags=fmt.ImageFlags.NONE,
                      file_size=size, meta_offset=meta_off, process=process, threads=threads,
-                     vmas=vmas, files=files, chunks=chunks, vdso=vdso, fds=fds, notes=notes)
+                     vmas=vmas, files=files, chunks=chunks, table=table, vdso=vdso, fds=fds,
+                     notes=notes)
 
     def _chunks(self, rec, meta_off: int) -> list[Chunk]:
         i, table = rec
@@ -282,9 +290,11 @@ class _Loader:
         for n, entry in enumerate(fmt.CHUNK_ENTRY.iter_unpack(table)):
             vaddr, csize, off, stored, flags, codec, csum = entry
             where = f"chunk {n} at {vaddr:#x}"
-            if vaddr % PAGE_SIZE or csize % PAGE_SIZE or csize == 0 or vaddr + csize > 1 << 64:
+            pages = not flags & fmt.ChunkFlags.FILE_DATA
+            if (pages and (vaddr % PAGE_SIZE or csize % PAGE_SIZE)) or csize == 0 \
+                    or vaddr + csize > 1 << 64:
                 raise self.fail(f"is corrupt: {where} is not whole pages")
-            if flags & ~int(fmt.ChunkFlags.DIRTY | fmt.ChunkFlags.ZERO):
+            if flags & ~int(fmt.ChunkFlags.DIRTY | fmt.ChunkFlags.ZERO | fmt.ChunkFlags.FILE_DATA):
                 raise self.fail(f"is corrupt: {where} has unknown flags {flags:#x}")
             if codec not in fmt.Codec.__members__.values():
                 raise self.fail(f"is corrupt: {where} has unknown codec {codec}")
@@ -306,6 +316,16 @@ class _Loader:
             raise self.fail(f"is corrupt: chunk data ends at {expect:#x}, metadata starts at "
                             f"{meta_off:#x}")
         return chunks
+
+    def _check_fd_data(self, fds: list[FdInfo], table: list[Chunk]) -> None:
+        for f in fds:
+            if f.data is None:
+                continue
+            if len(f.data) != 2 or f.data[0] < 0 or f.data[1] < 0 \
+                    or f.data[0] + f.data[1] > len(table) \
+                    or any(not c.flags & fmt.ChunkFlags.FILE_DATA
+                           for c in table[f.data[0]:f.data[0] + f.data[1]]):
+                raise self.fail(f"is corrupt: fd {f.fd} names file data it does not have")
 
     def _check_vmas(self, vmas: list[Vma], files: list[FileRef], chunks: list[Chunk]) -> None:
         prev_end = 0

@@ -47,8 +47,9 @@ class ImageWriter:
 
     # -- chunk area ---------------------------------------------------------
 
-    def add_chunk(self, vaddr: int, data, flags: fmt.ChunkFlags) -> None:
-        """Store data (a buffer of whole pages) saved from vaddr."""
+    def add_chunk(self, vaddr: int, data, flags: fmt.ChunkFlags) -> int:
+        """Store data (whole pages of memory saved from vaddr; or, with FILE_DATA, the
+        bytes of a file at offset vaddr). Returns the chunk's index."""
         size = len(data)
         codec, payload = fmt.Codec.NONE, data
         if self.compressor is not None:
@@ -69,6 +70,7 @@ class ImageWriter:
                             h.intdigest()))
         self.offset += stored + pad
         self.bytes_raw += size
+        return len(self.chunks) - 1
 
     def add_zero_chunk(self, vaddr: int, size: int, flags: fmt.ChunkFlags) -> None:
         """Pages that are all zero but must still be written (over a file mapping)."""

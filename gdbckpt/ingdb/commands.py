@@ -96,16 +96,19 @@ class CkptPrefix(gdb.Command):
 class CkptSave(gdb.Command):
     """Save the stopped process to an image file.
 
-Usage: ckpt save [--sync] [--compress] IMG
+Usage: ckpt save [--sync] [--compress] [--strict] IMG
 
 IMG is the image file to write; an existing file is replaced only once the
 new image is complete. The image holds the process's memory: it is created
 readable by you only (mode 0600).
 --sync      flush the image to disk before renaming it (default: 'set ckpt sync').
 --compress  compress memory with zstd (smaller, slower to save).
+--strict    refuse to save a process holding descriptors a restore cannot
+            recreate (pipes, sockets, eventfd, ...); by default the save
+            names them and a restore puts /dev/null in their place.
 The process stays stopped where it was; 'continue' runs it on."""
 
-    USAGE = "ckpt save [--sync] [--compress] IMG"
+    USAGE = "ckpt save [--sync] [--compress] [--strict] IMG"
 
     def __init__(self):
         super().__init__("ckpt save", gdb.COMMAND_RUNNING, gdb.COMPLETE_FILENAME)
@@ -113,9 +116,10 @@ The process stays stopped where it was; 'continue' runs it on."""
     @_guard("ckpt save")
     def invoke(self, arg, from_tty):
         from . import dump
-        opts, words = parse_args(arg, self.USAGE, flags=("sync", "compress"))
+        opts, words = parse_args(arg, self.USAGE, flags=("sync", "compress", "strict"))
         path = one_path(words, self.USAGE)
-        r = dump.save(path, sync=opts.get("sync"), compress=bool(opts.get("compress")))
+        r = dump.save(path, sync=opts.get("sync"), compress=bool(opts.get("compress")),
+                      strict=bool(opts.get("strict")))
         for note in r.notes:
             gdb.write(f"ckpt save: note: {note}\n")
         gdb.write(f"Saved process {r.pid} ({r.comm}) to {r.path}: {r.threads} thread(s), "
@@ -126,21 +130,25 @@ The process stays stopped where it was; 'continue' runs it on."""
 class CkptRestore(gdb.Command):
     """Restore a saved process, stopped where it was saved.
 
-Usage: ckpt restore [--dry-run] [--no-verify] [--vdso=auto|move|patch]
+Usage: ckpt restore [--dry-run] [--no-verify] [--force] [--vdso=auto|move|patch]
                     [--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG
 
 IMG is an image written by 'ckpt save'. A process being debugged now is
 replaced (GDB asks first). The restored process has the program's symbols
 loaded: bt, print, info locals and breakpoints work; 'continue' runs on.
-Its standard streams are GDB's unless redirected:
---stdin=FILE, --stdout=FILE, --stderr=FILE  read from / write to FILE
+Its descriptors come back at their numbers: files reopened at their offsets
+(a file that is gone or now shorter than the offset refuses the restore
+unless --force), deleted files recreated, terminals attached to this
+session's terminal; pipes and sockets get /dev/null.
+--stdin=FILE, --stdout=FILE, --stderr=FILE  instead read from / write to FILE
              (created or truncated, like the shell's < and >).
+--force      restore even when a saved file is gone or shorter than its offset.
 --dry-run    print the restore plan without changing anything.
 --no-verify  skip checking the memory checksums (default: 'set ckpt verify').
 --vdso=MODE  auto (default): move this kernel's vDSO into place when it is the
              saved one, else patch the saved one; move or patch force a way."""
 
-    USAGE = ("ckpt restore [--dry-run] [--no-verify] [--vdso=auto|move|patch] "
+    USAGE = ("ckpt restore [--dry-run] [--no-verify] [--force] [--vdso=auto|move|patch] "
              "[--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG")
 
     def __init__(self):
@@ -149,7 +157,7 @@ Its standard streams are GDB's unless redirected:
     @_guard("ckpt restore")
     def invoke(self, arg, from_tty):
         from . import restore
-        opts, words = parse_args(arg, self.USAGE, flags=("dry-run", "no-verify"),
+        opts, words = parse_args(arg, self.USAGE, flags=("dry-run", "no-verify", "force"),
                                  choices={"vdso": ("auto", "move", "patch")},
                                  values=("stdin", "stdout", "stderr"))
         path = one_path(words, self.USAGE)
@@ -159,6 +167,7 @@ Its standard streams are GDB's unless redirected:
             raise UsageError(f"--stdin: cannot read '{stdio[0]}'")
         r = restore.restore(path, vdso_mode=str(opts.get("vdso", "auto")),
                             dry_run=bool(opts.get("dry-run")), stdio=stdio,
+                            force=bool(opts.get("force")),
                             verify=False if opts.get("no-verify") else None, from_tty=from_tty)
         if opts.get("dry-run"):
             gdb.write(r.plan.text() + "\n")

@@ -1,47 +1,44 @@
 """ckpt save: stopped process -> image.
 
-The pipeline: what /proc and ptrace tell (maps, stat, status, auxv, rseq),
-what only the process can tell (brk, signal handlers, through injected
-system calls), the registers of every thread through GDB, then the memory
-(memory.py) and the metadata into the image writer.
+The pipeline: what /proc and ptrace tell (maps, stat, status, auxv, fds,
+rseq, pending signals), what only the process can tell (procstate.py:
+injected system calls), the registers of every thread through GDB, then the
+memory (memory.py) and the metadata into the image writer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 import time
 
 import gdb
 
 from .. import __version__, fileid
+from .. import fds as fdsmod
 from .. import regs as regsmod
 from .. import vdso as vdsomod
 from ..errors import SaveError
 from ..image import format as fmt
 from ..image.model import (
+    FdInfo,
     FileRef,
     MmBounds,
     ProcessInfo,
+    Rlimit,
     Rseq,
-    SigAction,
-    SigAltStack,
     ThreadState,
     VdsoInfo,
     Vma,
 )
 from ..image.writer import ImageWriter
-from ..linux import NSIG, PAGE_SIZE, Prot, Sys
+from ..linux import PAGE_SIZE, Prot, Sys
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
-from ..memory import MemoryDumper, regions
-from ..procfs import MM_FIELDS, Proc, kernel_identity, sigset
+from ..memory import READ_PIECE, MemoryDumper, regions
+from ..procfs import MM_FIELDS, Proc, kernel_identity, parse_cpu_list, parse_limits, sigset
 from . import settings
 from .inferior import Inferior, check_stopped
-
-SIGKILL, SIGSTOP = 9, 19
-KERNEL_SIGACTION = struct.Struct("<QQQQ")   # handler, flags, restorer, mask
-STACK_T = struct.Struct("<QiiQ")            # ss_sp, ss_flags, pad, ss_size
+from .procstate import StateReader
 
 
 @dataclasses.dataclass
@@ -58,31 +55,35 @@ class SaveResult:
     notes: list[str]
 
 
-def save(path: str, *, sync: bool | None = None, compress: bool = False) -> SaveResult:
+def save(path: str, *, sync: bool | None = None, compress: bool = False,
+         strict: bool = False) -> SaveResult:
     t0 = time.perf_counter()
     check_stopped(SaveError)
     inf = Inferior(SaveError)
     try:
         return _Saver(inf, path, settings.get("sync") if sync is None else sync,
-                      compress).run(t0)
+                      compress, strict).run(t0)
     finally:
         inf.close()
 
 
 class _Saver:
-    def __init__(self, inf: Inferior, path: str, sync: bool, compress: bool):
+    def __init__(self, inf: Inferior, path: str, sync: bool, compress: bool, strict: bool):
         self.inf = inf
         self.path = path
         self.sync = sync
         self.compress = compress
+        self.strict = strict
         self.proc = Proc(inf.pid)
+        self.state = StateReader(inf, self.proc)
         self.notes: list[str] = []
 
     def run(self, t0: float) -> SaveResult:
+        fds = self._fds()
         maps = read_mappings(self.inf.pid)
         files, file_of = self._files(maps)
         threads = self._threads()
-        process = self._process(files)
+        process = self._process(files, fds)
         compressor = None
         if self.compress:
             import zstandard
@@ -98,12 +99,16 @@ class _Saver:
                         dumper.dump(region)
             finally:
                 dumper.close()
+            for f in fds:
+                if f.kind == fdsmod.FdKind.DELETED:
+                    f.data = self._file_data(w, f)
             w.add_record(fmt.RecordType.PROCESS, process)
             for th in threads:
                 w.add_record(fmt.RecordType.THREAD, th)
             w.add_record(fmt.RecordType.VMAS, {"vmas": [self._vma(m, file_of) for m in maps]})
             w.add_record(fmt.RecordType.FILES, {"files": files})
             w.add_record(fmt.RecordType.VDSO, self._vdso(maps))
+            w.add_record(fmt.RecordType.FDS, {"fds": fds})
             if self.notes:
                 w.add_record(fmt.RecordType.NOTES, {"notes": self.notes})
             final = w.commit()
@@ -113,7 +118,32 @@ class _Saver:
                           image_size=os.path.getsize(final),
                           seconds=time.perf_counter() - t0, notes=self.notes)
 
-    # -- what /proc tells ---------------------------------------------------
+    # -- descriptors and files -----------------------------------------------
+
+    def _fds(self) -> list[FdInfo]:
+        fds = fdsmod.read_fds(self.inf.pid)
+        lost = [f for f in fds if f.kind not in fdsmod.RESTORABLE and f.same_as < 0]
+        if lost and self.strict:
+            raise SaveError("cannot restore " + ", ".join(fdsmod.describe(f) for f in lost) +
+                            " (--strict); save without --strict to get /dev/null in their place")
+        for f in lost:
+            self.notes.append(f"{fdsmod.describe(f)} cannot be restored: a restore puts "
+                              "/dev/null there")
+        return fds
+
+    def _file_data(self, w: ImageWriter, f: FdInfo) -> list[int]:
+        """Store the bytes of a deleted file that is still open."""
+        first, count, offset = len(w.chunks), 0, 0
+        try:
+            with open(f"/proc/{self.inf.pid}/fd/{f.fd}", "rb", buffering=0) as src:
+                while block := src.read(READ_PIECE):
+                    w.add_chunk(offset, block, fmt.ChunkFlags.FILE_DATA)
+                    offset += len(block)
+                    count += 1
+        except OSError as e:
+            raise SaveError(f"cannot read deleted file {f.target} (fd {f.fd}): "
+                            f"{e.strerror}") from None
+        return [first, count]
 
     def _files(self, maps: list[Mapping]) -> tuple[list[FileRef], dict[int, int]]:
         files: list[FileRef] = []
@@ -140,21 +170,36 @@ class _Saver:
             file_of[m.start] = index[m.path]
         return files, file_of
 
-    def _process(self, files: list[FileRef]) -> ProcessInfo:
+    # -- the process -------------------------------------------------------------
+
+    def _process(self, files: list[FileRef], fds: list[FdInfo]) -> ProcessInfo:
         stat = self.proc.stat()
         status = self.proc.status()
         mm = {k: stat[k] for k in MM_FIELDS}
-        mm["brk"] = self.inf.syscall_ok(Sys.brk, 0, what="brk(0)")
+        mm["brk"] = self.state.brk()
         exe = self._exe()
         exe_file = next((i for i, f in enumerate(files) if f.path == exe), -1)
+        timers = self.state.posix_timers()
         return ProcessInfo(
             pid=self.inf.pid, exe=exe, exe_file=exe_file, cwd=self.proc.cwd(),
             comm=self.proc.comm(), cmdline=self.proc.cmdline(), kernel=kernel_identity(),
             saved_at=time.time(), tool_version=__version__, mm=MmBounds(**mm),
             auxv=[list(p) for p in self.proc.auxv()], personality=self.proc.personality(),
             umask=int(status.get("Umask", "0022"), 8), uid=int(status["Uid"].split()[0]),
-            gid=int(status["Gid"].split()[0]), sigactions=self._sigactions(status),
-            sigpending=sigset(status.get("ShdPnd", "0")), stopped_by=_stop_reason())
+            gid=int(status["Gid"].split()[0]), sigactions=self.state.sigactions(status),
+            sigpending=sigset(status.get("ShdPnd", "0")),
+            shared_pending=self.state.pending(self.inf.pid, shared=True),
+            stopped_by=_stop_reason(),
+            rlimits=[Rlimit(*r) for r in parse_limits(self.proc.limits())],
+            itimers=self.state.itimers(), timers=timers,
+            no_new_privs=status.get("NoNewPrivs", "0") == "1",
+            dumpable=self.state.dumpable(), nice=int(stat["nice"]),
+            not_restored=self._not_restored(fds))
+
+    def _not_restored(self, fds: list[FdInfo]) -> list[str]:
+        out = [f"{fdsmod.describe(f)}: /dev/null instead" for f in fds
+               if f.kind not in fdsmod.RESTORABLE and f.same_as < 0]
+        return out
 
     def _exe(self) -> str:
         exe = self.proc.exe()
@@ -165,20 +210,6 @@ class _Saver:
             if prog:
                 return prog
         return exe.removesuffix(" (deleted)")
-
-    def _sigactions(self, status: dict[str, str]) -> list[SigAction]:
-        """Handlers of every signal not at its default, read with injected rt_sigaction."""
-        interesting = sigset(status.get("SigCgt", "0")) | sigset(status.get("SigIgn", "0"))
-        out = []
-        for sig in range(1, NSIG + 1):
-            if not interesting >> (sig - 1) & 1 or sig in (SIGKILL, SIGSTOP):
-                continue
-            _, raw = self.inf.call_with_output(Sys.rt_sigaction, (sig, 0), KERNEL_SIGACTION.size,
-                                               (8,), what=f"rt_sigaction({sig})")
-            handler, flags, restorer, mask = KERNEL_SIGACTION.unpack(raw)
-            out.append(SigAction(sig=sig, handler=handler, flags=flags, restorer=restorer,
-                                 mask=mask))
-        return out
 
     def _threads(self) -> list[ThreadState]:
         selected = gdb.selected_thread()
@@ -203,19 +234,15 @@ class _Saver:
         status = task.status()
         rseq = self.inf.rseq_config(tid)
         robust = self.inf.robust_list(tid)
+        cpus = status.get("Cpus_allowed_list")
         return ThreadState(
             tid=tid, regs=regs, sigmask=sigset(status.get("SigBlk", "0")), name=task.comm(),
             syscall=syscall, rseq=Rseq(*rseq) if rseq else None,
-            sigaltstack=self._sigaltstack(), robust_list=list(robust) if robust else None)
+            sigaltstack=self.state.sigaltstack(), tid_address=self.state.tid_address(),
+            robust_list=list(robust) if robust else None,
+            pending=self.state.pending(tid), cpus=parse_cpu_list(cpus) if cpus else None)
 
-    def _sigaltstack(self) -> SigAltStack | None:
-        _, raw = self.inf.call_with_output(Sys.sigaltstack, (0,), STACK_T.size,
-                                           what="sigaltstack")
-        sp, flags, _, size = STACK_T.unpack(raw)
-        SS_DISABLE = 2
-        if flags & SS_DISABLE:
-            return None
-        return SigAltStack(sp=sp, flags=flags, size=size)
+    # -- mappings ------------------------------------------------------------------
 
     def _vma(self, m: Mapping, file_of: dict[int, int]) -> Vma:
         return Vma(start=m.start, end=m.end, prot=int(m.prot), shared=m.shared, kind=m.kind.value,

@@ -251,6 +251,24 @@ class Inferior:
         addr, size, sig, flags = struct.unpack_from("<QIII", buf.raw)
         return (addr, size, sig, flags) if size else None
 
+    def peek_siginfo(self, tid: int, shared: bool) -> list[bytes]:
+        """Pending signals' siginfo (128 bytes each), private or process-wide."""
+        out: list[bytes] = []
+        buf = ctypes.create_string_buffer(SIGINFO_SIZE * 64)
+        while True:
+            args = struct.pack("<QIi", len(out), 1 if shared else 0, 64)
+            n = _libc().ptrace(PTRACE_PEEKSIGINFO, tid, args, buf)
+            if n <= 0:
+                return out
+            out += [buf.raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(n)]
+
+    def set_sigmask(self, tid: int, mask: int) -> None:
+        """Set a thread's blocked signals directly, with no window for delivery."""
+        data = ctypes.c_uint64(mask)
+        if _libc().ptrace(PTRACE_SETSIGMASK, tid, ctypes.c_void_p(8), ctypes.byref(data)) < 0:
+            raise self.raise_as(f"ptrace(SETSIGMASK, {tid}) failed: "
+                                f"{os.strerror(ctypes.get_errno())}")
+
     def robust_list(self, tid: int) -> tuple[int, int] | None:
         head = ctypes.c_uint64()
         length = ctypes.c_size_t()
@@ -265,6 +283,8 @@ USER_REGS = {name: i for i, name in enumerate(
 SYSCALL_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 MASK64 = (1 << 64) - 1
 PTRACE_SINGLESTEP, PTRACE_GETREGS, PTRACE_SETREGS = 9, 12, 13
+PTRACE_PEEKSIGINFO, PTRACE_SETSIGMASK = 0x4209, 0x420B
+SIGINFO_SIZE = 128
 WALL = 0x40000000
 
 

@@ -8,6 +8,7 @@ running, and names the step that failed.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import signal
@@ -20,8 +21,10 @@ from ..errors import CkptError, RestoreError
 from ..image import Image
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
 from ..maps import Kind
+from ..procfs import Proc, parse_limits
 from ..regs import missing_features
 from . import settings
+from .inferior import Inferior
 from .stub import OpFailed, Stub, kill_selected, scratch_inferior
 
 
@@ -37,43 +40,52 @@ class RestoreResult:
 
 def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
             verify: bool | None = None, stdio: dict[int, str] | None = None,
-            from_tty: bool = False) -> RestoreResult:
+            force: bool = False, from_tty: bool = False) -> RestoreResult:
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
     img = Image.open(os.path.abspath(path))
     if verify if verify is not None else settings.get("verify"):
         img.verify_chunks()
-    file_problems = planmod.check_files(img)
+    checks = _Checks(planmod.check_files(img), planmod.check_fds(img), force)
     phases["read image"] = time.perf_counter() - t0
     if dry_run:
         # A stub of its own in a scratch inferior: the process being debugged stays as it is.
         with settings.temporarily(suppress_cli_notifications="on"), scratch_inferior():
             stub = Stub.start()
             try:
-                plan = planmod.build(img, _live(stub, img, file_problems), vdso_mode, stdio)
+                plan = planmod.build(img, _live(stub, img, checks), vdso_mode, stdio)
             finally:
                 stub.inf.close()
         return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)
     _replace_current(from_tty)
     with settings.temporarily(suppress_cli_notifications="on"):
-        return _restore(img, file_problems, vdso_mode, stdio, phases, t0)
+        return _restore(img, checks, vdso_mode, stdio, phases, t0)
 
 
-def _restore(img, file_problems, vdso_mode, stdio, phases, t0) -> RestoreResult:
+@dataclasses.dataclass
+class _Checks:
+    """What was found about the world before the restore: files, descriptors."""
+    files: dict[int, str | None]
+    fds: dict[int, tuple[str, str]]
+    force: bool
+
+
+def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0) -> RestoreResult:
     stub = Stub.start()
     phases["start stub"] = time.perf_counter() - t0
     try:
-        live = _live(stub, img, file_problems)
+        live = _live(stub, img, checks)
         plan = planmod.build(img, live, vdso_mode, stdio)
         warnings = list(plan.warnings)
         warnings += _Executor(stub, img, plan).run(phases, t0)
         exe = img.process.exe
-        changed = file_problems.get(img.process.exe_file) if img.process.exe_file >= 0 else None
+        changed = checks.files.get(img.process.exe_file) if img.process.exe_file >= 0 else None
         if changed:
             warnings.append(f"the program changed since the save ({changed}): GDB has no "
                             "symbols for it, only for its shared libraries")
             exe = None
         _take_over(stub.pid, exe)
+        warnings += _after_attach(img)
         phases["load symbols"] = time.perf_counter() - t0
     except BaseException as e:
         kill_selected()
@@ -94,14 +106,47 @@ def _replace_current(from_tty: bool) -> None:
             raise RestoreError(f"the current process was kept ({e})") from None
 
 
-def _live(stub: Stub, img: Image, file_problems) -> planmod.Live:
+def _live(stub: Stub, img: Image, checks: _Checks) -> planmod.Live:
     maps = stub.mappings()
     vdso = next((m for m in maps if m.kind == Kind.VDSO), None)
+    proc = Proc(stub.pid)
     return planmod.Live(
         stub_maps=maps, scratch=stub.scratch.base,
         vdso=stub.inf.read(vdso.start, vdso.size) if vdso else None,
-        fd_limit=stub.fd_limit(), image_path=img.path, file_problems=file_problems,
-        can_set_exe=_may_set_exe())
+        fd_limit=stub.fd_limit(), image_path=img.path, file_problems=checks.files,
+        can_set_exe=_may_set_exe(), stub_pid=stub.pid,
+        stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")},
+        stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
+        has_tty=_has_tty(), fd_checks=checks.fds, force=checks.force,
+        timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]))
+
+
+def _has_tty() -> bool:
+    """Whether /dev/tty opens: the restoring session (GDB, and so the stub) has a terminal."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+        return True
+    except OSError:
+        return False
+
+
+def _timer_ids_supported() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(planmod.PR_TIMER_CREATE_RESTORE_IDS, 2, 0, 0, 0) >= 0
+
+
+def _after_attach(img: Image) -> list[str]:
+    """What must wait until GDB holds the restored process: the dumpable flag."""
+    if img.process.dumpable == 1:
+        return []
+    inf = Inferior(RestoreError)
+    try:
+        ret = inf.syscall(Sys.prctl, Prctl.SET_DUMPABLE, img.process.dumpable)
+    finally:
+        inf.close()
+    if is_syscall_error(ret):
+        return [f"the dumpable flag stays 1: PR_SET_DUMPABLE: {os.strerror(-ret)}"]
+    return []
 
 
 def _may_set_exe() -> bool:
@@ -163,7 +208,7 @@ class _Executor:
             elif isinstance(step, planmod.WriteBytes):
                 self.inf.write(step.addr, step.data)
             elif isinstance(step, planmod.Registers):
-                self._registers(step.state.regs)
+                self._registers(step.state)
             elif isinstance(step, planmod.DropStub):
                 self._drop_stub(step.ranges)
             elif isinstance(step, planmod.SetExe):
@@ -171,13 +216,14 @@ class _Executor:
         except CkptError as e:
             raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
 
-    def _registers(self, regs: dict[str, bytes]) -> None:
+    def _registers(self, state) -> None:
         live = set(self.inf.register_names())
-        missing = missing_features(regs, live)
+        missing = missing_features(state.regs, live)
         if missing:
             raise RestoreError(f"the image's registers need {', '.join(missing)}, which this "
                                "CPU (or GDB) lacks")
-        self.inf.write_registers(regs)
+        self.inf.set_sigmask(gdb.selected_thread().ptid[1], state.sigmask)
+        self.inf.write_registers(state.regs)
 
     def _drop_stub(self, ranges: list[tuple[int, int]]) -> None:
         self.inf.exclude_from_syscall_search(ranges)

@@ -1,0 +1,103 @@
+"""What only the process (or its tracer) can tell: read with injected system calls and ptrace.
+
+brk, signal handlers, the alternate signal stack, the clear-child-tid
+address, interval timers, POSIX timers' remaining time, the dumpable flag
+and pending signals. Everything here runs while the process is stopped and
+leaves it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..image.model import ItimerState, PosixTimer, SigAction, SigAltStack
+from ..linux import NSIG, Prctl, Sys
+from ..procfs import Proc, parse_timers, sigset
+from .inferior import Inferior
+
+SIGKILL, SIGSTOP = 9, 19
+KERNEL_SIGACTION = struct.Struct("<QQQQ")   # handler, flags, restorer, mask
+STACK_T = struct.Struct("<QiiQ")            # ss_sp, ss_flags, pad, ss_size
+ITIMERVAL = struct.Struct("<qqqq")          # interval sec, usec, value sec, usec
+ITIMERSPEC = struct.Struct("<qqqq")         # interval sec, nsec, value sec, nsec
+SS_DISABLE = 2
+PR_GET_DUMPABLE = 3
+SYS_TIMER_GETTIME = 224
+
+
+class StateReader:
+    def __init__(self, inf: Inferior, proc: Proc):
+        self.inf = inf
+        self.proc = proc
+
+    def brk(self) -> int:
+        return self.inf.syscall_ok(Sys.brk, 0, what="brk(0)")
+
+    def sigactions(self, status: dict[str, str]) -> list[SigAction]:
+        """Handlers of every signal not at its default (SigCgt and SigIgn say which)."""
+        interesting = sigset(status.get("SigCgt", "0")) | sigset(status.get("SigIgn", "0"))
+        out = []
+        for sig in range(1, NSIG + 1):
+            if not interesting >> (sig - 1) & 1 or sig in (SIGKILL, SIGSTOP):
+                continue
+            _, raw = self.inf.call_with_output(Sys.rt_sigaction, (sig, 0), KERNEL_SIGACTION.size,
+                                               (8,), what=f"rt_sigaction({sig})")
+            handler, flags, restorer, mask = KERNEL_SIGACTION.unpack(raw)
+            out.append(SigAction(sig=sig, handler=handler, flags=flags, restorer=restorer,
+                                 mask=mask))
+        return out
+
+    def sigaltstack(self) -> SigAltStack | None:
+        """The selected thread's alternate signal stack."""
+        _, raw = self.inf.call_with_output(Sys.sigaltstack, (0,), STACK_T.size,
+                                           what="sigaltstack")
+        sp, flags, _, size = STACK_T.unpack(raw)
+        return None if flags & SS_DISABLE else SigAltStack(sp=sp, flags=flags, size=size)
+
+    def tid_address(self) -> int | None:
+        """The selected thread's clear_child_tid (needs CONFIG_CHECKPOINT_RESTORE)."""
+        try:
+            _, raw = self.inf.call_with_output(Sys.prctl, (Prctl.GET_TID_ADDRESS,), 8,
+                                               what="prctl(PR_GET_TID_ADDRESS)")
+        except self.inf.raise_as:
+            return None
+        return struct.unpack("<Q", raw)[0] or None
+
+    def itimers(self) -> list[ItimerState]:
+        out = []
+        for which in range(3):
+            _, raw = self.inf.call_with_output(Sys.getitimer, (which,), ITIMERVAL.size,
+                                               what=f"getitimer({which})")
+            isec, iusec, vsec, vusec = ITIMERVAL.unpack(raw)
+            if isec or iusec or vsec or vusec:
+                out.append(ItimerState(which=which, interval_us=isec * 10**6 + iusec,
+                                       value_us=vsec * 10**6 + vusec))
+        return out
+
+    def posix_timers(self) -> list[PosixTimer]:
+        try:
+            with open(f"/proc/{self.proc.pid}/timers") as f:
+                listed = parse_timers(f.read())
+        except OSError:
+            return []
+        out = []
+        for t in listed:
+            _, raw = self.inf.call_with_output(SYS_TIMER_GETTIME, (t["id"],), ITIMERSPEC.size,
+                                               what=f"timer_gettime({t['id']})")
+            isec, insec, vsec, vnsec = ITIMERSPEC.unpack(raw)
+            out.append(PosixTimer(id=t["id"], clock=t["clock"], signo=t["signo"],
+                                  notify=t["notify"], value=t["value"], tid=t["tid"],
+                                  interval_ns=isec * 10**9 + insec,
+                                  remaining_ns=vsec * 10**9 + vnsec))
+        return out
+
+    def dumpable(self) -> int:
+        return self.inf.syscall_ok(Sys.prctl, PR_GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
+
+    def pending(self, tid: int, shared: bool = False) -> list[bytes]:
+        """Queued signals (siginfo bytes) of a thread, or of the whole process.
+
+        A SIGSTOP is left out: GDB sends those to stop threads itself.
+        """
+        return [si for si in self.inf.peek_siginfo(tid, shared)
+                if struct.unpack_from("<i", si)[0] != SIGSTOP]

@@ -1,0 +1,128 @@
+"""Process state beyond memory: descriptors, signals, attributes, through real GDB."""
+
+import os
+import re
+
+import pytest
+from harness import example, read, uninterrupted
+
+from gdbckpt.mi import MiError
+
+QUIET_SIGNALS = "handle SIGUSR1 SIGUSR2 SIGTERM SIGHUP SIGALRM nostop noprint pass"
+
+
+def save_and_kill(sessions, img, argv, out, bp, stdin="/dev/null", setup=()):
+    s = sessions()
+    for cmd in setup:
+        s.cli(cmd)
+    stop = s.start(argv, out, stdin=stdin, breakpoint=bp)
+    assert stop.get("reason") == "breakpoint-hit", stop
+    text = s.save(img)
+    s.cli("kill")
+    return text
+
+
+def restore_and_finish(sessions, img, *opts, setup=()):
+    r = sessions()
+    for cmd in setup:
+        r.cli(cmd)
+    out = r.cli(" ".join(["ckpt restore", *opts, img]), timeout=120)
+    assert "Restored process" in out, out
+    pid = r.pid()
+    stop = r.finish()
+    assert stop.get("reason") == "exited-normally", stop
+    return out, pid
+
+
+def test_files_end_byte_identical(sessions, tmp_path):
+    prog = example("files")
+    inp = tmp_path / "input"
+    inp.write_text("".join(f"line {i} {'x' * (i * 7 % 23)}\n" for i in range(14)))
+    ref, work = tmp_path / "ref", tmp_path / "work"
+    ref.mkdir()
+    work.mkdir()
+    expected = uninterrupted([prog, str(ref)], stdin=str(inp))
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    save_and_kill(sessions, img, [prog, str(work)], out, "step_done if step == 6", stdin=str(inp))
+    info = sessions().cli(f"ckpt info --brief {img}")
+    assert re.search(r"\b0 file .*input .*reopened at its offset", info), info
+    assert re.search(r"deleted .*scratch .*recreated from the image", info), info
+    # No --stdin/--stdout: every descriptor comes back from the image.
+    text, _ = restore_and_finish(sessions, img)
+    assert "fd 2 (pipe" in text      # GDB/MI's stderr pipe: /dev/null, with a warning
+    assert read(out) == expected
+    for name in ("data.bin", "log.txt"):
+        assert (work / name).read_bytes() == (ref / name).read_bytes(), name
+    assert "scratch" not in os.listdir(work)
+
+
+def test_file_gone_or_truncated_refuses_unless_forced(sessions, tmp_path):
+    prog = example("files")
+    inp = tmp_path / "input"
+    inp.write_text("".join(f"line {i}\n" for i in range(10)))
+    work = tmp_path / "work"
+    work.mkdir()
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    save_and_kill(sessions, img, [prog, str(work)], out, "step_done if step == 4", stdin=str(inp))
+    (work / "data.bin").write_bytes(b"short")
+    with pytest.raises(MiError) as e:
+        sessions().cli(f"ckpt restore {img}")
+    assert "data.bin is now 5 bytes, shorter than the saved offset" in e.value.msg
+    assert "--force" in e.value.msg
+    os.unlink(work / "data.bin")
+    with pytest.raises(MiError) as e:
+        sessions().cli(f"ckpt restore {img}")
+    assert "data.bin: No such file or directory" in e.value.msg
+    text, _ = restore_and_finish(sessions, img, "--force")
+    assert "/dev/null in its place (--force)" in text
+    with open(tmp_path / "input", "a") as f:
+        f.write("more\n")
+    assert read(out).endswith("done 10 steps, scratch " + read(out).split("scratch ")[-1])
+
+
+def test_signal_state_comes_back(sessions, tmp_path):
+    argv = [example("signals"), "8"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    save_and_kill(sessions, img, argv, out, "report if step == 3", setup=[QUIET_SIGNALS])
+    info = sessions().cli(f"ckpt info --brief {img}")
+    assert "Signals:   5 handlers set (1, 10, 12, 14, 15)" in info, info
+    restore_and_finish(sessions, img, setup=[QUIET_SIGNALS])
+    text = read(out)
+    assert text == uninterrupted(argv)
+    assert "hup_pending=1 hup_handled=0" in text.splitlines()[5]
+    assert text.splitlines()[-1].endswith("hup_pending=0 hup_handled=1 alarm_ticking=1")
+
+
+def test_pipe_is_named_replaced_by_dev_null_and_refused_when_strict(sessions, tmp_path):
+    argv = [example("piper"), "6"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    s = sessions()
+    s.start(argv, out, breakpoint="tick if step == 2")
+    with pytest.raises(MiError) as e:
+        s.cli(f"ckpt save --strict {img}")
+    assert e.value.msg.startswith("ckpt save: cannot restore fd 2 (pipe")
+    assert "fd 3 (pipe pipe:[" in e.value.msg and "fd 4 (pipe" in e.value.msg
+    assert not os.path.exists(img)
+    text = s.save(img)
+    assert re.search(r"note: fd 3 \(pipe pipe:\[\d+\]\) cannot be restored: a restore puts "
+                     r"/dev/null there", text), text
+    s.cli("kill")
+    r = sessions()
+    r.cli(f"ckpt restore {img}")
+    assert os.readlink(f"/proc/{r.pid()}/fd/3") == "/dev/null"
+    assert os.readlink(f"/proc/{r.pid()}/fd/4") == "/dev/null"
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(out) == uninterrupted(argv)
+
+
+def test_process_attributes_come_back(sessions, tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    argv = [example("attrs"), str(cwd), "6"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    save_and_kill(sessions, img, argv, out, "show if step == 3")
+    restore_and_finish(sessions, img)
+    text = read(out)
+    assert text == uninterrupted(argv)
+    assert f"umask=027 cwd={cwd} name=attrs-demo nofile=100/" in text
+    assert "nnp=1 dumpable=0 timer=1 itimer_interval=9" in text.splitlines()[-1]
