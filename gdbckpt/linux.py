@@ -92,6 +92,9 @@ class Sys(enum.IntEnum):
     pread64 = 17
     mremap = 25
     madvise = 28
+    shmget = 29
+    shmat = 30
+    shmctl = 31
     dup2 = 33
     nanosleep = 35
     pause = 34

@@ -32,6 +32,7 @@ from .linux import (
     Prot,
     PrSetMM,
     Sys,
+    page_up,
 )
 from .maps import Kind, Mapping, find_gap
 from .procfs import pack_auxv
@@ -257,6 +258,45 @@ class WriteBytes(Step):
 
     def describe(self):
         return f"write {self.what} at {self.addr:#x} ({len(self.data)} bytes)"
+
+
+@dataclasses.dataclass
+class ShmAttach(Step):
+    shmid: int = 0
+    addr: int = 0
+    saved_id: int = 0
+
+    def describe(self):
+        return f"attach SysV segment {self.shmid} (saved as {self.saved_id}) at {self.addr:#x}"
+
+    def ops(self, scratch):
+        return [Op(Sys.shmat, (self.shmid, self.addr, 0))]
+
+
+@dataclasses.dataclass
+class ShmRemove(Step):
+    shmid: int = 0
+
+    def describe(self):
+        return f"mark SysV segment {self.shmid} removed (gone once detached, as it was)"
+
+    def ops(self, scratch):
+        return [Op(Sys.shmctl, (self.shmid, 0, 0))]
+
+
+@dataclasses.dataclass
+class Remap(Step):
+    """Another view of a shared mapping: mremap with old size 0 duplicates it."""
+    src: int = 0
+    size: int = 0
+    dst: int = 0
+
+    def describe(self):
+        return f"map {self.dst:#x}-{self.dst + self.size:#x} as a view of {self.src:#x}"
+
+    def ops(self, scratch):
+        flags = Mremap.MAYMOVE | Mremap.FIXED
+        return [Op(Sys.mremap, (self.src, 0, self.size, int(flags), self.dst))]
 
 
 @dataclasses.dataclass
@@ -575,6 +615,7 @@ class Live:
     fd_checks: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
     force: bool = False
     timer_ids: bool = False         # PR_TIMER_CREATE_RESTORE_IDS works here
+    sysv: dict = dataclasses.field(default_factory=dict)   # saved shmid -> sysv.Segment
     stub_nice: int = 0
 
 
@@ -630,6 +671,11 @@ class _Builder:
         self.stub = [m for m in live.stub_maps if m.kind not in SPECIAL_KINDS
                      and m.kind != Kind.VSYSCALL and m.path != "[stack]"]
         self.live_special = {m.kind: m for m in live.stub_maps if m.kind in SPECIAL_KINDS}
+        self.shift: int | None = None
+        self.attached: set[tuple[int, int]] = set()
+        self.shm_remove: list[int] = []
+        self.views = _shared_groups(img.vmas)       # inode -> mappings of one object
+        self.later_views: dict[int, Vma] = {}
 
     def build(self) -> Plan:
         self._check_collisions()
@@ -646,6 +692,8 @@ class _Builder:
         self.exe_fd = self._open_exe()
         for vma in self.img.vmas:
             self._mapping(vma, image_fd, file_fds)
+        for shmid in self.shm_remove:
+            self.steps.append(ShmRemove(shmid=shmid))
         self._place_specials(mode, temp)
         self._descriptors(image_fd)
         for fd in [image_fd, *file_fds.values()]:
@@ -765,37 +813,85 @@ class _Builder:
             return
         if kind in SPECIAL_KINDS or kind in (Kind.VSYSCALL, Kind.SPECIAL):
             return
-        fd = file_fds.get(v.file, -1)
-        from_file = fd >= 0
-        shared = v.shared and (from_file or kind == Kind.SHMEM)
-        note = ""
-        if v.shared and not shared:
-            note = "was a shared file mapping; its file changed, so writes stay private"
-            self.warnings.append(f"{v.path}: {note}")
-        if kind == Kind.DELETED:
-            note = "deleted file: restored as a private copy"
-        self.steps.append(Map(vma=v, fd=fd, shared=shared, growsdown="gd" in v.vmflags,
-                              note=note))
-        chunks = self.img.chunks_in(v.start, v.end)
-        if from_file:
-            # Over the unchanged file only the pages that differ from it are written.
-            chunks = [c for c in chunks if c.flags & fmt.ChunkFlags.DIRTY]
-            if v.shared:
-                chunks = []
-        else:
-            chunks = [c for c in chunks if not c.flags & fmt.ChunkFlags.ZERO]
-        self._fill(chunks, image_fd)
+        if v.start in self.later_views:
+            # Made with the first view of its object: only fill and protect it.
+            self._fill([c for c in self.img.chunks_in(v.start, v.end)
+                        if not c.flags & fmt.ChunkFlags.ZERO], image_fd)
+            if v.prot != Prot.READ | Prot.WRITE:
+                self.steps.append(Protect(start=v.start, size=v.end - v.start, prot=v.prot))
+            return
+        chunks = [c for c in self.img.chunks_in(v.start, v.end)
+                  if not c.flags & fmt.ChunkFlags.ZERO]
         writable = Prot.READ | Prot.WRITE
-        final = v.prot
-        if shared and from_file and not v.prot & Prot.WRITE:
-            writable = Prot.READ
-        if final != writable:
-            self.steps.append(Protect(start=v.start, size=v.end - v.start, prot=final))
+        if v.shm is not None and v.shm.id in self.live.sysv:
+            if not self._attach_sysv(v):
+                chunks = []         # the segment still exists: its content is the live one
+        elif kind == Kind.SHMEM and v.inode in self.views:
+            self._shared_view(v)
+        else:
+            fd = file_fds.get(v.file, -1)
+            from_file = fd >= 0
+            shared = v.shared and (from_file or kind == Kind.SHMEM)
+            note = ""
+            if v.shared and not shared:
+                note = "was a shared file mapping; its file changed, so writes stay private"
+                self.warnings.append(f"{v.path}: {note}")
+            if kind == Kind.DELETED:
+                note = "deleted file: restored as a private copy"
+            self.steps.append(Map(vma=v, fd=fd, shared=shared, growsdown="gd" in v.vmflags,
+                                  note=note))
+            if from_file:
+                # Over the unchanged file only the pages that differ from it are written;
+                # a shared file mapping is the file itself.
+                chunks = [] if v.shared else [c for c in self.img.chunks_in(v.start, v.end)
+                                              if c.flags & fmt.ChunkFlags.DIRTY]
+            if shared and from_file and not v.prot & Prot.WRITE:
+                writable = Prot.READ
+        self._fill(chunks, image_fd)
+        if v.prot != writable:
+            self.steps.append(Protect(start=v.start, size=v.end - v.start, prot=v.prot))
         advice = [VMFLAG_ADVICE[f] for f in v.vmflags if f in VMFLAG_ADVICE]
         name = _anon_name(v.path)
         if advice or name is not None:
             self.steps.append(Advise(start=v.start, size=v.end - v.start, advice=advice,
                                      name=name))
+
+    def _attach_sysv(self, v: Vma) -> bool:
+        """Attach v's SysV segment (once per attachment); True if it is new and needs filling."""
+        seg = self.live.sysv[v.shm.id]
+        base = v.start - v.offset
+        if (v.shm.id, base) not in self.attached:
+            self.attached.add((v.shm.id, base))
+            self.steps.append(ShmAttach(shmid=seg.id, addr=base, saved_id=v.shm.id))
+            if seg.note:
+                self.warnings.append(seg.note)
+            if seg.created and v.shm.key == 0:
+                # A private segment is normally removed once attached; do the same.
+                self.shm_remove.append(seg.id)
+        return seg.created
+
+    def _shared_view(self, v: Vma) -> None:
+        """One of several mappings of the same shared memory: all views of one object."""
+        group = self.views.pop(v.inode)
+        extent = max(g.offset + g.end - g.start for g in group)
+        temp = self._free_area(extent)
+        obj = Vma(start=temp, end=temp + extent, prot=int(Prot.READ | Prot.WRITE), shared=True,
+                  kind=Kind.SHMEM.value, path=v.path)
+        self.steps.append(Map(vma=obj, shared=True, note="the object its views share"))
+        for g in group:
+            self.steps.append(Remap(src=temp + g.offset, size=g.end - g.start, dst=g.start))
+        self.steps.append(Unmap(start=temp, size=extent, why="the views keep the object"))
+        for g in group[1:]:
+            self.later_views[g.start] = g
+
+    def _free_area(self, size: int) -> int:
+        taken = [(v.start, v.end) for v in self.img.vmas] + \
+                [(m.start, m.end) for m in self.live.stub_maps]
+        if self.shift is not None:
+            taken += [(m.start + self.shift, m.end + self.shift)
+                      for m in self.live_special.values()]
+        lo = -(-max(m.end for m in self.stub) // SPECIAL_AREA_ALIGN) * SPECIAL_AREA_ALIGN
+        return find_gap(taken, page_up(size), lo, USER_TOP)
 
     def _vdso_proxy(self, v: Vma, image_fd: int) -> None:
         """The saved vDSO's bytes at its address, its functions patched to call the live one."""
@@ -977,6 +1073,15 @@ class _Builder:
         self.steps.append(OpenFile(path=self.img.process.exe, flags=int(OpenFlag.RDONLY),
                                    fd=fd, why="the exe link"))
         return fd
+
+
+def _shared_groups(vmas: list[Vma]) -> dict[int, list[Vma]]:
+    """Shared anonymous objects mapped more than once: inode -> their mappings."""
+    groups: dict[int, list[Vma]] = {}
+    for v in vmas:
+        if v.kind == Kind.SHMEM.value and v.shm is None and v.inode:
+            groups.setdefault(v.inode, []).append(v)
+    return {inode: g for inode, g in groups.items() if len(g) > 1}
 
 
 def _anon_name(path: str) -> str | None:

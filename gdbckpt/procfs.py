@@ -206,6 +206,20 @@ def parse_timers(text: str) -> list[dict[str, int]]:
     return timers
 
 
+def read_sysv_shm() -> dict[int, tuple[int, int, int]]:
+    """shmid -> (key, size, perms) of every SysV segment, from /proc/sysvipc/shm."""
+    out = {}
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return out
+    for line in lines:
+        key, shmid, perms, size = line.split()[:4]
+        out[int(shmid)] = (int(key) & 0xFFFFFFFF, int(size), int(perms, 8))
+    return out
+
+
 def parse_cpu_list(text: str) -> list[int]:
     """'0-2,5' -> [0, 1, 2, 5]."""
     cpus = []

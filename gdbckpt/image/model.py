@@ -39,6 +39,16 @@ class Vma:
     offset: int = 0    # file offset of start
     file: int = -1     # index into FILES, or -1
     vmflags: list[str] = dataclasses.field(default_factory=list)
+    inode: int = 0     # shared memory: mappings of one object share it
+    shm: SysvShm | None = None    # a SysV shared memory segment
+
+
+@dataclasses.dataclass
+class SysvShm:
+    key: int
+    id: int
+    size: int
+    perms: int
 
 
 @dataclasses.dataclass

@@ -27,6 +27,7 @@ from ..image.model import (
     ProcessInfo,
     Rlimit,
     Rseq,
+    SysvShm,
     ThreadState,
     VdsoInfo,
     Vma,
@@ -35,7 +36,15 @@ from ..image.writer import ImageWriter
 from ..linux import PAGE_SIZE, Prot, Sys
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
 from ..memory import READ_PIECE, MemoryDumper, regions
-from ..procfs import MM_FIELDS, Proc, kernel_identity, parse_cpu_list, parse_limits, sigset
+from ..procfs import (
+    MM_FIELDS,
+    Proc,
+    kernel_identity,
+    parse_cpu_list,
+    parse_limits,
+    read_sysv_shm,
+    sigset,
+)
 from . import settings
 from .inferior import Inferior, check_stopped
 from .procstate import StateReader
@@ -77,6 +86,7 @@ class _Saver:
         self.proc = Proc(inf.pid)
         self.state = StateReader(inf, self.proc)
         self.notes: list[str] = []
+        self.sysv = read_sysv_shm()
 
     def run(self, t0: float) -> SaveResult:
         fds = self._fds()
@@ -245,9 +255,17 @@ class _Saver:
     # -- mappings ------------------------------------------------------------------
 
     def _vma(self, m: Mapping, file_of: dict[int, int]) -> Vma:
+        shm = None
+        if m.kind == Kind.SHMEM and m.path.startswith("/SYSV"):
+            seg = self.sysv.get(m.inode)
+            if seg is None:
+                self.notes.append(f"SysV segment {m.inode} of {m.describe()} is gone from "
+                                  "/proc/sysvipc/shm: restored as shared anonymous memory")
+            else:
+                shm = SysvShm(key=seg[0], id=m.inode, size=seg[1], perms=seg[2])
         return Vma(start=m.start, end=m.end, prot=int(m.prot), shared=m.shared, kind=m.kind.value,
                    path=m.path, offset=m.offset, file=file_of.get(m.start, -1),
-                   vmflags=list(m.vmflags))
+                   vmflags=list(m.vmflags), inode=m.inode, shm=shm)
 
     def _vdso(self, maps: list[Mapping]) -> VdsoInfo:
         info = VdsoInfo()

@@ -17,6 +17,7 @@ import time
 import gdb
 
 from .. import plan as planmod
+from .. import sysv
 from ..errors import CkptError, RestoreError
 from ..image import Image
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
@@ -49,6 +50,7 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
     checks = _Checks(planmod.check_files(img), planmod.check_fds(img), force)
     phases["read image"] = time.perf_counter() - t0
     if dry_run:
+        checks.sysv = sysv.prepare(img.vmas, create=False)
         # A stub of its own in a scratch inferior: the process being debugged stays as it is.
         with settings.temporarily(suppress_cli_notifications="on"), scratch_inferior():
             stub = Stub.start()
@@ -64,16 +66,18 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
 
 @dataclasses.dataclass
 class _Checks:
-    """What was found about the world before the restore: files, descriptors."""
+    """What was found about the world before the restore: files, descriptors, segments."""
     files: dict[int, str | None]
     fds: dict[int, tuple[str, str]]
     force: bool
+    sysv: dict = dataclasses.field(default_factory=dict)
 
 
 def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0) -> RestoreResult:
     stub = Stub.start()
     phases["start stub"] = time.perf_counter() - t0
     try:
+        checks.sysv = sysv.prepare(img.vmas)
         live = _live(stub, img, checks)
         plan = planmod.build(img, live, vdso_mode, stdio)
         warnings = list(plan.warnings)
@@ -89,6 +93,7 @@ def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0) -> RestoreResul
         phases["load symbols"] = time.perf_counter() - t0
     except BaseException as e:
         kill_selected()
+        sysv.remove(checks.sysv)
         if isinstance(e, gdb.error):
             raise RestoreError(f"GDB failed during the restore: {e}") from None
         raise
@@ -118,7 +123,8 @@ def _live(stub: Stub, img: Image, checks: _Checks) -> planmod.Live:
         stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")},
         stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
         has_tty=_has_tty(), fd_checks=checks.fds, force=checks.force,
-        timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]))
+        timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
+        sysv=checks.sysv)
 
 
 def _has_tty() -> bool:
