@@ -1,14 +1,17 @@
 """Process state beyond memory: descriptors, signals, attributes, through real GDB."""
 
 import os
+import pty
 import re
 import subprocess
+import time
 
 import pytest
-from harness import example, read, uninterrupted
+from harness import REPO, example, read, uninterrupted
 
 from gdbckpt.mi import MiError
 
+GDBINIT = os.path.join(REPO, "gdbinit.py")
 QUIET_SIGNALS = "handle SIGUSR1 SIGUSR2 SIGTERM SIGHUP SIGALRM nostop noprint pass"
 
 
@@ -148,3 +151,51 @@ def test_shared_memory_comes_back(sessions, tmp_path, segment):
     assert "detach private=0 keyed=0" in read(out)
     assert f"{key:#010x}" not in subprocess.run(["ipcs", "-m"], capture_output=True,
                                                 text=True).stdout
+
+
+def run_gdb_on_pty(commands: list[str], timeout: float = 60) -> str:
+    """Run gdb -batch with a new pseudo-terminal as its terminal; returns what it showed."""
+    master, slave = pty.openpty()
+    args = ["gdb", "-nx", "-q", "-batch", "-x", GDBINIT]
+    for c in commands:
+        args += ["-ex", c]
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, preexec_fn=_set_ctty)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:      # the terminal closed: gdb is gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=10)
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+def _set_ctty():
+    import fcntl
+    import termios
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def test_terminal_goes_to_the_restoring_session(tmp_path):
+    argv = [example("counter"), "8", "5"]
+    img = str(tmp_path / "p.img")
+    first = run_gdb_on_pty([f"file {argv[0]}", "break compute_step if step == 3",
+                            f"run {' '.join(argv[1:])}",
+                            f"ckpt save {img}", "kill"], timeout=60)
+    assert "Saved process" in first, first
+    info = subprocess.run(["gdb", "-nx", "-batch", "-x", GDBINIT, "-ex", f"ckpt info {img}"],
+                          capture_output=True, text=True).stdout
+    assert re.search(r"\b0 tty +/dev/pts/\d+ .*this session's terminal", info), info
+    assert re.search(r"\b1 tty +/dev/pts/\d+ .*same as fd 0", info), info
+    second = run_gdb_on_pty([f"ckpt restore {img}", "info proc", "continue"], timeout=60)
+    assert "Restored process" in second, second
+    lines = [ln for ln in second.splitlines() if ln.startswith(("step ", "done "))]
+    expected = uninterrupted(argv).splitlines()
+    assert lines == expected[3:], second
