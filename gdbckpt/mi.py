@@ -98,8 +98,18 @@ class Gdb:
                         f"GDB's stderr: {''.join(self.stderr)[-2000:]}")
 
     def cli(self, command: str, timeout: float | None = None) -> str:
-        """Run a CLI command; returns its console output."""
-        return self.cmd(f"-interpreter-exec console {mi_quote(command)}", timeout).console
+        """Run a CLI command; returns its console output.
+
+        A command that resumes a thread on the way, not as an inferior call
+        (ckpt restore creating the threads of a multi-threaded process),
+        gets ^running as its result before it is done; GDB reads no further
+        command until it is, so a second command's result marks the end.
+        """
+        res = self.cmd(f"-interpreter-exec console {mi_quote(command)}", timeout)
+        if res.message != "running":
+            return res.console
+        after = self.cmd("-gdb-show confirm", timeout)     # prints nothing of its own
+        return res.console + after.console
 
     def wait_stopped(self, timeout: float | None = None) -> dict:
         """Wait for the next *stopped record; returns its payload (reason, frame, ...)."""

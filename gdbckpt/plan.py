@@ -15,6 +15,7 @@ import struct
 
 from . import fds as fdsmod
 from . import fileid
+from . import tids as tidsmod
 from . import vdso as vdsomod
 from .errors import RestoreError
 from .image import format as fmt
@@ -36,7 +37,7 @@ from .linux import (
 )
 from .maps import Kind, Mapping, find_gap
 from .procfs import pack_auxv
-from .stubabi import STUB_SCRATCH_SIZE, StubOp, StubOpFlags
+from .stubabi import STUB_MAX_THREADS, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
 
 # madvise() advice for smaps VmFlags a restore puts back.
 VMFLAG_ADVICE = {"dd": 16, "wf": 18, "dc": 10, "hg": 14, "nh": 15}
@@ -53,6 +54,10 @@ PR_TIMER_CREATE_RESTORE_IDS = 77
 RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock",
                 "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime")
 SIGKILL, SIGSTOP = 9, 19
+# What glibc's pthread_create passes to clone.
+CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000
+                      | 0x200000)  # VM FS FILES SIGHAND THREAD SYSVSEM SETTLS PARENT_SETTID
+                                   # CHILD_CLEARTID
 
 
 @dataclasses.dataclass
@@ -63,12 +68,17 @@ class Op:
 
 
 class Scratch:
-    """Bytes for the stub's scratch buffer: paths and structs the ops point to."""
+    """Bytes for the stub's scratch buffer: paths and structs the ops point to.
+
+    tids maps saved thread ids to live ones as the restore learns them (a
+    step's ops are made only when the restore reaches it).
+    """
 
     def __init__(self, base: int, size: int = STUB_SCRATCH_SIZE):
         self.base = base
         self.size = size
         self.data = bytearray()
+        self.tids: dict[int, int] = {}
 
     def put(self, data: bytes) -> int:
         self.data.extend(bytes(-len(self.data) % 16))
@@ -87,7 +97,7 @@ class Scratch:
 @dataclasses.dataclass
 class Step:
     """One thing the restore does. ops() gives the stub's system calls for it."""
-    thread: int = 0            # which thread runs it: 0 = the leader (index into threads)
+    thread: int = 0            # the saved tid of the thread that runs it; 0 = the leader
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -430,6 +440,10 @@ class ThreadKernelState(Step):
             mask = sum(1 << c for c in t.cpus).to_bytes(-(-(max(t.cpus) + 1) // 64) * 8, "little")
             out.append(Op(Sys.sched_setaffinity, (0, len(mask), scratch.put(mask)),
                           StubOpFlags.IGNORE_ERROR))
+        if self.thread and t.name:
+            name = os.fsencode(t.name)[:15] + b"\0"
+            out.append(Op(Sys.prctl, (Prctl.SET_NAME, scratch.put(name)),
+                          StubOpFlags.IGNORE_ERROR))
         # Everything blocked until the registers are the program's: a signal
         # queued now must not run a handler on the stub's stack. The saved
         # mask is set with PTRACE_SETSIGMASK together with the registers.
@@ -440,21 +454,26 @@ class ThreadKernelState(Step):
 
 @dataclasses.dataclass
 class QueueSignals(Step):
-    """Signals that were pending, queued again with their siginfo."""
+    """Signals that were pending, queued again with their siginfo, from the leader.
+
+    Only the thread group leader may queue a signal with a kernel si_code to
+    another thread of its group (its tid is the tgid).
+    """
     tgid: int = 0
-    tid: int = 0
-    private: list[bytes] = dataclasses.field(default_factory=list)
+    private: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)  # saved tid, si
     shared: list[bytes] = dataclasses.field(default_factory=list)
 
     def describe(self):
-        sigs = [struct.unpack_from("<i", si)[0] for si in self.private + self.shared]
+        sigs = [struct.unpack_from("<i", si)[0] for _, si in self.private] + \
+               [struct.unpack_from("<i", si)[0] for si in self.shared]
         return f"queue pending signals {', '.join(map(str, sigs))}"
 
     def ops(self, scratch):
         out = []
-        for si in self.private:
+        for tid, si in self.private:
             sig = struct.unpack_from("<i", si)[0]
-            out.append(Op(Sys.rt_tgsigqueueinfo, (self.tgid, self.tid, sig, scratch.put(si))))
+            out.append(Op(Sys.rt_tgsigqueueinfo, (self.tgid, scratch.tids[tid], sig,
+                                                  scratch.put(si))))
         for si in self.shared:
             sig = struct.unpack_from("<i", si)[0]
             out.append(Op(Sys.rt_sigqueueinfo, (self.tgid, sig, scratch.put(si))))
@@ -507,7 +526,6 @@ class Limits(Step):
     rlimits: list = dataclasses.field(default_factory=list)      # model.Rlimit
     itimers: list = dataclasses.field(default_factory=list)      # model.ItimerState
     timers: list = dataclasses.field(default_factory=list)       # model.PosixTimer
-    timer_tid: dict = dataclasses.field(default_factory=dict)    # saved tid -> live tid
     nice: int | None = None
     no_new_privs: bool = False
     optional = True
@@ -540,7 +558,7 @@ class Limits(Step):
         if self.timers:
             out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 1), ign))
             for t in self.timers:
-                tid = self.timer_tid.get(t.tid, 0)
+                tid = scratch.tids.get(t.tid, 0)
                 sev = struct.pack("<qiii", t.value, t.signo, t.notify, tid).ljust(64, b"\0")
                 idp = scratch.put(struct.pack("<i", t.id))
                 out.append(Op(Sys.timer_create, (t.clock, scratch.put(sev), idp), ign))
@@ -553,6 +571,49 @@ class Limits(Step):
         if self.no_new_privs:
             out.append(Op(Sys.prctl, (Prctl.SET_NO_NEW_PRIVS, 1, 0, 0, 0), ign))
         return out
+
+
+@dataclasses.dataclass
+class CloneThread(Step):
+    """A thread of the saved process, made by the stub and parked on a stack of its own."""
+    state: ThreadState = None
+    slot: int = 0
+    tid_ptr: int = 0           # &pd->tid: the kernel writes the new tid there, clears it at exit
+    same_tid: bool = False     # ask for the saved tid (clone3 set_tid)
+
+    def describe(self):
+        how = f"with tid {self.state.tid}" if self.same_tid else "with a new tid"
+        return f"create thread {self.state.tid} ({self.state.name}) {how}, tls " \
+               f"{self.tls:#x}"
+
+    @property
+    def tls(self) -> int:
+        from .regs import get
+        return get(self.state.regs, "fs_base")
+
+    def ops(self, scratch):
+        if self.same_tid:
+            return [Op(StubOp.CLONE3, (CLONE_THREAD_FLAGS, self.tls, self.tid_ptr, self.slot,
+                                       self.state.tid))]
+        return [Op(StubOp.CLONE, (CLONE_THREAD_FLAGS, self.tls, self.tid_ptr, self.slot))]
+
+
+@dataclasses.dataclass
+class PatchTids(Step):
+    """Thread ids glibc keeps in memory: the main thread's descriptor and held mutexes."""
+    leader_tid_at: int | None = None     # &pd->tid of the main thread
+    old_pid: int = 0
+    mutexes: list = dataclasses.field(default_factory=list)    # tids.MutexRef
+    python = True
+
+    def describe(self):
+        parts = []
+        if self.leader_tid_at is not None:
+            parts.append(f"main thread's tid at {self.leader_tid_at:#x}")
+        if self.mutexes:
+            parts.append(f"{len(self.mutexes)} held mutexes: " +
+                         ", ".join(f"{m.addr:#x}" for m in self.mutexes[:8]))
+        return "patch thread ids: " + ("; ".join(parts) or "nothing held")
 
 
 @dataclasses.dataclass
@@ -616,6 +677,7 @@ class Live:
     force: bool = False
     timer_ids: bool = False         # PR_TIMER_CREATE_RESTORE_IDS works here
     sysv: dict = dataclasses.field(default_factory=dict)   # saved shmid -> sysv.Segment
+    same_ids: bool = False          # the stub has the saved pid and threads get their tids
     stub_nice: int = 0
 
 
@@ -1025,7 +1087,6 @@ class _Builder:
         self.steps.append(ProcessAttrs(cwd=p.cwd, umask=p.umask, personality=p.personality,
                                        comm=p.comm))
         self.steps.append(SigActions(actions=p.sigactions))
-        self._limits()
 
     def _limits(self) -> None:
         p = self.img.process
@@ -1038,27 +1099,54 @@ class _Builder:
                                  "given id (PR_TIMER_CREATE_RESTORE_IDS)")
             timers = []
         step = Limits(rlimits=rlimits, itimers=p.itimers, timers=timers,
-                      timer_tid={self.img.threads[0].tid: self.live.stub_pid},
                       nice=p.nice if p.nice != self.live.stub_nice else None,
                       no_new_privs=p.no_new_privs)
         if not step.empty():
             self.steps.append(step)
 
     def _threads(self) -> None:
-        if len(self.img.threads) > 1:
-            raise RestoreError(f"the image has {len(self.img.threads)} threads; restoring "
-                               "multi-threaded processes is not supported yet")
-        leader = self.img.threads[0]
-        self.steps.append(ThreadKernelState(state=leader))
-        if leader.pending or self.img.process.shared_pending:
-            self.steps.append(QueueSignals(tgid=self.live.stub_pid, tid=self.live.stub_pid,
-                                           private=leader.pending,
+        leader, others = self.img.threads[0], self.img.threads[1:]
+        if len(others) >= STUB_MAX_THREADS:
+            raise RestoreError(f"the image has {len(self.img.threads)} threads; the stub parks "
+                               f"at most {STUB_MAX_THREADS}")
+        same = self.live.same_ids
+        for slot, t in enumerate(others):
+            ptr = t.tid_address or self._tid_field(t)
+            if ptr is None:
+                raise RestoreError(f"thread {t.tid}: where glibc keeps its id is unknown")
+            self.steps.append(CloneThread(state=t, slot=slot, tid_ptr=ptr, same_tid=same))
+        self._limits()
+        for t in self.img.threads:
+            self.steps.append(ThreadKernelState(state=t, thread=t.tid if t is not leader else 0))
+        private = [(t.tid, si) for t in self.img.threads for si in t.pending]
+        if private or self.img.process.shared_pending:
+            self.steps.append(QueueSignals(tgid=self.live.stub_pid, private=private,
                                            shared=self.img.process.shared_pending))
-        self.steps.append(Registers(state=leader))
+        if not same:
+            self._patch_tids(leader)
+        for t in self.img.threads:
+            self.steps.append(Registers(state=t, thread=t.tid if t is not leader else 0))
         self.steps.append(DropStub(ranges=[(m.start, m.end) for m in self.stub]))
         if self.exe_fd is not None:
             self.steps.append(SetExe(fd=self.exe_fd, path=self.img.process.exe,
                                      fields=self.mm_fields))
+
+    def _tid_field(self, t: ThreadState) -> int | None:
+        """&pd->tid of a thread: its fs_base plus the offset libc declares."""
+        from .regs import get
+        off = self.img.process.tid_offset
+        return get(t.regs, "fs_base") + off if off is not None else None
+
+    def _patch_tids(self, leader: ThreadState) -> None:
+        old = {t.tid for t in self.img.threads}
+        refs = tidsmod.find_held_mutexes(self.img, old)
+        where = leader.tid_address or self._tid_field(leader)
+        self.steps.append(PatchTids(leader_tid_at=where, old_pid=leader.tid, mutexes=refs))
+        if len(self.img.threads) > 1 or refs:
+            self.warnings.append("thread ids change: glibc's thread descriptors and "
+                                 f"{len(refs)} held mutexes are patched; other places that "
+                                 "kept a thread id (rwlocks' writer, the program's own data) "
+                                 "keep the old one")
 
     def _open_exe(self) -> int | None:
         """An fd of the program for the exe link, where that is permitted."""

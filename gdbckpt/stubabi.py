@@ -22,6 +22,7 @@ class StubOp(enum.IntEnum):
     OPEN_AT = 1001
     CLONE = 1002
     COPY_ALL = 1003
+    CLONE3 = 1004
 
 
 class StubOpFlags(enum.IntFlag):

@@ -32,6 +32,12 @@
 long stub_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
 long stub_clone(long flags, void *stack_top, int *ptid, int *ctid, long tls);
 
+struct clone_args {
+	unsigned long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+		set_tid, set_tid_size, cgroup;
+};
+long stub_clone3(struct clone_args *args, long size);
+
 char stub_stack[STUB_STACK_SIZE] __attribute__((aligned(16)));
 /* Paths, structs and op lists that GDB writes for a run. */
 unsigned char stub_scratch[STUB_SCRATCH_SIZE] __attribute__((aligned(4096)));
@@ -115,6 +121,25 @@ static long clone_parked(long flags, long tls, long tidptr, long slot)
 	return stub_clone(flags, top, (int *)tidptr, (int *)tidptr, tls);
 }
 
+/* The same, with the thread id chosen (clone3 set_tid: needs CAP_CHECKPOINT_RESTORE). */
+static long clone3_parked(long flags, long tls, long tidptr, long slot, long tid)
+{
+	if (slot < 0 || slot >= STUB_MAX_THREADS)
+		return -22; /* EINVAL */
+	int want = (int)tid;
+	struct clone_args args = {
+		.flags = (unsigned long)flags,
+		.child_tid = (unsigned long)tidptr,
+		.parent_tid = (unsigned long)tidptr,
+		.stack = (unsigned long)stub_thread_stacks[slot],
+		.stack_size = STUB_THREAD_STACK,
+		.tls = (unsigned long)tls,
+		.set_tid = (unsigned long)&want,
+		.set_tid_size = 1,
+	};
+	return stub_clone3(&args, sizeof args);
+}
+
 static long run_one(struct stub_op *op)
 {
 	long *a = op->arg;
@@ -125,6 +150,8 @@ static long run_one(struct stub_op *op)
 		return open_at(a[0], a[1], a[2], a[3]);
 	case STUB_OP_CLONE:
 		return clone_parked(a[0], a[1], a[2], a[3]);
+	case STUB_OP_CLONE3:
+		return clone3_parked(a[0], a[1], a[2], a[3], a[4]);
 	case STUB_OP_COPY_ALL:
 		return copy_all(a[0], (long *)a[1], a[2], (long *)a[3], a[4]);
 	default:
@@ -149,8 +176,10 @@ long stub_run(struct stub_op *ops, long n)
 
 void stub_thread_main(void)
 {
-	for (;;)
+	for (;;) {
 		stub_thread_park();
+		stub_syscall(SYS_pause, 0, 0, 0, 0, 0, 0);
+	}
 }
 
 void stub_main(void)

@@ -17,6 +17,7 @@
 #define STUB_OP_OPEN_AT    1001 /* path, flags, mode, fd: open and move to fd */
 #define STUB_OP_CLONE      1002 /* flags, tls, tid ptr, slot: a thread parked in the stub */
 #define STUB_OP_COPY_ALL   1003 /* fd_in, &off_in, fd_out, &off_out, len: copy exactly len */
+#define STUB_OP_CLONE3     1004 /* flags, tls, tid ptr, slot, tid: the thread with that tid */
 
 #define STUB_OPF_IGNORE_ERROR 1 /* a failure is recorded in ret but does not stop the run */
 

@@ -46,4 +46,20 @@ stub_clone:
 	hlt
 1:	ret
 
+/*
+ * long stub_clone3(struct clone_args *args, long size)
+ * The kernel starts the child on args->stack + args->stack_size.
+ */
+	.globl stub_clone3
+	.type stub_clone3, @function
+stub_clone3:
+	mov	$435, %eax
+	syscall
+	test	%rax, %rax
+	jnz	1f
+	xor	%ebp, %ebp
+	call	stub_thread_main
+	hlt
+1:	ret
+
 	.section .note.GNU-stack,"",@progbits

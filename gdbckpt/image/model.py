@@ -142,6 +142,7 @@ class ProcessInfo:
     dumpable: int = 1
     nice: int = 0
     not_restored: list[str] = dataclasses.field(default_factory=list)
+    tid_offset: int | None = None   # offsetof(struct pthread, tid), from libc
 
 
 @dataclasses.dataclass

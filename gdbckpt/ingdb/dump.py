@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 import time
 
 import gdb
@@ -204,7 +205,7 @@ class _Saver:
             itimers=self.state.itimers(), timers=timers,
             no_new_privs=status.get("NoNewPrivs", "0") == "1",
             dumpable=self.state.dumpable(), nice=int(stat["nice"]),
-            not_restored=self._not_restored(fds))
+            not_restored=self._not_restored(fds), tid_offset=_tid_offset())
 
     def _not_restored(self, fds: list[FdInfo]) -> list[str]:
         out = [f"{fdsmod.describe(f)}: /dev/null instead" for f in fds
@@ -297,6 +298,17 @@ def _sysname(nr: int) -> str:
         return Sys(nr).name
     except ValueError:
         return str(nr)
+
+
+def _tid_offset() -> int | None:
+    """offsetof(struct pthread, tid) from libc's descriptor for libthread_db."""
+    try:
+        addr = int(gdb.parse_and_eval("(long)&_thread_db_pthread_tid"))
+        raw = gdb.selected_inferior().read_memory(addr, 12).tobytes()
+    except (gdb.error, gdb.MemoryError):
+        return None
+    bits, count, offset = struct.unpack("<III", raw)
+    return offset if bits == 32 and count == 1 and offset < 4096 else None
 
 
 def _stop_reason() -> str:

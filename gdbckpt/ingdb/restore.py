@@ -12,12 +12,14 @@ import ctypes
 import dataclasses
 import os
 import signal
+import struct
 import time
 
 import gdb
 
 from .. import plan as planmod
 from .. import sysv
+from .. import tids as tidsmod
 from ..errors import CkptError, RestoreError
 from ..image import Image
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
@@ -71,17 +73,23 @@ class _Checks:
     fds: dict[int, tuple[str, str]]
     force: bool
     sysv: dict = dataclasses.field(default_factory=dict)
+    same_ids: bool = False
 
 
 def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0) -> RestoreResult:
-    stub = Stub.start()
+    ids = [t.tid for t in img.threads]
+    want = ids[0] if _may_choose_ids() and not any(_exists(t) for t in ids) else 0
+    stub = Stub.start(want)
+    checks.same_ids = bool(want) and stub.pid == want and not any(_exists(t) for t in ids[1:])
     phases["start stub"] = time.perf_counter() - t0
     try:
         checks.sysv = sysv.prepare(img.vmas)
         live = _live(stub, img, checks)
         plan = planmod.build(img, live, vdso_mode, stdio)
         warnings = list(plan.warnings)
-        warnings += _Executor(stub, img, plan).run(phases, t0)
+        # Inferior calls run only the thread they are made in.
+        with settings.temporarily(scheduler_locking="on"):
+            warnings += _Executor(stub, img, plan).run(phases, t0)
         exe = img.process.exe
         changed = checks.files.get(img.process.exe_file) if img.process.exe_file >= 0 else None
         if changed:
@@ -124,7 +132,7 @@ def _live(stub: Stub, img: Image, checks: _Checks) -> planmod.Live:
         stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
         has_tty=_has_tty(), fd_checks=checks.fds, force=checks.force,
         timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
-        sysv=checks.sysv)
+        sysv=checks.sysv, same_ids=checks.same_ids)
 
 
 def _has_tty() -> bool:
@@ -155,14 +163,22 @@ def _after_attach(img: Image) -> list[str]:
     return []
 
 
-def _may_set_exe() -> bool:
-    """PR_SET_MM_EXE_FILE needs CAP_SYS_ADMIN (21) or CAP_CHECKPOINT_RESTORE (40)."""
+def _checkpoint_capable() -> bool:
+    """CAP_SYS_ADMIN (21) or CAP_CHECKPOINT_RESTORE (40): what the exe link, ns_last_pid
+    and clone3's set_tid need."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("CapEff:"):
                 caps = int(line.split()[1], 16)
                 return bool(caps >> 21 & 1 or caps >> 40 & 1)
     return False
+
+
+_may_set_exe = _may_choose_ids = _checkpoint_capable
+
+
+def _exists(tid: int) -> bool:
+    return os.path.exists(f"/proc/{tid}")
 
 
 class _Executor:
@@ -173,17 +189,28 @@ class _Executor:
         self.plan = plan
         self.warnings: list[str] = []
         self.batch: list[tuple[int, planmod.Op]] = []
+        self.thread = 0        # saved tid of the selected thread; 0 = the leader
 
     def run(self, phases: dict[str, float], t0: float) -> list[str]:
+        tids = self.stub.scratch.tids
+        tids[self.img.threads[0].tid] = self.stub.pid
+        tids[0] = self.stub.pid
         for i, step in enumerate(self.plan.steps):
+            if step.thread != self.thread:
+                self._flush()
+                self.stub.switch_to(tids[step.thread])
+                self.thread = step.thread
             if step.python:
                 self._flush()
                 self._python_step(i, step)
             else:
                 self.batch.extend((i, op) for op in step.ops(self.stub.scratch))
+            if isinstance(step, planmod.CloneThread):
+                self._flush()       # later steps need its thread id
             if isinstance(step, planmod.Registers) and "memory" not in phases:
                 phases["memory"] = time.perf_counter() - t0
         self._flush()
+        self.stub.switch_to(tids[0])
         self.inf.memory_changed()
         return self.warnings
 
@@ -192,12 +219,16 @@ class _Executor:
             return
         batch, self.batch = self.batch, []
         try:
-            ignored = self.stub.run(batch)
+            ignored, results = self.stub.run(batch)
         except OpFailed as e:
             step = self.plan.steps[e.index]
             raise RestoreError(f"step {e.index} ({step.describe()}) failed: {e}") from None
         except gdb.error as e:
             raise RestoreError(f"the restart stub failed while running ops: {e}") from None
+        for (index, _), ret in zip(batch, results, strict=False):
+            step = self.plan.steps[index]
+            if isinstance(step, planmod.CloneThread):
+                self.stub.scratch.tids[step.state.tid] = ret
         for index, op, errno in ignored:
             from .stub import op_name
             self.warnings.append(f"{self.plan.steps[index].describe()}: {op_name(op)}: "
@@ -215,6 +246,8 @@ class _Executor:
                 self.inf.write(step.addr, step.data)
             elif isinstance(step, planmod.Registers):
                 self._registers(step.state)
+            elif isinstance(step, planmod.PatchTids):
+                self._patch_tids(step)
             elif isinstance(step, planmod.DropStub):
                 self._drop_stub(step.ranges)
             elif isinstance(step, planmod.SetExe):
@@ -230,6 +263,21 @@ class _Executor:
                                "CPU (or GDB) lacks")
         self.inf.set_sigmask(gdb.selected_thread().ptid[1], state.sigmask)
         self.inf.write_registers(state.regs)
+
+    def _patch_tids(self, step: planmod.PatchTids) -> None:
+        tids = self.stub.scratch.tids
+        if step.leader_tid_at is not None:
+            now = struct.unpack("<i", self.inf.read(step.leader_tid_at, 4))[0]
+            if now == step.old_pid:
+                self.inf.write(step.leader_tid_at, struct.pack("<i", self.stub.pid))
+            else:
+                self.warnings.append(f"the main thread's descriptor holds tid {now}, not "
+                                     f"{step.old_pid}: left as it is")
+        for ref in step.mutexes:
+            raw = self.inf.read(ref.addr, tidsmod.MUTEX.size)
+            new = tidsmod.patched_mutex(raw, ref, tids[ref.old_tid])
+            if new is not None:
+                self.inf.write(ref.addr, new)
 
     def _drop_stub(self, ranges: list[tuple[int, int]]) -> None:
         self.inf.exclude_from_syscall_search(ranges)

@@ -25,6 +25,7 @@ OPS_AREA = 1 << 20
 DATA_AREA = STUB_SCRATCH_SIZE - OPS_AREA
 OPS_PER_RUN = OPS_AREA // STUB_OP.size
 READY_TIMEOUT = 10
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _RESETTABLE = [s for s in range(1, signal.NSIG) if s not in (signal.SIGKILL, signal.SIGSTOP)]
 
 
@@ -58,7 +59,7 @@ class Stub:
         self._written = 0
 
     @classmethod
-    def start(cls) -> Stub:
+    def start(cls, want_pid: int = 0) -> Stub:
         """Spawn the stub, wait until it is parked on its own stack, attach to it.
 
         Not `run`: a run (or any resume that is not an inferior call) makes
@@ -67,7 +68,7 @@ class Stub:
         path = native.stub_path()
         if not native.stub_built():
             raise RestoreError(f"the restart stub {path} is not built: {native.native_hint()}")
-        pid = _spawn_parked(path)
+        pid = _spawn_parked(path, want_pid)
         try:
             with settings.temporarily(confirm="off"):
                 gdb.execute(f"file {path}", to_string=True)
@@ -91,13 +92,15 @@ class Stub:
                     return 1 << 20 if soft == "unlimited" else int(soft)
         return 1024
 
-    def run(self, batch: list[tuple[int, Op]]) -> list[tuple[int, Op, int]]:
-        """Run ops (each tagged with its step index); returns ignored failures.
+    def run(self, batch: list[tuple[int, Op]]) -> tuple[list[tuple[int, Op, int]], list[int]]:
+        """Run ops (each tagged with its step index) in the selected thread.
 
-        Raises OpFailed for the first failure not marked IGNORE_ERROR.
+        Returns the failures that were marked IGNORE_ERROR and every op's
+        result; raises OpFailed for the first other failure.
         """
         self._flush_scratch()
         ignored = []
+        results: list[int] = []
         for first in range(0, len(batch), OPS_PER_RUN):
             part = batch[first:first + OPS_PER_RUN]
             blob = b"".join(STUB_OP.pack(op.nr, *op.args, *([0] * (6 - len(op.args))),
@@ -113,7 +116,16 @@ class Stub:
                     raise OpFailed(step, op, -ret)
                 if is_syscall_error(ret) and op.flags & StubOpFlags.IGNORE_ERROR:
                     ignored.append((step, op, -ret))
-        return ignored
+                results.append(ret)
+        return ignored, results
+
+    def switch_to(self, tid: int) -> None:
+        """Select the stub's thread tid in GDB."""
+        for th in gdb.selected_inferior().threads():
+            if th.ptid[1] == tid:
+                th.switch()
+                return
+        raise RestoreError(f"thread {tid} of the restart stub is not known to GDB")
 
     def _flush_scratch(self) -> None:
         data = self.scratch.data
@@ -125,8 +137,18 @@ class Stub:
         kill_selected()
 
 
-def _spawn_parked(path: str) -> int:
-    """Start the stub with only stdio and its ready pipe; returns once it is parked."""
+def _spawn_parked(path: str, want_pid: int = 0) -> int:
+    """Start the stub with only stdio and its ready pipe; returns once it is parked.
+
+    With want_pid, ask the kernel for that pid (ns_last_pid: CAP_SYS_ADMIN or
+    CAP_CHECKPOINT_RESTORE); the caller checks whether it came.
+    """
+    if want_pid > 1 and not os.path.exists(f"/proc/{want_pid}"):
+        try:
+            with open(NS_LAST_PID, "w") as f:
+                f.write(str(want_pid - 1))
+        except OSError:
+            pass
     r, w = os.pipe()
     actions = [(os.POSIX_SPAWN_DUP2, w, STUB_READY_FD)]
     # Descriptors GDB inherited without close-on-exec must not reach the

@@ -1,0 +1,103 @@
+/*
+ * threads: four workers take turns (a mutex and a condition variable) on a
+ * shared counter; a holder thread keeps an error-checking mutex locked
+ * until the end and handles a signal on its alternate stack; main joins
+ * them all. A restore that gets thread ids wrong shows here: the holder's
+ * unlock fails with EPERM, a join hangs, or pthread_kill misses.
+ *
+ *   ./threads [ROUNDS]
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define NW 4
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int turn, counter, rounds, release_held, usr2_seen, usr2_on_alt;
+static uint64_t hash = 1469598103934665603ULL;
+static pthread_mutex_t held;
+static char altstack[64 * 1024];
+
+__attribute__((noinline)) void worker_step(int id, int step)
+{
+	__asm__ volatile("" ::: "memory");
+	(void)id, (void)step;
+}
+
+static void *worker(void *arg)
+{
+	int id = (int)(long)arg;
+	for (int step = 0; step < rounds; step++) {
+		pthread_mutex_lock(&lock);
+		while (turn % NW != id)
+			pthread_cond_wait(&cond, &lock);
+		counter++;
+		hash = (hash ^ (uint64_t)(counter * 31 + id)) * 1099511628211ULL;
+		printf("round %d worker %d counter %d\n", step, id, counter);
+		fflush(stdout);
+		worker_step(id, step);
+		turn++;
+		pthread_cond_broadcast(&cond);
+		pthread_mutex_unlock(&lock);
+		usleep(500);
+	}
+	return NULL;
+}
+
+static void on_usr2(int sig)
+{
+	char here;
+	(void)sig;
+	usr2_on_alt = &here >= altstack && &here < altstack + sizeof altstack;
+	usr2_seen = 1;
+}
+
+static void *holder(void *arg)
+{
+	(void)arg;
+	stack_t ss = { .ss_sp = altstack, .ss_size = sizeof altstack };
+	sigaltstack(&ss, NULL);
+	pthread_mutex_lock(&held);
+	pthread_mutex_lock(&lock);
+	while (!release_held)
+		pthread_cond_wait(&cond, &lock);
+	pthread_mutex_unlock(&lock);
+	int r = pthread_mutex_unlock(&held);
+	printf("holder: unlock of the error-checking mutex returned %s\n",
+	       r == 0 ? "0" : strerror(r));
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	rounds = argc > 1 ? atoi(argv[1]) : 10;
+	pthread_mutexattr_t attr;
+	pthread_mutexattr_init(&attr);
+	pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+	pthread_mutex_init(&held, &attr);
+	struct sigaction sa = { .sa_handler = on_usr2, .sa_flags = SA_ONSTACK };
+	sigaction(SIGUSR2, &sa, NULL);
+	pthread_t h, w[NW];
+	pthread_create(&h, NULL, holder, NULL);
+	for (long i = 0; i < NW; i++)
+		pthread_create(&w[i], NULL, worker, (void *)i);
+	for (int i = 0; i < NW; i++)
+		pthread_join(w[i], NULL);
+	pthread_kill(h, SIGUSR2);
+	while (!__atomic_load_n(&usr2_seen, __ATOMIC_SEQ_CST))
+		usleep(1000);
+	printf("holder got SIGUSR2 on its alternate stack: %d\n", usr2_on_alt);
+	pthread_mutex_lock(&lock);
+	release_held = 1;
+	pthread_cond_broadcast(&cond);
+	pthread_mutex_unlock(&lock);
+	pthread_join(h, NULL);
+	printf("done counter %d hash %016llx\n", counter, (unsigned long long)hash);
+	return 0;
+}
