@@ -46,8 +46,12 @@ def regions(pid: int, m: Mapping, file_size: int | None) -> list[Region]:
     npages = m.size >> PAGE_SHIFT
     if m.kind == Kind.VDSO:
         return [Region(m, 0, npages, b"\1" * npages)]
+    if m.kind == Kind.SHMEM:
+        # Shared memory holds pages this process never touched (written by
+        # another process, or through a descriptor): ask the object itself.
+        return [Region(m, s, n, b"\1" * n) for s, n in shmem_runs(pid, m)]
     flags = read_pagemap(pid, m.start, m.end)
-    if m.kind in (Kind.ANON, Kind.SHMEM):
+    if m.kind == Kind.ANON:
         present = flags.translate(PRESENT_TABLE)
         return [Region(m, s, n, b"\1" * n) for s, n in runs(present)]
     # File-backed: keep every page the file has, so the image stands on its
@@ -57,11 +61,58 @@ def regions(pid: int, m: Mapping, file_size: int | None) -> list[Region]:
     if m.shared:
         dirty = bytes(npages)
     if file_size is None:
-        # A deleted file: beyond what pagemap shows, what its pages held is unknown.
-        present = flags.translate(PRESENT_TABLE)
-        return [Region(m, s, n, dirty[s:s + n]) for s, n in runs(present)]
+        file_size = mapped_file_size(pid, m)
+    if file_size is None:
+        # A deleted file whose size cannot be learnt: every page; the reader
+        # skips those past the end of the file.
+        return [Region(m, 0, npages, dirty)]
     in_file = max(0, min(npages, (page_up(file_size) - m.offset) >> PAGE_SHIFT))
     return [Region(m, 0, in_file, dirty[:in_file])] if in_file else []
+
+
+def _map_file(pid: int, m: Mapping) -> str:
+    return f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}"
+
+
+def mapped_file_size(pid: int, m: Mapping) -> int | None:
+    """The size of the file behind a mapping, even a deleted one (needs CAP_SYS_ADMIN or
+    CAP_CHECKPOINT_RESTORE to follow map_files); None if it cannot be learnt."""
+    try:
+        return os.stat(_map_file(pid, m)).st_size
+    except OSError:
+        return None
+
+
+def shmem_runs(pid: int, m: Mapping) -> list[tuple[int, int]]:
+    """(first page, count) of the pages of a shared memory mapping that hold data.
+
+    SEEK_DATA/SEEK_HOLE on the object through map_files where permitted;
+    otherwise every page (reading a hole then allocates it, as a read through
+    the mapping would).
+    """
+    npages = m.size >> PAGE_SHIFT
+    try:
+        fd = os.open(_map_file(pid, m), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return [(0, npages)]
+    out = []
+    try:
+        pos, end = m.offset, m.offset + m.size
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:        # ENXIO: no data after pos
+                break
+            if data >= end:
+                break
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            first = (data - m.offset) >> PAGE_SHIFT
+            last = (page_up(hole) - m.offset) >> PAGE_SHIFT
+            out.append((first, min(last, npages) - first))
+            pos = hole
+    finally:
+        os.close(fd)
+    return out
 
 
 class MemoryDumper:

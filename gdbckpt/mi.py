@@ -77,8 +77,11 @@ class Gdb:
                 self.events.append(r)
         return out
 
-    def cmd(self, command: str, timeout: float | None = None) -> MiResult:
-        """Send an MI command and wait for its result record."""
+    def cmd(self, command: str, timeout: float | None = None, on_console=None) -> MiResult:
+        """Send an MI command and wait for its result record.
+
+        on_console, if given, sees each console line as it arrives.
+        """
         self.token += 1
         token = self.token
         self.ctl.write(f"{token}{command}", read_response=False)
@@ -87,6 +90,8 @@ class Gdb:
         while time.monotonic() < deadline:
             for r in self._pump(0.05):
                 records.append(r)
+                if on_console and r.get("type") == "console":
+                    on_console(r.get("payload") or "")
                 if r.get("type") == "result" and r.get("token") == token:
                     console = "".join(x.get("payload") or "" for x in records
                                       if x.get("type") == "console")
@@ -97,7 +102,7 @@ class Gdb:
         raise MiTimeout(f"no answer to {command!r} in {timeout or self.timeout} s; "
                         f"GDB's stderr: {''.join(self.stderr)[-2000:]}")
 
-    def cli(self, command: str, timeout: float | None = None) -> str:
+    def cli(self, command: str, timeout: float | None = None, on_console=None) -> str:
         """Run a CLI command; returns its console output.
 
         A command that resumes a thread on the way, not as an inferior call
@@ -105,10 +110,10 @@ class Gdb:
         gets ^running as its result before it is done; GDB reads no further
         command until it is, so a second command's result marks the end.
         """
-        res = self.cmd(f"-interpreter-exec console {mi_quote(command)}", timeout)
+        res = self.cmd(f"-interpreter-exec console {mi_quote(command)}", timeout, on_console)
         if res.message != "running":
             return res.console
-        after = self.cmd("-gdb-show confirm", timeout)     # prints nothing of its own
+        after = self.cmd("-gdb-show confirm", timeout, on_console)  # prints nothing of its own
         return res.console + after.console
 
     def wait_stopped(self, timeout: float | None = None) -> dict:

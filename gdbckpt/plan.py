@@ -819,7 +819,9 @@ class _Builder:
             return None
         lo = min(m.start for m in self.live_special.values())
         hi = max(m.end for m in self.live_special.values())
-        taken = [(v.start, v.end) for v in self.img.vmas] + [(m.start, m.end) for m in self.stub]
+        # Everything the stub has (specials and first stack included) and the image needs.
+        taken = [(v.start, v.end) for v in self.img.vmas] + \
+                [(m.start, m.end) for m in self.live.stub_maps]
         stub_end = max(m.end for m in self.stub)
         start = -(-stub_end // SPECIAL_AREA_ALIGN) * SPECIAL_AREA_ALIGN
         temp = find_gap(taken, hi - lo, start, USER_TOP)
@@ -1063,17 +1065,18 @@ class _Builder:
                                    cloexec=False, why=f"in place of {f.kind} {f.target}"))
 
     def _stdio(self) -> None:
-        opened: dict[str, int] = {}
+        opened: dict[str, int] = {}     # output files opened so far: stdout and stderr share
         for fd in sorted(self.stdio):
             path = os.path.abspath(self.stdio[fd])
-            if path in opened:
+            if fd and path in opened:
                 self.steps.append(DupFd(fd=opened[path], to=fd))
                 continue
             out = OpenFlag.WRONLY | OpenFlag.CREAT | OpenFlag.TRUNC
             flags = OpenFlag.RDONLY if fd == 0 else out
             self.steps.append(OpenFile(path=path, flags=int(flags), fd=fd, cloexec=False,
                                        why=STDIO_NAMES[fd]))
-            opened[path] = fd
+            if fd:
+                opened[path] = fd
 
     # -- process and threads -----------------------------------------------------
 

@@ -6,6 +6,8 @@ module only decides what the saved values must be.
 
 from __future__ import annotations
 
+import re
+
 from .image.model import SyscallState
 from .linux import Restart
 
@@ -14,9 +16,13 @@ from .linux import Restart
 GENERAL = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
            "r12", "r13", "r14", "r15", "rip", "eflags", "cs", "ss", "ds", "es", "fs", "gs",
            "fs_base", "gs_base", "orig_rax")
-# What each CPU feature adds to GDB's register set: used to explain a refusal.
-FEATURE_OF = {"zmm": "AVX-512", "k0": "AVX-512", "ymm": "AVX", "pkru": "PKU (protection keys)",
-              "xmm16": "AVX-512"}
+# What each CPU feature adds to GDB's register set (gdb/features/i386/64bit-*.xml):
+# used to explain a refusal. The first pattern that matches a name wins.
+FEATURE_OF = (
+    (re.compile(r"zmm\d+h|k[0-7]|(xmm|ymm)(1[6-9]|2\d|3[01])h?"), "AVX-512"),
+    (re.compile(r"ymm\d+h"), "AVX"),
+    (re.compile(r"pkru"), "PKU (protection keys)"),
+)
 SYSCALL_INSN = b"\x0f\x05"
 
 
@@ -59,7 +65,7 @@ def missing_features(saved: dict[str, bytes], live_names: set[str]) -> list[str]
     missing = sorted(set(saved) - live_names)
     feats = []
     for name in missing:
-        feat = next((f for p, f in FEATURE_OF.items() if name.startswith(p)), f"register {name}")
+        feat = next((f for p, f in FEATURE_OF if p.fullmatch(name)), f"register {name}")
         if feat not in feats:
             feats.append(feat)
     return feats

@@ -128,7 +128,8 @@ def test_live_smaps_agrees_with_maps():
     from_maps, from_smaps = parse_maps(maps_text), parse_smaps(smaps_text)
     key = lambda m: (m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path, m.kind)
     assert [key(m) for m in from_smaps] == [key(m) for m in from_maps]
-    assert all(m.vmflags and "rd" in m.vmflags or not m.prot & Prot.READ for m in from_smaps)
+    assert all(m.vmflags for m in from_smaps)
+    assert all(("rd" in m.vmflags) == bool(m.prot & Prot.READ) for m in from_smaps)
     kinds = {m.path: m.kind for m in from_smaps if m.path.startswith("[")}
     assert kinds["[stack]"] == Kind.ANON and kinds["[vdso]"] == Kind.VDSO
     assert "gd" in next(m for m in from_smaps if m.path == "[stack]").vmflags

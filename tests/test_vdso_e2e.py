@@ -46,4 +46,4 @@ def test_forced_move_of_same_vdso_and_dry_run_plan(sessions, tmp_path):
     # The dry run changed nothing: the process is still there, at its breakpoint.
     assert "check_clocks" in s.cli("bt 1")
     plan = s.cli(f"ckpt restore --dry-run --vdso=move {img}")
-    assert "move [vdso]" in plan and "patch" not in plan
+    assert "move [vdso]" in plan and "patch the saved vDSO" not in plan

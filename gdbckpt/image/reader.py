@@ -14,8 +14,11 @@ import stat
 
 from ..errors import ImageError
 from ..linux import EM_X86_64, PAGE_SIZE
+from ..maps import Kind
 from . import format as fmt
 from .model import FdInfo, FileRef, ProcessInfo, ThreadState, VdsoInfo, Vma, decode
+
+KINDS = {k.value for k in Kind}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +166,7 @@ class _Loader:
                 raise self.fail("is not a gdbckpt image (too small)")
             header = os.pread(fd, fmt.HEADER_SIZE, 0)
             version, flags, created = self._check_header(header)
+            self.version = version
             trailer = os.pread(fd, fmt.TRAILER_SIZE, size - fmt.TRAILER_SIZE)
             nrec, meta_off, meta_len, image_csum = self._check_trailer(trailer, size)
             meta = os.pread(fd, meta_len, meta_off)
@@ -212,6 +216,9 @@ class _Loader:
         stored = int.from_bytes(trailer[fmt.TRAILER.size:], "little")
         if fmt.checksum(trailer[:fmt.TRAILER.size]) != stored:
             raise self.fail("is corrupt: trailer checksum mismatch")
+        if version != self.version:
+            raise self.fail(f"is corrupt: its trailer says format version {version}, its "
+                            f"header {self.version}")
         if fsize != size:
             raise self.fail(f"has the wrong size: {size} bytes, its trailer says {fsize}")
         if (meta_off < fmt.HEADER_SIZE or meta_off % fmt.IMAGE_PAGE_SIZE
@@ -335,6 +342,9 @@ class _Loader:
                                 "page range in address order")
             if not -1 <= v.file < len(files):
                 raise self.fail(f"is corrupt: mapping {n} names file {v.file} of {len(files)}")
+            if v.kind not in KINDS:
+                raise self.fail(f"has mapping {n} of unknown kind '{v.kind}': it was written by "
+                                "a newer gdbckpt; upgrade to restore it")
             prev_end = v.end
         starts = [v.start for v in vmas]
         for c in chunks:

@@ -130,7 +130,7 @@ The process stays stopped where it was; 'continue' runs it on."""
 class CkptRestore(gdb.Command):
     """Restore a saved process, stopped where it was saved.
 
-Usage: ckpt restore [--dry-run] [--no-verify] [--force] [--vdso=auto|move|patch]
+Usage: ckpt restore [--dry-run] [--no-verify] [--force] [--detach] [--vdso=auto|move|patch]
                     [--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG
 
 IMG is an image written by 'ckpt save'. A process being debugged now is
@@ -143,12 +143,15 @@ session's terminal; pipes and sockets get /dev/null.
 --stdin=FILE, --stdout=FILE, --stderr=FILE  instead read from / write to FILE
              (created or truncated, like the shell's < and >).
 --force      restore even when a saved file is gone or shorter than its offset.
+--detach     let the restored process run on its own (in a new session) instead
+             of stopping it in GDB.
 --dry-run    print the restore plan without changing anything.
 --no-verify  skip checking the memory checksums (default: 'set ckpt verify').
 --vdso=MODE  auto (default): move this kernel's vDSO into place when it is the
              saved one, else patch the saved one; move or patch force a way."""
 
-    USAGE = ("ckpt restore [--dry-run] [--no-verify] [--force] [--vdso=auto|move|patch] "
+    USAGE = ("ckpt restore [--dry-run] [--no-verify] [--force] [--detach] "
+             "[--vdso=auto|move|patch] "
              "[--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG")
 
     def __init__(self):
@@ -157,7 +160,8 @@ session's terminal; pipes and sockets get /dev/null.
     @_guard("ckpt restore")
     def invoke(self, arg, from_tty):
         from . import restore
-        opts, words = parse_args(arg, self.USAGE, flags=("dry-run", "no-verify", "force"),
+        opts, words = parse_args(arg, self.USAGE,
+                                 flags=("dry-run", "no-verify", "force", "detach"),
                                  choices={"vdso": ("auto", "move", "patch")},
                                  values=("stdin", "stdout", "stderr"))
         path = one_path(words, self.USAGE)
@@ -167,7 +171,7 @@ session's terminal; pipes and sockets get /dev/null.
             raise UsageError(f"--stdin: cannot read '{stdio[0]}'")
         r = restore.restore(path, vdso_mode=str(opts.get("vdso", "auto")),
                             dry_run=bool(opts.get("dry-run")), stdio=stdio,
-                            force=bool(opts.get("force")),
+                            force=bool(opts.get("force")), detach=bool(opts.get("detach")),
                             verify=False if opts.get("no-verify") else None, from_tty=from_tty)
         if opts.get("dry-run"):
             gdb.write(r.plan.text() + "\n")
@@ -175,9 +179,11 @@ session's terminal; pipes and sockets get /dev/null.
         for w in r.warnings:
             gdb.write(f"ckpt restore: warning: {w}\n")
         p = r.image.process
+        detached = ", detached: it runs on its own" if opts.get("detach") else ""
         gdb.write(f"Restored process {p.pid} ({p.comm}) as process {r.pid} in "
-                  f"{r.seconds:.2f} s (vDSO: {r.plan.vdso_mode}).\n")
-        gdb.execute("frame", to_string=False)
+                  f"{r.seconds:.2f} s (vDSO: {r.plan.vdso_mode}){detached}.\n")
+        if not opts.get("detach"):
+            gdb.execute("frame", to_string=False)
 
 
 class CkptInfo(gdb.Command):

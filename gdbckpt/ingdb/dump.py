@@ -100,14 +100,15 @@ class _Saver:
             import zstandard
             compressor = zstandard.ZstdCompressor(level=1)
         with ImageWriter(self.path, sync=self.sync, compressor=compressor) as w:
+            todo = [r for m in maps if m.kind in STORED_KINDS
+                    for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
+            progress = settings.Progress("save", sum(r.count for r in todo) * PAGE_SIZE)
             dumper = MemoryDumper(self.inf.pid, w)
             try:
-                for m in maps:
-                    if m.kind not in STORED_KINDS:
-                        continue
-                    ref = files[file_of[m.start]] if m.start in file_of else None
-                    for region in regions(self.inf.pid, m, ref.size if ref else None):
-                        dumper.dump(region)
+                for region in todo:
+                    dumper.dump(region)
+                    progress(dumper.stats.mapped)
+                progress(dumper.stats.mapped, final=True)
             finally:
                 dumper.close()
             for f in fds:
@@ -130,6 +131,10 @@ class _Saver:
                           seconds=time.perf_counter() - t0, notes=self.notes)
 
     # -- descriptors and files -----------------------------------------------
+
+    @staticmethod
+    def _file_size(m: Mapping, files: list[FileRef], file_of: dict[int, int]) -> int | None:
+        return files[file_of[m.start]].size if m.start in file_of else None
 
     def _fds(self) -> list[FdInfo]:
         fds = fdsmod.read_fds(self.inf.pid)

@@ -43,7 +43,9 @@ class RestoreResult:
 
 def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
             verify: bool | None = None, stdio: dict[int, str] | None = None,
-            force: bool = False, from_tty: bool = False) -> RestoreResult:
+            force: bool = False, detach: bool = False,
+            from_tty: bool = False) -> RestoreResult:
+    """Restore the image at path; with detach, let it run on its own in a new session."""
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
     img = Image.open(os.path.abspath(path))
@@ -53,6 +55,8 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
     phases["read image"] = time.perf_counter() - t0
     if dry_run:
         checks.sysv = sysv.prepare(img.vmas, create=False)
+        ids = [t.tid for t in img.threads]
+        checks.same_ids = _may_choose_ids() and not any(_exists(t) for t in ids)
         # A stub of its own in a scratch inferior: the process being debugged stays as it is.
         with settings.temporarily(suppress_cli_notifications="on"), scratch_inferior():
             stub = Stub.start()
@@ -63,7 +67,7 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
         return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)
     _replace_current(from_tty)
     with settings.temporarily(suppress_cli_notifications="on"):
-        return _restore(img, checks, vdso_mode, stdio, phases, t0)
+        return _restore(img, checks, vdso_mode, stdio, phases, t0, detach)
 
 
 @dataclasses.dataclass
@@ -76,10 +80,10 @@ class _Checks:
     same_ids: bool = False
 
 
-def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0) -> RestoreResult:
+def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach) -> RestoreResult:
     ids = [t.tid for t in img.threads]
     want = ids[0] if _may_choose_ids() and not any(_exists(t) for t in ids) else 0
-    stub = Stub.start(want)
+    stub = Stub.start(want, new_session=detach)
     checks.same_ids = bool(want) and stub.pid == want and not any(_exists(t) for t in ids[1:])
     phases["start stub"] = time.perf_counter() - t0
     try:
@@ -90,6 +94,13 @@ def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0) -> RestoreResul
         # Inferior calls run only the thread they are made in.
         with settings.temporarily(scheduler_locking="on"):
             warnings += _Executor(stub, img, plan).run(phases, t0)
+        if detach:
+            warnings += _after_attach(img)
+            with settings.temporarily(confirm="off"):
+                gdb.execute("detach", to_string=True)
+            phases["detach"] = time.perf_counter() - t0
+            return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0,
+                                 phases)
         exe = img.process.exe
         changed = checks.files.get(img.process.exe_file) if img.process.exe_file >= 0 else None
         if changed:

@@ -45,6 +45,9 @@ def register() -> None:
         ("verify", True, "Set whether ckpt restore checks every chunk's checksum first.",
          "When on (the default), ckpt restore reads the whole image and checks every\n"
          "checksum before it changes anything; off skips the memory checksums."),
+        ("progress", False, "Set whether ckpt save and restore report their progress.",
+         "When on, ckpt save and restore print lines '[ckpt-progress] PHASE DONE TOTAL'\n"
+         "as they go; gdbckpt-batch turns them into a progress bar."),
     ):
         _settings[name] = BoolSetting(name, default, doc, set_doc)
 
@@ -52,6 +55,23 @@ def register() -> None:
 def get(name: str) -> bool:
     register()
     return bool(_settings[name].value)
+
+
+class Progress:
+    """Reports '[ckpt-progress] PHASE DONE TOTAL' lines when 'set ckpt progress' is on."""
+
+    def __init__(self, phase: str, total: int):
+        self.phase, self.total = phase, total
+        self.on = get("progress")
+        self.last = 0.0
+
+    def __call__(self, done: int, final: bool = False) -> None:
+        import time
+        now = time.monotonic()
+        if self.on and (final or now - self.last > 0.1):
+            self.last = now
+            gdb.write(f"[ckpt-progress] {self.phase} {done} {self.total}\n")
+            gdb.flush()
 
 
 def _param_text(name: str) -> str:

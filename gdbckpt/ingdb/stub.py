@@ -59,7 +59,7 @@ class Stub:
         self._written = 0
 
     @classmethod
-    def start(cls, want_pid: int = 0) -> Stub:
+    def start(cls, want_pid: int = 0, new_session: bool = False) -> Stub:
         """Spawn the stub, wait until it is parked on its own stack, attach to it.
 
         Not `run`: a run (or any resume that is not an inferior call) makes
@@ -68,7 +68,7 @@ class Stub:
         path = native.stub_path()
         if not native.stub_built():
             raise RestoreError(f"the restart stub {path} is not built: {native.native_hint()}")
-        pid = _spawn_parked(path, want_pid)
+        pid = _spawn_parked(path, want_pid, new_session)
         try:
             with settings.temporarily(confirm="off"):
                 gdb.execute(f"file {path}", to_string=True)
@@ -137,7 +137,7 @@ class Stub:
         kill_selected()
 
 
-def _spawn_parked(path: str, want_pid: int = 0) -> int:
+def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False) -> int:
     """Start the stub with only stdio and its ready pipe; returns once it is parked.
 
     With want_pid, ask the kernel for that pid (ns_last_pid: CAP_SYS_ADMIN or
@@ -164,7 +164,7 @@ def _spawn_parked(path: str, want_pid: int = 0) -> int:
     try:
         # Default dispositions and an empty mask: nothing of GDB's may leak in.
         pid = os.posix_spawn(path, [path], {}, file_actions=actions, setsigmask=(),
-                             setsigdef=_RESETTABLE)
+                             setsigdef=_RESETTABLE, setsid=new_session)
     except OSError as e:
         os.close(r)
         os.close(w)
