@@ -5,7 +5,7 @@
  * them all. A restore that gets thread ids wrong shows here: the holder's
  * unlock fails with EPERM, a join hangs, or pthread_kill misses.
  *
- *   ./threads [ROUNDS]
+ *   ./threads [ROUNDS] [PAUSE_US]
  */
 #include <pthread.h>
 #include <signal.h>
@@ -19,7 +19,7 @@
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
-static int turn, counter, rounds, release_held, usr2_seen, usr2_on_alt;
+static int turn, counter, rounds, pause_us, release_held, usr2_seen, usr2_on_alt;
 static uint64_t hash = 1469598103934665603ULL;
 static pthread_mutex_t held;
 static char altstack[64 * 1024];
@@ -45,7 +45,7 @@ static void *worker(void *arg)
 		turn++;
 		pthread_cond_broadcast(&cond);
 		pthread_mutex_unlock(&lock);
-		usleep(500);
+		usleep(pause_us);
 	}
 	return NULL;
 }
@@ -77,6 +77,7 @@ static void *holder(void *arg)
 int main(int argc, char **argv)
 {
 	rounds = argc > 1 ? atoi(argv[1]) : 10;
+	pause_us = argc > 2 ? atoi(argv[2]) : 500;
 	pthread_mutexattr_t attr;
 	pthread_mutexattr_init(&attr);
 	pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);

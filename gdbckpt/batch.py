@@ -84,6 +84,15 @@ def check_traceable(pid: int) -> str:
     return name
 
 
+def alive(pid: int) -> bool:
+    """Whether pid exists and has not exited (a zombie cannot be traced)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
 def _ptrace_scope() -> int:
     try:
         with open("/proc/sys/kernel/yama/ptrace_scope") as f:
@@ -189,6 +198,8 @@ def attach(g: Gdb, pid: int, name: str) -> None:
         g.cmd(f"-target-attach {pid}", timeout=60)
     except MiError as e:
         reason = e.msg
+        if not alive(pid):
+            raise BatchError(f"process {pid} ended", Exit.NO_PROCESS) from None
         if "Operation not permitted" in reason:
             raise BatchError(f"cannot attach to process {pid} ({name}): not permitted "
                              "(permissions, ptrace_scope or another tracer)",
@@ -253,7 +264,7 @@ def save_every(args, out: Out) -> Exit:
     try:
         with gdb_session(args.timeout) as g:
             while not stop["now"]:
-                if not os.path.exists(f"/proc/{pid}"):
+                if not alive(pid):
                     out.line(f"process {pid} ended; stopping")
                     break
                 path = args.output or default_image(pid, name)
@@ -266,7 +277,7 @@ def save_every(args, out: Out) -> Exit:
                             args.timeout, Exit.FAILED)
                     g.cmd("-target-detach", timeout=30)
                 except BatchError as e:
-                    if e.code == Exit.NO_PROCESS or not os.path.exists(f"/proc/{pid}"):
+                    if e.code == Exit.NO_PROCESS or not alive(pid):
                         out.line(f"process {pid} ended; stopping")
                         break
                     raise
@@ -278,7 +289,7 @@ def save_every(args, out: Out) -> Exit:
                         os.unlink(kept.pop(0))
                 deadline = time.monotonic() + args.every
                 while not stop["now"] and time.monotonic() < deadline:
-                    if not os.path.exists(f"/proc/{pid}"):
+                    if not alive(pid):
                         break
                     time.sleep(min(0.1, args.every))
     finally:

@@ -37,7 +37,7 @@ from .linux import (
 )
 from .maps import Kind, Mapping, find_gap
 from .procfs import pack_auxv
-from .stubabi import STUB_MAX_THREADS, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
+from .stubabi import STUB_MAX_THREADS, STUB_OP, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
 
 # madvise() advice for smaps VmFlags a restore puts back.
 VMFLAG_ADVICE = {"dd": 16, "wf": 18, "dc": 10, "hg": 14, "nh": 15}
@@ -54,10 +54,10 @@ PR_TIMER_CREATE_RESTORE_IDS = 77
 RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock",
                 "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime")
 SIGKILL, SIGSTOP = 9, 19
-# What glibc's pthread_create passes to clone.
+# What glibc's pthread_create passes to clone (VM FS FILES SIGHAND THREAD SYSVSEM
+# SETTLS PARENT_SETTID CHILD_CLEARTID), and UNTRACED (see CloneThread).
 CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000
-                      | 0x200000)  # VM FS FILES SIGHAND THREAD SYSVSEM SETTLS PARENT_SETTID
-                                   # CHILD_CLEARTID
+                      | 0x200000 | 0x800000)
 
 
 @dataclasses.dataclass
@@ -575,16 +575,25 @@ class Limits(Step):
 
 @dataclasses.dataclass
 class CloneThread(Step):
-    """A thread of the saved process, made by the stub and parked on a stack of its own."""
+    """A thread of the saved process, made by the stub. It runs its own setup ops (what
+    the kernel keeps per thread), then parks on a stack of its own in the stub.
+
+    CLONE_UNTRACED: GDB does not see it until it attaches again at the end (a
+    thread GDB saw appear during an inferior call would make GDB/MI report
+    ^running); its registers are set then (Plan.after_attach).
+    """
     state: ThreadState = None
     slot: int = 0
     tid_ptr: int = 0           # &pd->tid: the kernel writes the new tid there, clears it at exit
     same_tid: bool = False     # ask for the saved tid (clone3 set_tid)
+    setup: ThreadKernelState = None
+    setup_at: int = 0          # where its setup ops lie in the scratch buffer (set by ops())
+    setup_ops: list = dataclasses.field(default_factory=list)
 
     def describe(self):
         how = f"with tid {self.state.tid}" if self.same_tid else "with a new tid"
-        return f"create thread {self.state.tid} ({self.state.name}) {how}, tls " \
-               f"{self.tls:#x}"
+        return (f"create thread {self.state.tid} ({self.state.name}) {how}, tls {self.tls:#x}; "
+                f"it sets up {self.setup.describe().split(': ', 1)[1]}")
 
     @property
     def tls(self) -> int:
@@ -592,10 +601,16 @@ class CloneThread(Step):
         return get(self.state.regs, "fs_base")
 
     def ops(self, scratch):
+        self.setup_ops = self.setup.ops(scratch)
+        blob = b"".join(STUB_OP.pack(o.nr, *o.args, *[0] * (6 - len(o.args)), int(o.flags), 0)
+                        for o in self.setup_ops)
+        self.setup_at = scratch.put(blob)
+        n = len(self.setup_ops)
         if self.same_tid:
             return [Op(StubOp.CLONE3, (CLONE_THREAD_FLAGS, self.tls, self.tid_ptr, self.slot,
-                                       self.state.tid))]
-        return [Op(StubOp.CLONE, (CLONE_THREAD_FLAGS, self.tls, self.tid_ptr, self.slot))]
+                                       self.state.tid, self.setup_at << 16 | n))]
+        return [Op(StubOp.CLONE, (CLONE_THREAD_FLAGS, self.tls, self.tid_ptr, self.slot,
+                                  self.setup_at, n))]
 
 
 @dataclasses.dataclass
@@ -686,9 +701,14 @@ class Plan:
     steps: list[Step]
     warnings: list[str]
     vdso_mode: str
+    after_attach: list[Step] = dataclasses.field(default_factory=list)  # once GDB re-attached
 
     def text(self) -> str:
         lines = [f"{i:3d}  {s.describe()}" for i, s in enumerate(self.steps)]
+        if self.after_attach:
+            lines.append("     once GDB has attached to the restored process again:")
+            lines += [f"{i:3d}  {s.describe()}"
+                      for i, s in enumerate(self.after_attach, len(self.steps))]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -737,6 +757,7 @@ class _Builder:
         self.attached: set[tuple[int, int]] = set()
         self.shm_remove: list[int] = []
         self.views = _shared_groups(img.vmas)       # inode -> mappings of one object
+        self.after_attach: list[Step] = []
         self.later_views: dict[int, Vma] = {}
 
     def build(self) -> Plan:
@@ -762,7 +783,7 @@ class _Builder:
             self.steps.append(CloseFd(fd=fd))
         self._process()
         self._threads()
-        return Plan(self.steps, self.warnings, mode)
+        return Plan(self.steps, self.warnings, mode, self.after_attach)
 
     # -- checks ---------------------------------------------------------------
 
@@ -1113,22 +1134,23 @@ class _Builder:
             raise RestoreError(f"the image has {len(self.img.threads)} threads; the stub parks "
                                f"at most {STUB_MAX_THREADS}")
         same = self.live.same_ids
+        # The leader blocks every signal first: the threads it makes inherit that.
+        self.steps.append(ThreadKernelState(state=leader))
         for slot, t in enumerate(others):
             ptr = t.tid_address or self._tid_field(t)
             if ptr is None:
                 raise RestoreError(f"thread {t.tid}: where glibc keeps its id is unknown")
-            self.steps.append(CloneThread(state=t, slot=slot, tid_ptr=ptr, same_tid=same))
+            self.steps.append(CloneThread(state=t, slot=slot, tid_ptr=ptr, same_tid=same,
+                                          setup=ThreadKernelState(state=t, thread=t.tid)))
         self._limits()
-        for t in self.img.threads:
-            self.steps.append(ThreadKernelState(state=t, thread=t.tid if t is not leader else 0))
         private = [(t.tid, si) for t in self.img.threads for si in t.pending]
         if private or self.img.process.shared_pending:
             self.steps.append(QueueSignals(tgid=self.live.stub_pid, private=private,
                                            shared=self.img.process.shared_pending))
         if not same:
             self._patch_tids(leader)
-        for t in self.img.threads:
-            self.steps.append(Registers(state=t, thread=t.tid if t is not leader else 0))
+        self.steps.append(Registers(state=leader))
+        self.after_attach = [Registers(state=t, thread=t.tid) for t in others]
         self.steps.append(DropStub(ranges=[(m.start, m.end) for m in self.stub]))
         if self.exe_fd is not None:
             self.steps.append(SetExe(fd=self.exe_fd, path=self.img.process.exe,

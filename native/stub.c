@@ -30,13 +30,30 @@
 #define O_CLOEXEC     02000000
 
 long stub_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
-long stub_clone(long flags, void *stack_top, int *ptid, int *ctid, long tls);
+long stub_clone(long flags, void *stack_top, int *ptid, int *ctid, long tls, long slot);
 
 struct clone_args {
 	unsigned long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
 		set_tid, set_tid_size, cgroup;
 };
-long stub_clone3(struct clone_args *args, long size);
+long stub_clone3(struct clone_args *args, long size, long slot);
+
+/*
+ * What a new thread runs before it parks: its own setup ops (signal mask,
+ * rseq, alternate stack, ...), which only it can make. Its creator waits
+ * for done, so that the ops' results are there when stub_run returns.
+ */
+struct thread_start {
+	struct stub_op *ops;
+	long nops;
+	long completed;
+	int done;
+};
+static struct thread_start thread_starts[STUB_MAX_THREADS];
+
+#define SYS_futex 202
+#define FUTEX_WAIT 0
+#define FUTEX_WAKE 1
 
 char stub_stack[STUB_STACK_SIZE] __attribute__((aligned(16)));
 /* Paths, structs and op lists that GDB writes for a run. */
@@ -113,19 +130,39 @@ static long open_at(long path, long flags, long mode, long want)
 	return r;
 }
 
-static long clone_parked(long flags, long tls, long tidptr, long slot)
+static long wait_started(long slot, long tid)
+{
+	if (tid <= 0)
+		return tid;
+	while (!__atomic_load_n(&thread_starts[slot].done, __ATOMIC_ACQUIRE))
+		stub_syscall(SYS_futex, (long)&thread_starts[slot].done, FUTEX_WAIT, 0, 0, 0, 0);
+	return tid;
+}
+
+static long prepare_start(long slot, long ops, long nops)
 {
 	if (slot < 0 || slot >= STUB_MAX_THREADS)
 		return -22; /* EINVAL */
+	thread_starts[slot] = (struct thread_start){ (struct stub_op *)ops, nops, 0, 0 };
+	return 0;
+}
+
+static long clone_parked(long flags, long tls, long tidptr, long slot, long ops, long nops)
+{
+	long r = prepare_start(slot, ops, nops);
+	if (r)
+		return r;
 	void *top = stub_thread_stacks[slot] + STUB_THREAD_STACK;
-	return stub_clone(flags, top, (int *)tidptr, (int *)tidptr, tls);
+	return wait_started(slot, stub_clone(flags, top, (int *)tidptr, (int *)tidptr, tls, slot));
 }
 
 /* The same, with the thread id chosen (clone3 set_tid: needs CAP_CHECKPOINT_RESTORE). */
-static long clone3_parked(long flags, long tls, long tidptr, long slot, long tid)
+static long clone3_parked(long flags, long tls, long tidptr, long slot, long tid, long ops_nops)
 {
-	if (slot < 0 || slot >= STUB_MAX_THREADS)
-		return -22; /* EINVAL */
+	/* Six arguments only: ops and their count share one, count in the low 16 bits. */
+	long r = prepare_start(slot, ops_nops >> 16, ops_nops & 0xffff);
+	if (r)
+		return r;
 	int want = (int)tid;
 	struct clone_args args = {
 		.flags = (unsigned long)flags,
@@ -137,7 +174,7 @@ static long clone3_parked(long flags, long tls, long tidptr, long slot, long tid
 		.set_tid = (unsigned long)&want,
 		.set_tid_size = 1,
 	};
-	return stub_clone3(&args, sizeof args);
+	return wait_started(slot, stub_clone3(&args, sizeof args, slot));
 }
 
 static long run_one(struct stub_op *op)
@@ -149,9 +186,9 @@ static long run_one(struct stub_op *op)
 	case STUB_OP_OPEN_AT:
 		return open_at(a[0], a[1], a[2], a[3]);
 	case STUB_OP_CLONE:
-		return clone_parked(a[0], a[1], a[2], a[3]);
+		return clone_parked(a[0], a[1], a[2], a[3], a[4], a[5]);
 	case STUB_OP_CLONE3:
-		return clone3_parked(a[0], a[1], a[2], a[3], a[4]);
+		return clone3_parked(a[0], a[1], a[2], a[3], a[4], a[5]);
 	case STUB_OP_COPY_ALL:
 		return copy_all(a[0], (long *)a[1], a[2], (long *)a[3], a[4]);
 	default:
@@ -174,8 +211,12 @@ long stub_run(struct stub_op *ops, long n)
 	return n;
 }
 
-void stub_thread_main(void)
+void stub_thread_main(long slot)
 {
+	struct thread_start *st = &thread_starts[slot];
+	st->completed = stub_run(st->ops, st->nops);
+	__atomic_store_n(&st->done, 1, __ATOMIC_RELEASE);
+	stub_syscall(SYS_futex, (long)&st->done, FUTEX_WAKE, 1, 0, 0, 0);
 	for (;;) {
 		stub_thread_park();
 		stub_syscall(SYS_pause, 0, 0, 0, 0, 0, 0);

@@ -30,8 +30,9 @@ stub_syscall:
 	ret
 
 /*
- * long stub_clone(long flags, void *stack_top, int *ptid, int *ctid, long tls)
- * The child starts on stack_top in stub_thread_main and never returns here.
+ * long stub_clone(long flags, void *stack_top, int *ptid, int *ctid, long tls, long slot)
+ * The child starts on stack_top in stub_thread_main(slot) and never returns
+ * here; clone leaves r9 alone, so the slot reaches the child there.
  */
 	.globl stub_clone
 	.type stub_clone, @function
@@ -42,13 +43,15 @@ stub_clone:
 	test	%rax, %rax
 	jnz	1f
 	xor	%ebp, %ebp
+	mov	%r9, %rdi
 	call	stub_thread_main
 	hlt
 1:	ret
 
 /*
- * long stub_clone3(struct clone_args *args, long size)
- * The kernel starts the child on args->stack + args->stack_size.
+ * long stub_clone3(struct clone_args *args, long size, long slot)
+ * The kernel starts the child on args->stack + args->stack_size; the slot
+ * reaches it in rdx, which clone3 leaves alone.
  */
 	.globl stub_clone3
 	.type stub_clone3, @function
@@ -58,6 +61,7 @@ stub_clone3:
 	test	%rax, %rax
 	jnz	1f
 	xor	%ebp, %ebp
+	mov	%rdx, %rdi
 	call	stub_thread_main
 	hlt
 1:	ret

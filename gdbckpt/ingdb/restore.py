@@ -26,6 +26,7 @@ from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
 from ..maps import Kind
 from ..procfs import Proc, parse_limits
 from ..regs import missing_features
+from ..stubabi import RET_OFFSET, STUB_OP, StubOpFlags
 from . import settings
 from .inferior import Inferior
 from .stub import OpFailed, Stub, kill_selected, scratch_inferior
@@ -92,12 +93,18 @@ def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach) -> Rest
         plan = planmod.build(img, live, vdso_mode, stdio)
         warnings = list(plan.warnings)
         # Inferior calls run only the thread they are made in.
+        executor = _Executor(stub, img, plan)
         with settings.temporarily(scheduler_locking="on"):
-            warnings += _Executor(stub, img, plan).run(phases, t0)
+            warnings += executor.run(phases, t0)
         if detach:
+            if plan.after_attach:
+                _reattach(stub.pid, None)    # GDB must see the other threads to set them
+                executor.after_attach()
             warnings += _after_attach(img)
             with settings.temporarily(confirm="off"):
                 gdb.execute("detach", to_string=True)
+            if plan.after_attach:
+                os.kill(stub.pid, signal.SIGCONT)    # end the stop _reattach left
             phases["detach"] = time.perf_counter() - t0
             return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0,
                                  phases)
@@ -107,7 +114,13 @@ def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach) -> Rest
             warnings.append(f"the program changed since the save ({changed}): GDB has no "
                             "symbols for it, only for its shared libraries")
             exe = None
-        _take_over(stub.pid, exe)
+        _reattach(stub.pid, exe)
+        executor.after_attach()
+        # The SIGSTOP of _reattach left a job-control stop that the next resume
+        # would report again: SIGCONT ends it. GDB must not stop on (or pass)
+        # that SIGCONT, until the next stop, when the user's setting comes back.
+        settings.signal_quietly_once("SIGCONT")
+        os.kill(stub.pid, signal.SIGCONT)
         warnings += _after_attach(img)
         phases["load symbols"] = time.perf_counter() - t0
     except BaseException as e:
@@ -200,17 +213,12 @@ class _Executor:
         self.plan = plan
         self.warnings: list[str] = []
         self.batch: list[tuple[int, planmod.Op]] = []
-        self.thread = 0        # saved tid of the selected thread; 0 = the leader
 
     def run(self, phases: dict[str, float], t0: float) -> list[str]:
         tids = self.stub.scratch.tids
         tids[self.img.threads[0].tid] = self.stub.pid
         tids[0] = self.stub.pid
         for i, step in enumerate(self.plan.steps):
-            if step.thread != self.thread:
-                self._flush()
-                self.stub.switch_to(tids[step.thread])
-                self.thread = step.thread
             if step.python:
                 self._flush()
                 self._python_step(i, step)
@@ -221,9 +229,22 @@ class _Executor:
             if isinstance(step, planmod.Registers) and "memory" not in phases:
                 phases["memory"] = time.perf_counter() - t0
         self._flush()
-        self.stub.switch_to(tids[0])
         self.inf.memory_changed()
         return self.warnings
+
+    def after_attach(self) -> None:
+        """The other threads' registers, now that GDB has attached to every thread."""
+        if not self.plan.after_attach:
+            return
+        selected = gdb.selected_thread()
+        for step in self.plan.after_attach:
+            self.stub.switch_to(self.stub.scratch.tids[step.thread])
+            try:
+                self._registers(step.state)
+            except CkptError as e:
+                raise RestoreError(f"thread {step.state.tid}: {e}") from None
+        selected.switch()
+        gdb.execute("maintenance flush register-cache", to_string=True)
 
     def _flush(self) -> None:
         if not self.batch:
@@ -240,10 +261,23 @@ class _Executor:
             step = self.plan.steps[index]
             if isinstance(step, planmod.CloneThread):
                 self.stub.scratch.tids[step.state.tid] = ret
+                self._check_setup(index, step)
         for index, op, errno in ignored:
             from .stub import op_name
             self.warnings.append(f"{self.plan.steps[index].describe()}: {op_name(op)}: "
                                  f"{os.strerror(errno)}")
+
+    def _check_setup(self, index: int, step: planmod.CloneThread) -> None:
+        """The new thread ran its own setup ops: fail on what failed there."""
+        from .stub import op_name
+        raw = self.inf.read(step.setup_at, STUB_OP.size * len(step.setup_ops))
+        for k, op in enumerate(step.setup_ops):
+            ret = int.from_bytes(raw[k * STUB_OP.size + RET_OFFSET:][:8], "little", signed=True)
+            if is_syscall_error(ret):
+                msg = f"thread {step.state.tid}: {op_name(op)}: {os.strerror(-ret)}"
+                if not op.flags & StubOpFlags.IGNORE_ERROR:
+                    raise RestoreError(f"step {index} ({step.describe()}) failed: {msg}")
+                self.warnings.append(msg)
 
     def _python_step(self, i: int, step: planmod.Step) -> None:
         try:
@@ -309,11 +343,12 @@ class _Executor:
                                  f"{os.strerror(-ret)}")
 
 
-def _take_over(pid: int, exe: str | None) -> None:
+def _reattach(pid: int, exe: str | None) -> None:
     """Hand GDB the real program: stop, detach, load its file, attach again.
 
     GDB cached the stub's auxv and symbols; only a fresh attach makes it read
-    the restored process as what it now is (shared libraries, TLS, threads).
+    the restored process as what it now is (shared libraries, TLS, all its
+    threads). The process is left in a job-control stop (SIGSTOP).
     """
     os.kill(pid, signal.SIGSTOP)
     with settings.temporarily(confirm="off", exec_file_mismatch="off"):
@@ -323,11 +358,6 @@ def _take_over(pid: int, exe: str | None) -> None:
         else:
             gdb.execute("file", to_string=True)      # not the stub's symbols
         gdb.execute(f"attach {pid}", to_string=True)
-    # The SIGSTOP left a job-control stop that the next resume would report
-    # again: SIGCONT ends it. GDB must not stop on (or pass) that SIGCONT,
-    # until the next stop, when the user's setting comes back.
-    settings.signal_quietly_once("SIGCONT")
-    os.kill(pid, signal.SIGCONT)
 
 
 def _quote(path: str) -> str:

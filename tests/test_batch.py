@@ -1,0 +1,205 @@
+"""gdbckpt-batch: headless save by pid, restore, info, verify, periodic saves, errors."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import REPO, example, uninterrupted, wait_for_output
+
+BATCH = [sys.executable, "-m", "gdbckpt.batch"]
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+
+
+def batch(*args, prefix=(), timeout=120, check=None):
+    r = subprocess.run([*prefix, *BATCH, *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=REPO)
+    if check is not None:
+        assert r.returncode == check, (r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def spawn(argv, out, **kw):
+    with open(out, "w") as f:
+        return subprocess.Popen(argv, stdout=f, stdin=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, **kw)
+
+
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} is still running")
+
+
+def one_line_error(r, code):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("gdbckpt-batch: ") and "Traceback" not in r.stderr, r.stderr
+    return first
+
+
+@pytest.mark.parametrize("prog", ["counter", "threads"])
+def test_running_program_saved_by_pid_killed_and_restored_headless(tmp_path, prog):
+    argv = [example(prog), "200", "20"] if prog == "counter" else [example(prog), "200", "5000"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, r"^(step|round) 5 ")
+        r = batch(str(p.pid), "-o", img, "--json", check=0)
+        assert json.loads(r.stdout.splitlines()[-1])["process"] == "running"
+        time.sleep(0.2)
+        assert p.poll() is None            # it ran on after the save
+    finally:
+        p.kill()
+        p.wait()
+    r = batch("restore", img, check=0)
+    pid = int(r.stdout.split("as process ")[1].split()[0])
+    wait_gone(pid)
+    assert open(out).read() == uninterrupted(argv)
+    assert "grew since the save" in r.stdout
+
+
+def test_kill_and_stop_after_a_save(tmp_path):
+    out = str(tmp_path / "out")
+    p = spawn([example("counter"), "1000", "20"], out)
+    try:
+        wait_for_output(out, r"^step 2 ")
+        batch(str(p.pid), "--stop", "-o", str(tmp_path / "a.img"), check=0)
+        with open(f"/proc/{p.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "T"
+        os.kill(p.pid, signal.SIGCONT)
+        batch(str(p.pid), "--kill", "-o", str(tmp_path / "b.img"), check=0)
+        assert p.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        p.kill()
+    assert batch("verify", str(tmp_path / "b.img"), check=0).stdout.startswith(
+        str(tmp_path / "b.img") + ": good")
+
+
+def test_default_image_name_info_and_verify(tmp_path):
+    out = str(tmp_path / "out")
+    p = spawn([example("counter"), "1000", "20"], out)
+    try:
+        wait_for_output(out, r"^step 1 ")
+        r = subprocess.run([*BATCH, str(p.pid)], capture_output=True, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+        assert r.returncode == 0, r.stderr
+    finally:
+        p.kill()
+    (img,) = glob.glob(str(tmp_path / f"counter-{p.pid}-*.img"))
+    assert oct(os.stat(img).st_mode & 0o777) == "0o600"
+    data = json.loads(batch("info", img, "--json", check=0).stdout)
+    assert data["process"]["pid"] == p.pid and data["process"]["comm"] == "counter"
+    assert "Threads:   1" in batch("info", img, "--brief", check=0).stdout
+    v = json.loads(batch("verify", img, "--json", check=0).stdout)
+    assert v["ok"] and v["chunks"] > 0
+    # Not on a terminal: plain lines, no escape codes.
+    assert "\x1b" not in r.stdout + r.stderr
+
+
+def test_every_keeps_rotating_valid_images_and_stops_cleanly(tmp_path):
+    out = str(tmp_path / "out")
+    p = spawn([example("counter"), "100000", "10"], out)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    try:
+        wait_for_output(out, r"^step 1 ")
+        job = subprocess.Popen([*BATCH, str(p.pid), "--every", "0.3", "--keep", "2", "--no-sync",
+                                "-o", str(d / "job.img")], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(glob.glob(str(d / "job-*.img"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)           # a few more rounds of rotation
+        job.send_signal(signal.SIGTERM)
+        stdout, stderr = job.communicate(timeout=60)
+        assert job.returncode == 130, stderr
+        saved = stdout.count("saved ")
+        assert saved >= 3, stdout
+        assert p.poll() is None, "the job must keep running"
+    finally:
+        p.kill()
+        p.wait()
+    images = sorted(glob.glob(str(d / "job-*.img")))
+    assert len(images) == 2, os.listdir(d)
+    assert not [f for f in os.listdir(d) if ".tmp-" in f]
+    for img in images:
+        batch("verify", img, check=0)
+
+
+def test_every_stops_when_the_process_ends(tmp_path):
+    out = str(tmp_path / "out")
+    p = spawn([example("counter"), "30", "50"], out)
+    r = batch(str(p.pid), "--every", "0.2", "--keep", "1", "--no-sync", "-o",
+              str(tmp_path / "j.img"), check=0, timeout=120)
+    p.wait()
+    assert f"process {p.pid} ended; stopping" in r.stdout
+    assert len(glob.glob(str(tmp_path / "j-*.img"))) == 1
+
+
+def test_errors_are_one_line_with_documented_codes(tmp_path):
+    assert "no process 999999" in one_line_error(batch("999999"), 3)
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"x" * 5000)
+    assert "is not a gdbckpt image" in one_line_error(batch("restore", str(junk)), 5)
+    assert "cannot open" in one_line_error(batch("info", str(tmp_path / "none.img")), 5)
+    one_line_error(batch("--every", "0", "1"), 2)
+    assert "exit codes" in batch("--help", check=0).stdout
+
+
+def test_process_we_may_not_trace_is_left_alone(tmp_path):
+    out = str(tmp_path / "out")
+    p = spawn([example("counter"), "1000", "20"], out)
+    try:
+        wait_for_output(out, r"^step 1 ")
+        # Unprivileged, against root's process.
+        msg = one_line_error(batch(str(p.pid), "-o", "/tmp/never.img", prefix=NOBODY), 4)
+        assert "belongs to uid 0" in msg
+        # Already traced by another debugger.
+        holder = subprocess.Popen(["gdb", "-nx", "-q", "-p", str(p.pid)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with open(f"/proc/{p.pid}/status") as f:
+                    if "TracerPid:\t0" not in f.read():
+                        break
+                time.sleep(0.05)
+            msg = one_line_error(batch(str(p.pid), "-o", str(tmp_path / "x.img")), 4)
+            assert f"already traced by process {holder.pid} (gdb)" in msg
+        finally:
+            holder.kill()
+            holder.wait()
+        assert not os.path.exists(tmp_path / "x.img")
+        with open(f"/proc/{p.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] in "RS"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_restore_with_redirected_stdout(tmp_path):
+    argv = [example("counter"), "150", "20"]
+    out, img, other = str(tmp_path / "out"), str(tmp_path / "p.img"), str(tmp_path / "other")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, r"^step 4 ")
+        batch(str(p.pid), "--kill", "-o", img, check=0)
+    finally:
+        p.kill()
+        p.wait()
+    before = open(out).read()
+    r = batch("restore", img, "--stdout", other, check=0)
+    wait_gone(int(r.stdout.split("as process ")[1].split()[0]))
+    assert before + open(other).read() == uninterrupted(argv)
