@@ -105,16 +105,11 @@ class Gdb:
     def cli(self, command: str, timeout: float | None = None, on_console=None) -> str:
         """Run a CLI command; returns its console output.
 
-        A command that resumes a thread on the way, not as an inferior call
-        (ckpt restore creating the threads of a multi-threaded process),
-        gets ^running as its result before it is done; GDB reads no further
-        command until it is, so a second command's result marks the end.
+        An execution command (continue, run) returns at ^running: wait_stopped()
+        waits for where it stops.
         """
-        res = self.cmd(f"-interpreter-exec console {mi_quote(command)}", timeout, on_console)
-        if res.message != "running":
-            return res.console
-        after = self.cmd("-gdb-show confirm", timeout, on_console)  # prints nothing of its own
-        return res.console + after.console
+        return self.cmd(f"-interpreter-exec console {mi_quote(command)}", timeout,
+                        on_console).console
 
     def wait_stopped(self, timeout: float | None = None) -> dict:
         """Wait for the next *stopped record; returns its payload (reason, frame, ...)."""
