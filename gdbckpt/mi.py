@@ -55,6 +55,7 @@ class Gdb:
         self.stderr: list[str] = []
         self.console_log: list[str] = []
         self.events: list[dict] = []     # async records not yet consumed
+        self._backlog: list[dict] = []   # records read after a command's result
         self.timeout = timeout
         self._pump(0.5)
         # Without async MI, GDB reads no command (not even -exec-interrupt)
@@ -88,11 +89,13 @@ class Gdb:
         deadline = time.monotonic() + (timeout or self.timeout)
         records: list[dict] = []
         while time.monotonic() < deadline:
-            for r in self._pump(0.05):
+            batch, self._backlog = self._backlog or self._pump(0.05), []
+            for i, r in enumerate(batch):
                 records.append(r)
                 if on_console and r.get("type") == "console":
                     on_console(r.get("payload") or "")
                 if r.get("type") == "result" and r.get("token") == token:
+                    self._backlog = batch[i + 1:]       # for the next command
                     console = "".join(x.get("payload") or "" for x in records
                                       if x.get("type") == "console")
                     if r.get("message") == "error":
@@ -105,11 +108,18 @@ class Gdb:
     def cli(self, command: str, timeout: float | None = None, on_console=None) -> str:
         """Run a CLI command; returns its console output.
 
-        An execution command (continue, run) returns at ^running: wait_stopped()
-        waits for where it stops.
+        GDB 13 answers ^running to a command that attaches to a multi-threaded
+        process (attach marks the command as proceeding, and the threads it
+        finds as running), ckpt restore included, before the command is done.
+        GDB reads no further command until it is, so a second command's
+        result marks the end. (An execution command such as continue also
+        returns here: wait_stopped() waits for where it stops.)
         """
-        return self.cmd(f"-interpreter-exec console {mi_quote(command)}", timeout,
-                        on_console).console
+        res = self.cmd(f"-interpreter-exec console {mi_quote(command)}", timeout, on_console)
+        if res.message != "running":
+            return res.console
+        after = self.cmd("-gdb-show confirm", timeout, on_console)  # prints nothing of its own
+        return res.console + after.console
 
     def wait_stopped(self, timeout: float | None = None) -> dict:
         """Wait for the next *stopped record; returns its payload (reason, frame, ...)."""

@@ -26,7 +26,7 @@ DATA_AREA = STUB_SCRATCH_SIZE - OPS_AREA
 OPS_PER_RUN = OPS_AREA // STUB_OP.size
 READY_TIMEOUT = 10
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
-_RESETTABLE = [s for s in range(1, signal.NSIG) if s not in (signal.SIGKILL, signal.SIGSTOP)]
+_RESETTABLE = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
 
 class OpFailed(Exception):
