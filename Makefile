@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 EXAMPLES := $(patsubst examples/%.c,examples/build/%,$(wildcard examples/*.c)) \
 	examples/build/counter-static examples/build/counter-nopie
 
-.PHONY: setup native examples demo test lint bench clean
+.PHONY: setup native examples demo test lint bench fuzz soak clean
 
 setup: $(VENV)/.installed native examples
 
@@ -47,6 +47,13 @@ lint: setup
 
 bench: setup
 	$(VPY) benchmarks/bench.py
+
+# Outside `make test`: long runs whose results the README records.
+fuzz: setup
+	$(VPY) tools/fuzz_images.py --cases 100000
+
+soak: setup
+	$(VPY) tools/soak.py --rounds 200
 
 clean:
 	rm -rf examples/build

@@ -37,6 +37,7 @@ from .linux import (
 )
 from .maps import Kind, Mapping, find_gap
 from .procfs import pack_auxv
+from .regs import missing_features
 from .stubabi import STUB_MAX_THREADS, STUB_OP, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
 
 # madvise() advice for smaps VmFlags a restore puts back.
@@ -54,6 +55,7 @@ PR_TIMER_CREATE_RESTORE_IDS = 77
 RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock",
                 "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime")
 SIGKILL, SIGSTOP = 9, 19
+USER_CS_64 = 0x33      # __USER_CS: a 64-bit thread's code segment
 # What glibc's pthread_create passes to clone (VM FS FILES SIGHAND THREAD SYSVSEM
 # SETTLS PARENT_SETTID CHILD_CLEARTID), and UNTRACED (see CloneThread).
 CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000
@@ -693,6 +695,7 @@ class Live:
     timer_ids: bool = False         # PR_TIMER_CREATE_RESTORE_IDS works here
     sysv: dict = dataclasses.field(default_factory=dict)   # saved shmid -> sysv.Segment
     same_ids: bool = False          # the stub has the saved pid and threads get their tids
+    register_names: set[str] = dataclasses.field(default_factory=set)   # GDB's, on this CPU
     stub_nice: int = 0
 
 
@@ -761,6 +764,7 @@ class _Builder:
         self.later_views: dict[int, Vma] = {}
 
     def build(self) -> Plan:
+        self._check_restorable()
         self._check_collisions()
         mode = self._choose_vdso_mode()
         self.mode = mode
@@ -786,6 +790,19 @@ class _Builder:
         return Plan(self.steps, self.warnings, mode, self.after_attach)
 
     # -- checks ---------------------------------------------------------------
+
+    def _check_restorable(self) -> None:
+        """Refuse, before anything changes, what this host cannot bring back."""
+        from .regs import get
+        for t in self.img.threads:
+            if "cs" in t.regs and get(t.regs, "cs") != USER_CS_64:
+                raise RestoreError(f"thread {t.tid} ran 32-bit code (cs {get(t.regs, 'cs'):#x}); "
+                                   "only 64-bit processes can be restored")
+            if self.live.register_names:
+                missing = missing_features(t.regs, self.live.register_names)
+                if missing:
+                    raise RestoreError(f"the image's registers need {', '.join(missing)}, which "
+                                       "this CPU (or this GDB) lacks")
 
     def _check_collisions(self) -> None:
         for v in self.img.vmas:

@@ -87,6 +87,7 @@ class CkptPrefix(gdb.Command):
     ckpt save IMG      save the stopped process (it stays as it is and can continue)
     ckpt restore IMG   bring a saved process back, stopped where it was saved
     ckpt info IMG      show what an image holds
+    ckpt verify IMG    check an image's checksums without restoring it
     Settings: 'show ckpt'."""
 
     def __init__(self):
@@ -211,6 +212,31 @@ mappings."""
             gdb.write(infomod.text(img, mappings=not opts.get("brief")) + "\n")
 
 
+class CkptVerify(gdb.Command):
+    """Check an image without restoring it.
+
+Usage: ckpt verify IMG
+
+Reads the whole image and checks its header, trailer, every metadata record
+and every memory chunk against their checksums; names the first part that
+is wrong."""
+
+    USAGE = "ckpt verify IMG"
+
+    def __init__(self):
+        super().__init__("ckpt verify", gdb.COMMAND_STATUS, gdb.COMPLETE_FILENAME)
+
+    @_guard("ckpt verify")
+    def invoke(self, arg, from_tty):
+        import time
+        _, words = parse_args(arg, self.USAGE)
+        t0 = time.perf_counter()
+        img = Image.open(one_path(words, self.USAGE))
+        checked = img.verify_chunks()
+        gdb.write(f"{img.path}: good: {len(img.table)} chunks, {infomod.mib(checked)} checked "
+                  f"in {time.perf_counter() - t0:.2f} s.\n")
+
+
 _registered = False
 
 
@@ -224,5 +250,6 @@ def register() -> bool:
     CkptSave()
     CkptRestore()
     CkptInfo()
+    CkptVerify()
     _registered = True
     return True

@@ -25,7 +25,6 @@ from ..image import Image
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
 from ..maps import Kind
 from ..procfs import Proc, parse_limits
-from ..regs import missing_features
 from ..stubabi import RET_OFFSET, STUB_OP, StubOpFlags
 from . import settings
 from .inferior import Inferior
@@ -156,7 +155,8 @@ def _live(stub: Stub, img: Image, checks: _Checks) -> planmod.Live:
         stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
         has_tty=_has_tty(), fd_checks=checks.fds, force=checks.force,
         timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
-        sysv=checks.sysv, same_ids=checks.same_ids)
+        sysv=checks.sysv, same_ids=checks.same_ids,
+        register_names=set(stub.inf.register_names()))
 
 
 def _has_tty() -> bool:
@@ -301,11 +301,6 @@ class _Executor:
             raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
 
     def _registers(self, state) -> None:
-        live = set(self.inf.register_names())
-        missing = missing_features(state.regs, live)
-        if missing:
-            raise RestoreError(f"the image's registers need {', '.join(missing)}, which this "
-                               "CPU (or GDB) lacks")
         self.inf.set_sigmask(gdb.selected_thread().ptid[1], state.sigmask)
         self.inf.write_registers(state.regs)
 
