@@ -7,6 +7,7 @@ info`, not for matching: a copy of the same library on another host matches.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import xxhash
@@ -43,11 +44,20 @@ def content_hash(path: str) -> str:
     return h.hexdigest()
 
 
+# (path, dev, ino, size, mtime_ns, ctime_ns) -> FileRef: a file that did not change is not
+# read again (libc's build-id costs tens of ms through pyelftools).
+_known: dict[tuple, FileRef] = {}
+
+
 def identify(path: str) -> FileRef:
     st = os.stat(path)
-    bid = build_id(path)
-    return FileRef(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino,
-                   dev=st.st_dev, build_id=bid, hash=None if bid else content_hash(path))
+    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _known:
+        bid = build_id(path)
+        _known[key] = FileRef(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                              ino=st.st_ino, dev=st.st_dev, build_id=bid,
+                              hash=None if bid else content_hash(path))
+    return dataclasses.replace(_known[key])
 
 
 def check(ref: FileRef) -> str | None:

@@ -122,13 +122,16 @@ def parse_smaps(text: str) -> list[Mapping]:
     return out
 
 
-def read_mappings(pid: int) -> list[Mapping]:
-    """The live mappings of pid, with VmFlags."""
+def read_mappings(pid: int, vmflags: bool = True) -> list[Mapping]:
+    """The live mappings of pid; with vmflags, from smaps (which costs a walk of the
+    page tables: several ms for a large process), else from maps."""
+    name = "smaps" if vmflags else "maps"
     try:
-        with open(f"/proc/{pid}/smaps") as f:
-            return parse_smaps(f.read())
+        with open(f"/proc/{pid}/{name}") as f:
+            text = f.read()
     except OSError as e:
-        raise SaveError(f"cannot read /proc/{pid}/smaps: {e.strerror}") from None
+        raise SaveError(f"cannot read /proc/{pid}/{name}: {e.strerror}") from None
+    return parse_smaps(text) if vmflags else parse_maps(text)
 
 
 def find_gap(taken: list[tuple[int, int]], size: int, lo: int, hi: int) -> int:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
+import queue
 import re
+import threading
+import time
 
 from . import native
 from .errors import SaveError
@@ -115,23 +118,45 @@ def shmem_runs(pid: int, m: Mapping) -> list[tuple[int, int]]:
     return out
 
 
+class _Buffer:
+    """A page-aligned read buffer (an mmap), with its address for the C helpers."""
+
+    def __init__(self):
+        self.mem = mmap.mmap(-1, READ_PIECE)
+        self.addr = native.buffer_address(self.mem)
+        self.view = memoryview(self.mem)
+
+
 class MemoryDumper:
+    """Reads memory in this thread and scans and writes it in another, so that reading
+    /proc/PID/mem overlaps with writing the image (two buffers take turns)."""
+
     def __init__(self, pid: int, writer):
         self.pid = pid
         self.writer = writer
         self.stats = DumpStats()
-        self.buf = mmap.mmap(-1, READ_PIECE)
-        self.addr = native.buffer_address(self.buf)
-        self.view = memoryview(self.buf)
+        self.read_seconds = 0.0
+        self.write_seconds = 0.0
         try:
             self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise SaveError(f"cannot open /proc/{pid}/mem: {e.strerror}") from None
+        self.free: queue.Queue[_Buffer] = queue.Queue()
+        for _ in range(2):
+            self.free.put(_Buffer())
+        self.work: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write_loop, name="gdbckpt-writer",
+                                       daemon=True)
+        self.thread.start()
 
     def close(self) -> None:
+        """Wait for the writes queued so far; raises what the writer thread failed with."""
+        self.work.put(None)
+        self.thread.join()
         os.close(self.fd)
-        self.view.release()
-        # The ctypes export of the buffer keeps it alive; the mmap is freed with it.
+        if self.error is not None:
+            raise self.error
 
     def dump(self, region: Region) -> None:
         self.stats.mapped += region.count * PAGE_SIZE
@@ -140,23 +165,42 @@ class MemoryDumper:
         while done < region.count:
             n = min(region.count - done, READ_PIECE >> PAGE_SHIFT)
             addr = base + done * PAGE_SIZE
-            got = self._read(addr, n)
-            self._emit(addr, got, region.dirty[done:done + got], region.mapping)
+            buf = self.free.get()
+            if self.error is not None:
+                self.free.put(buf)
+                raise self.error
+            t = time.perf_counter()
+            got = self._read(buf, addr, n)
+            self.read_seconds += time.perf_counter() - t
+            self.work.put((buf, addr, got, region.dirty[done:done + got], region.mapping))
             if got < n:
                 # Unreadable pages (beyond the end of a file): skip them one by one.
                 got += 1
             done += got
 
-    def _read(self, addr: int, npages: int) -> int:
-        """Read npages at addr into the buffer; returns the pages read whole."""
+    def _write_loop(self) -> None:
+        while (item := self.work.get()) is not None:
+            buf = item[0]
+            try:
+                if self.error is None:
+                    t = time.perf_counter()
+                    self._emit(*item)
+                    self.write_seconds += time.perf_counter() - t
+            except BaseException as e:      # handed to the reading thread
+                self.error = e
+            finally:
+                self.free.put(buf)
+
+    def _read(self, buf: _Buffer, addr: int, npages: int) -> int:
+        """Read npages at addr into buf; returns the pages read whole."""
         want = npages * PAGE_SIZE
         got = 0
         while got < want:
             try:
-                n = os.preadv(self.fd, [self.view[got:want]], addr + got)
+                n = os.preadv(self.fd, [buf.view[got:want]], addr + got)
             except OSError as e:
                 if got == 0 and npages > 1:
-                    return self._read_pagewise(addr, npages)
+                    return self._read_pagewise(buf, addr, npages)
                 if got:
                     break
                 if e.errno in (5, 14):   # EIO, EFAULT: the page cannot be read
@@ -168,19 +212,19 @@ class MemoryDumper:
         self.stats.read += got
         return got // PAGE_SIZE
 
-    def _read_pagewise(self, addr: int, npages: int) -> int:
+    def _read_pagewise(self, buf: _Buffer, addr: int, npages: int) -> int:
         for i in range(npages):
-            if self._read(addr + i * PAGE_SIZE, 1) == 0:
+            if self._read(buf, addr + i * PAGE_SIZE, 1) == 0:
                 return i
             if i:
                 # _read filled the start of the buffer: move the page into place.
-                self.view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = self.view[:PAGE_SIZE]
+                buf.view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = buf.view[:PAGE_SIZE]
         return npages
 
-    def _emit(self, addr: int, npages: int, dirty: bytes, m: Mapping) -> None:
+    def _emit(self, buf: _Buffer, addr: int, npages: int, dirty: bytes, m: Mapping) -> None:
         if npages == 0:
             return
-        nonzero = native.nonzero_pages(self.buf, self.addr, npages)
+        nonzero = native.nonzero_pages(buf.mem, buf.addr, npages)
         file_backed = m.kind not in (Kind.ANON, Kind.SHMEM, Kind.VDSO)
         # Group pages by (non-zero, dirty): each run becomes one chunk.
         kinds = _combine(nonzero, dirty) if file_backed else nonzero
@@ -189,7 +233,7 @@ class MemoryDumper:
             at = addr + start * PAGE_SIZE
             is_dirty = ChunkFlags.DIRTY if (kind & 2 or not file_backed) else ChunkFlags.NONE
             if kind & 1:
-                self.writer.add_chunk(at, self.view[start * PAGE_SIZE:start * PAGE_SIZE + size],
+                self.writer.add_chunk(at, buf.view[start * PAGE_SIZE:start * PAGE_SIZE + size],
                                       is_dirty)
                 self.stats.stored += size
             else:

@@ -238,6 +238,25 @@ class Fill(Step):
 
 
 @dataclasses.dataclass
+class MapImage(Fill):
+    """Lazy restore: map stored pages straight from the image, privately (copied on write).
+
+    gdbckpt never rewrites an image in place (a save makes a new file and
+    renames it), so the mapping keeps seeing the bytes it was made from.
+    """
+
+    def describe(self):
+        total = sum(n for _, n, _ in self.runs)
+        first = self.runs[0][0]
+        return f"map {total:#x} bytes of the image at {first:#x} ({len(self.runs)} mappings)"
+
+    def ops(self, scratch):
+        prot = int(Prot.READ | Prot.WRITE)
+        flags = int(MapFlag.PRIVATE | MapFlag.FIXED)
+        return [Op(Sys.mmap, (a, n, prot, flags, self.image_fd, off)) for a, n, off in self.runs]
+
+
+@dataclasses.dataclass
 class WriteChunks(Step):
     """Pages GDB's side writes through /proc/PID/mem: compressed or zeroed chunks."""
     chunks: list[Chunk] = dataclasses.field(default_factory=list)
@@ -735,21 +754,32 @@ class _FdAlloc:
 STDIO_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
 
 
+FILL_METHODS = ("stub", "procmem", "lazy")
+
+
 def build(img: Image, live: Live, vdso_mode: str = "auto",
-          stdio: dict[int, str] | None = None) -> Plan:
+          stdio: dict[int, str] | None = None, fill: str = "stub") -> Plan:
     """The steps that turn the live stub into the image's process.
 
     stdio maps 0/1/2 to files the restored process gets as stdin/stdout/stderr.
+    fill says how memory gets its bytes: "stub" (the stub preads them from the
+    image), "procmem" (GDB's side writes them through /proc/PID/mem) or "lazy"
+    (the image is mapped privately: pages arrive when first touched).
     """
-    return _Builder(img, live, vdso_mode, stdio or {}).build()
+    if fill == "lazy" and img.compressed:
+        raise RestoreError("a lazy restore maps memory straight from the image, and this "
+                           "image is compressed; restore it without --lazy")
+    return _Builder(img, live, vdso_mode, stdio or {}, fill).build()
 
 
 class _Builder:
-    def __init__(self, img: Image, live: Live, vdso_mode: str, stdio: dict[int, str]):
+    def __init__(self, img: Image, live: Live, vdso_mode: str, stdio: dict[int, str],
+                 fill: str = "stub"):
         self.img = img
         self.live = live
         self.vdso_mode = vdso_mode
         self.stdio = stdio
+        self.fill = fill
         self.steps: list[Step] = []
         self.warnings: list[str] = []
         self.fds = _FdAlloc(live.fd_limit, {f.fd for f in img.fds})
@@ -1018,7 +1048,8 @@ class _Builder:
         runs: list[list[int]] = []
         python: list[Chunk] = []
         for c in chunks:
-            if c.flags & fmt.ChunkFlags.ZERO or c.codec != fmt.Codec.NONE:
+            if c.flags & fmt.ChunkFlags.ZERO or c.codec != fmt.Codec.NONE \
+                    or self.fill == "procmem":
                 python.append(c)
                 continue
             last = runs[-1] if runs else None
@@ -1026,7 +1057,9 @@ class _Builder:
                 last[1] += c.size     # contiguous in memory and in the image: one read
             else:
                 runs.append([c.vaddr, c.size, c.offset])
-        if runs:
+        if runs and self.fill == "lazy":
+            self.steps.append(MapImage(image_fd=image_fd, runs=[tuple(r) for r in runs]))
+        elif runs:
             self.steps.append(Fill(image_fd=image_fd, runs=[tuple(r) for r in runs]))
         if python:
             self.steps.append(WriteChunks(chunks=python))

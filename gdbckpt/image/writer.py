@@ -7,8 +7,10 @@ never lost to a failed save and no reader ever sees half an image.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
+import threading
 import time
 
 from ..errors import SaveError
@@ -22,6 +24,25 @@ def _pad_len(n: int) -> int:
     return -n % fmt.IMAGE_PAGE_SIZE
 
 
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class ImageWriter:
     """Use as a context manager; call commit() to finish, else the file is removed."""
 
@@ -33,6 +54,7 @@ class ImageWriter:
         self.chunks: list[tuple] = []      # CHUNK_ENTRY tuples
         self.records: list[bytes] = []
         self.flags = fmt.ImageFlags.NONE
+        self.committed = False
         self.offset = fmt.HEADER_SIZE
         self.bytes_raw = 0
         d, base = os.path.split(self.path)
@@ -102,12 +124,29 @@ class ImageWriter:
                 os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
-            os.rename(self.tmp, self.path)
+            old = self._replace()
             if self.sync:
                 self._sync_dir()
         except OSError as e:
             raise SaveError(f"cannot finish '{self.path}': {e.strerror}") from None
+        self.committed = True
+        if old:
+            # Freeing a large old image takes as long as writing one: not while the user waits.
+            threading.Thread(target=_unlink_quietly, args=(old,), daemon=True).start()
         return self.path
+
+    def _replace(self) -> str | None:
+        """Put the new image in place atomically; returns the old image's new name, if any.
+
+        Over an existing image, an exchange (renameat2 RENAME_EXCHANGE) rather than a
+        rename: ext4 flushes a file renamed over another before the rename returns
+        (auto_da_alloc), 0.3-0.6 s for 512 MiB here; the old image then ends up at the
+        temporary name and is freed in the background.
+        """
+        if os.path.exists(self.path) and _exchange(self.tmp, self.path):
+            return self.tmp
+        os.rename(self.tmp, self.path)
+        return None
 
     def abort(self) -> None:
         if self.fd >= 0:
@@ -122,7 +161,7 @@ class ImageWriter:
         return self
 
     def __exit__(self, *exc):
-        if self.fd >= 0 or os.path.exists(self.tmp):
+        if not self.committed:
             self.abort()
         return False
 

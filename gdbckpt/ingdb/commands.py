@@ -131,8 +131,8 @@ The process stays stopped where it was; 'continue' runs it on."""
 class CkptRestore(gdb.Command):
     """Restore a saved process, stopped where it was saved.
 
-Usage: ckpt restore [--dry-run] [--no-verify] [--force] [--detach] [--vdso=auto|move|patch]
-                    [--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG
+Usage: ckpt restore [--dry-run] [--no-verify] [--force] [--detach] [--lazy]
+                    [--vdso=auto|move|patch] [--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG
 
 IMG is an image written by 'ckpt save'. A process being debugged now is
 replaced (GDB asks first). The restored process has the program's symbols
@@ -146,12 +146,16 @@ session's terminal; pipes and sockets get /dev/null.
 --force      restore even when a saved file is gone or shorter than its offset.
 --detach     let the restored process run on its own (in a new session) instead
              of stopping it in GDB.
+--lazy       map memory straight from the image instead of copying it: the
+             restore takes milliseconds and pages are read when first touched.
+             Checks the metadata but not the memory's checksums (ckpt verify
+             does); not for compressed images. The image must stay in place.
 --dry-run    print the restore plan without changing anything.
 --no-verify  skip checking the memory checksums (default: 'set ckpt verify').
 --vdso=MODE  auto (default): move this kernel's vDSO into place when it is the
              saved one, else patch the saved one; move or patch force a way."""
 
-    USAGE = ("ckpt restore [--dry-run] [--no-verify] [--force] [--detach] "
+    USAGE = ("ckpt restore [--dry-run] [--no-verify] [--force] [--detach] [--lazy] "
              "[--vdso=auto|move|patch] "
              "[--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG")
 
@@ -162,7 +166,7 @@ session's terminal; pipes and sockets get /dev/null.
     def invoke(self, arg, from_tty):
         from . import restore
         opts, words = parse_args(arg, self.USAGE,
-                                 flags=("dry-run", "no-verify", "force", "detach"),
+                                 flags=("dry-run", "no-verify", "force", "detach", "lazy"),
                                  choices={"vdso": ("auto", "move", "patch")},
                                  values=("stdin", "stdout", "stderr"))
         path = one_path(words, self.USAGE)
@@ -173,6 +177,7 @@ session's terminal; pipes and sockets get /dev/null.
         r = restore.restore(path, vdso_mode=str(opts.get("vdso", "auto")),
                             dry_run=bool(opts.get("dry-run")), stdio=stdio,
                             force=bool(opts.get("force")), detach=bool(opts.get("detach")),
+                            lazy=bool(opts.get("lazy")),
                             verify=False if opts.get("no-verify") else None, from_tty=from_tty)
         if opts.get("dry-run"):
             gdb.write(r.plan.text() + "\n")

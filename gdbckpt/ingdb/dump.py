@@ -63,6 +63,7 @@ class SaveResult:
     image_size: int
     seconds: float
     notes: list[str]
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)   # seconds each
 
 
 def save(path: str, *, sync: bool | None = None, compress: bool = False,
@@ -88,13 +89,18 @@ class _Saver:
         self.state = StateReader(inf, self.proc)
         self.notes: list[str] = []
         self.sysv = read_sysv_shm()
+        self.image_sizes: dict[int, int] = {}
+        self.lazy_images: set[str] = set()
 
     def run(self, t0: float) -> SaveResult:
+        phases: dict[str, float] = {}
         fds = self._fds()
         maps = read_mappings(self.inf.pid)
+        phases["maps"] = time.perf_counter() - t0
         files, file_of = self._files(maps)
         threads = self._threads()
         process = self._process(files, fds)
+        phases["state"] = time.perf_counter() - t0 - phases["maps"]
         compressor = None
         if self.compress:
             import zstandard
@@ -103,6 +109,7 @@ class _Saver:
             todo = [r for m in maps if m.kind in STORED_KINDS
                     for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
             progress = settings.Progress("save", sum(r.count for r in todo) * PAGE_SIZE)
+            t1 = time.perf_counter()
             dumper = MemoryDumper(self.inf.pid, w)
             try:
                 for region in todo:
@@ -111,6 +118,10 @@ class _Saver:
                 progress(dumper.stats.mapped, final=True)
             finally:
                 dumper.close()
+            phases["memory"] = time.perf_counter() - t1
+            phases["memory: reading"] = dumper.read_seconds
+            phases["memory: scanning and writing"] = dumper.write_seconds
+            t1 = time.perf_counter()
             for f in fds:
                 if f.kind == fdsmod.FdKind.DELETED:
                     f.data = self._file_data(w, f)
@@ -124,17 +135,19 @@ class _Saver:
             if self.notes:
                 w.add_record(fmt.RecordType.NOTES, {"notes": self.notes})
             final = w.commit()
+        phases["metadata and commit"] = time.perf_counter() - t1
         st = dumper.stats
         return SaveResult(path=final, pid=self.inf.pid, comm=process.comm, threads=len(threads),
                           mappings=len(maps), stored=st.stored, mapped=st.mapped,
                           image_size=os.path.getsize(final),
-                          seconds=time.perf_counter() - t0, notes=self.notes)
+                          seconds=time.perf_counter() - t0, notes=self.notes, phases=phases)
 
     # -- descriptors and files -----------------------------------------------
 
-    @staticmethod
-    def _file_size(m: Mapping, files: list[FileRef], file_of: dict[int, int]) -> int | None:
-        return files[file_of[m.start]].size if m.start in file_of else None
+    def _file_size(self, m: Mapping, files: list[FileRef], file_of: dict[int, int]) -> int | None:
+        if m.start in file_of:
+            return files[file_of[m.start]].size
+        return self.image_sizes.get(m.start)
 
     def _fds(self) -> list[FdInfo]:
         fds = fdsmod.read_fds(self.inf.pid)
@@ -167,6 +180,15 @@ class _Saver:
         file_of: dict[int, int] = {}
         for m in maps:
             if m.kind not in (Kind.FILE, Kind.FILE_SHARED):
+                continue
+            if _is_image(m.path):
+                # Memory a lazy restore maps from an image: a private copy, never the image.
+                if m.path not in self.lazy_images:
+                    self.lazy_images.add(m.path)
+                    self.notes.append(f"memory that a lazy restore maps from {m.path} is saved "
+                                      "as private copies")
+                m.kind = Kind.DELETED
+                self.image_sizes[m.start] = os.path.getsize(m.path)
                 continue
             if m.path not in index:
                 try:
@@ -291,6 +313,14 @@ class _Saver:
                 self.notes.append(f"mapping {m.describe()} is made by the kernel and cannot be "
                                   "restored; it is left out")
         return info
+
+
+def _is_image(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(fmt.MAGIC)) == fmt.MAGIC
+    except OSError:
+        return False
 
 
 def _dev_ino(m: Mapping) -> tuple[int, int]:

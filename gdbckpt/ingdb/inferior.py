@@ -46,6 +46,7 @@ class Inferior:
         self._syscall_at: int | None = None
         self._exclude: list[tuple[int, int]] = []
         self._mem = None
+        self._maps: list[Mapping] | None = None
 
     # -- threads and registers ---------------------------------------------
 
@@ -176,7 +177,7 @@ class Inferior:
         """An address below the selected thread's stack pointer for size bytes of output."""
         sp = self.read_reg("rsp")
         addr = (sp - _SCRATCH_GAP - size) & ~15
-        for m in read_mappings(self.pid):
+        for m in self.maps():
             if m.start <= addr and addr + size <= sp <= m.end and m.prot & Prot.WRITE:
                 return addr
         raise self.raise_as(f"no writable stack below rsp={sp:#x} for an injected call")
@@ -194,6 +195,12 @@ class Inferior:
         if is_syscall_error(ret):
             raise self.raise_as(f"{what or Sys(nr).name} failed: {os.strerror(-ret)}")
         return ret, out
+
+    def maps(self) -> list[Mapping]:
+        """The mappings as they were when first asked for: injected calls change none."""
+        if self._maps is None:
+            self._maps = read_mappings(self.pid, vmflags=False)
+        return self._maps
 
     def exclude_from_syscall_search(self, ranges: list[tuple[int, int]]) -> None:
         """Never inject from these ranges (code about to be unmapped)."""
@@ -216,7 +223,7 @@ class Inferior:
     def _find_syscall_insn(self) -> int:
         if self._syscall_at is not None:
             return self._syscall_at
-        maps = [m for m in read_mappings(self.pid)
+        maps = [m for m in read_mappings(self.pid, vmflags=False)
                 if not any(s < m.end and m.start < e for s, e in self._exclude)]
         # The vDSO first: it is small and always has one (its fallback paths).
         order = sorted((m for m in maps if m.prot & Prot.EXEC and m.kind != Kind.VSYSCALL),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import mmap
 import os
 import signal
 import struct
@@ -22,6 +23,7 @@ from .. import sysv
 from .. import tids as tidsmod
 from ..errors import CkptError, RestoreError
 from ..image import Image
+from ..image import format as fmt
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
 from ..maps import Kind
 from ..procfs import Proc, parse_limits
@@ -43,13 +45,19 @@ class RestoreResult:
 
 def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
             verify: bool | None = None, stdio: dict[int, str] | None = None,
-            force: bool = False, detach: bool = False,
+            force: bool = False, detach: bool = False, lazy: bool = False,
             from_tty: bool = False) -> RestoreResult:
-    """Restore the image at path; with detach, let it run on its own in a new session."""
+    """Restore the image at path; with detach, let it run on its own in a new session.
+
+    lazy maps memory from the image instead of copying it (pages arrive when
+    first touched); it checks the metadata but not the memory's checksums,
+    which would mean reading it all.
+    """
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
     img = Image.open(os.path.abspath(path))
-    if verify if verify is not None else settings.get("verify"):
+    fill = "lazy" if lazy else settings.value("fill-method")
+    if (verify if verify is not None else settings.get("verify")) and not lazy:
         img.verify_chunks()
     checks = _Checks(planmod.check_files(img), planmod.check_fds(img), force)
     phases["read image"] = time.perf_counter() - t0
@@ -61,13 +69,13 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
         with settings.temporarily(suppress_cli_notifications="on"), scratch_inferior():
             stub = Stub.start()
             try:
-                plan = planmod.build(img, _live(stub, img, checks), vdso_mode, stdio)
+                plan = planmod.build(img, _live(stub, img, checks), vdso_mode, stdio, fill)
             finally:
                 stub.inf.close()
         return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)
     _replace_current(from_tty)
     with settings.temporarily(suppress_cli_notifications="on"):
-        return _restore(img, checks, vdso_mode, stdio, phases, t0, detach)
+        return _restore(img, checks, vdso_mode, stdio, phases, t0, detach, fill)
 
 
 @dataclasses.dataclass
@@ -80,7 +88,8 @@ class _Checks:
     same_ids: bool = False
 
 
-def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach) -> RestoreResult:
+def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach,
+             fill) -> RestoreResult:
     ids = [t.tid for t in img.threads]
     want = ids[0] if _may_choose_ids() and not any(_exists(t) for t in ids) else 0
     stub = Stub.start(want, new_session=detach)
@@ -89,12 +98,16 @@ def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach) -> Rest
     try:
         checks.sysv = sysv.prepare(img.vmas)
         live = _live(stub, img, checks)
-        plan = planmod.build(img, live, vdso_mode, stdio)
+        plan = planmod.build(img, live, vdso_mode, stdio, fill)
+        phases["plan"] = time.perf_counter() - t0
         warnings = list(plan.warnings)
         # Inferior calls run only the thread they are made in.
         executor = _Executor(stub, img, plan)
-        with settings.temporarily(scheduler_locking="on"):
-            warnings += executor.run(phases, t0)
+        try:
+            with settings.temporarily(scheduler_locking="on"):
+                warnings += executor.run(phases, t0)
+        finally:
+            executor.close()
         if detach:
             if plan.after_attach:
                 _reattach(stub.pid, None)    # GDB must see the other threads to set them
@@ -213,6 +226,8 @@ class _Executor:
         self.plan = plan
         self.warnings: list[str] = []
         self.batch: list[tuple[int, planmod.Op]] = []
+        self._buf = None
+        self._img_fd = None
 
     def run(self, phases: dict[str, float], t0: float) -> list[str]:
         tids = self.stub.scratch.tids
@@ -282,8 +297,7 @@ class _Executor:
     def _python_step(self, i: int, step: planmod.Step) -> None:
         try:
             if isinstance(step, planmod.WriteChunks):
-                for c in step.chunks:
-                    self.inf.write(c.vaddr, self.img.read_chunk(c))
+                self._write_chunks(step.chunks)
             elif isinstance(step, planmod.PatchVdso):
                 for patch in step.patches:
                     self.inf.write(patch.addr, patch.code)
@@ -303,6 +317,26 @@ class _Executor:
     def _registers(self, state) -> None:
         self.inf.set_sigmask(gdb.selected_thread().ptid[1], state.sigmask)
         self.inf.write_registers(state.regs)
+
+    def _write_chunks(self, chunks) -> None:
+        """Copy chunks through /proc/PID/mem: raw ones through one reused buffer."""
+        if self._buf is None:
+            self._buf = mmap.mmap(-1, 4 << 20)
+            self._img_fd = os.open(self.img.path, os.O_RDONLY | os.O_CLOEXEC)
+        view = memoryview(self._buf)
+        for c in chunks:
+            if c.codec != fmt.Codec.NONE or c.flags & fmt.ChunkFlags.ZERO:
+                self.inf.write(c.vaddr, self.img.read_chunk(c, self._img_fd))
+                continue
+            for off in range(0, c.size, len(self._buf)):
+                n = min(len(self._buf), c.size - off)
+                if os.preadv(self._img_fd, [view[:n]], c.offset + off) != n:
+                    raise RestoreError(f"the image ends inside the chunk at {c.vaddr:#x}")
+                self.inf.write(c.vaddr + off, view[:n])
+
+    def close(self) -> None:
+        if self._img_fd is not None:
+            os.close(self._img_fd)
 
     def _patch_tids(self, step: planmod.PatchTids) -> None:
         tids = self.stub.scratch.tids

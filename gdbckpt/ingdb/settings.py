@@ -28,7 +28,22 @@ class BoolSetting(gdb.Parameter):
         return f"{self.set_doc[4:].rstrip('.')} is {svalue}."
 
 
-_settings: dict[str, BoolSetting] = {}
+class EnumSetting(gdb.Parameter):
+    def __init__(self, name: str, values: tuple[str, ...], doc: str, set_doc: str):
+        self.__doc__ = doc
+        self.set_doc = set_doc
+        self.show_doc = f"Show {set_doc[4:]}"
+        super().__init__(f"ckpt {name}", gdb.COMMAND_SUPPORT, gdb.PARAM_ENUM, list(values))
+        self.value = values[0]
+
+    def get_set_string(self) -> str:
+        return ""
+
+    def get_show_string(self, svalue: str) -> str:
+        return f"{self.set_doc[4:].rstrip('.')} is {svalue}."
+
+
+_settings: dict[str, gdb.Parameter] = {}
 
 
 def register() -> None:
@@ -50,11 +65,22 @@ def register() -> None:
          "as they go; gdbckpt-batch turns them into a progress bar."),
     ):
         _settings[name] = BoolSetting(name, default, doc, set_doc)
+    _settings["fill-method"] = EnumSetting(
+        "fill-method", ("stub", "procmem"),
+        "How ckpt restore copies memory from the image: 'stub' (the default: the restart\n"
+        "stub reads it from the image itself) or 'procmem' (GDB's side writes it through\n"
+        "/proc/PID/mem). benchmarks/bench.py measures both; stub is the faster here.",
+        "Set how ckpt restore copies memory from the image.")
 
 
 def get(name: str) -> bool:
     register()
     return bool(_settings[name].value)
+
+
+def value(name: str) -> str:
+    register()
+    return str(_settings[name].value)
 
 
 class Progress:
