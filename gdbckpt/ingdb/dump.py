@@ -108,7 +108,10 @@ class _Saver:
         with ImageWriter(self.path, sync=self.sync, compressor=compressor) as w:
             todo = [r for m in maps if m.kind in STORED_KINDS
                     for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
-            progress = settings.Progress("save", sum(r.count for r in todo) * PAGE_SIZE)
+            total = sum(r.count for r in todo) * PAGE_SIZE
+            progress = settings.Progress("save", total)
+            if compressor is None:
+                w.reserve(total)
             t1 = time.perf_counter()
             dumper = MemoryDumper(self.inf.pid, w)
             try:
@@ -120,7 +123,8 @@ class _Saver:
                 dumper.close()
             phases["memory"] = time.perf_counter() - t1
             phases["memory: reading"] = dumper.read_seconds
-            phases["memory: scanning and writing"] = dumper.write_seconds
+            phases["memory: finding zero pages"] = dumper.scan_seconds
+            phases["memory: checksums and writing (overlapped)"] = dumper.write_seconds
             t1 = time.perf_counter()
             for f in fds:
                 if f.kind == fdsmod.FdKind.DELETED:

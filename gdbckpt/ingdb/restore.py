@@ -108,6 +108,7 @@ def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach,
                 warnings += executor.run(phases, t0)
         finally:
             executor.close()
+        phases["process ready"] = time.perf_counter() - t0
         if detach:
             if plan.after_attach:
                 _reattach(stub.pid, None)    # GDB must see the other threads to set them
