@@ -147,9 +147,12 @@ class MemoryDumper:
     /proc/PID/mem, which may read what the process may not (PROT_NONE), takes
     over where it fails."""
 
-    def __init__(self, pid: int, writer):
+    def __init__(self, pid: int, writer, patches: dict[int, bytes] | None = None):
+        """patches: address -> original bytes to put back over what the read finds there
+        (breakpoints GDB keeps inserted while the process is stopped)."""
         self.pid = pid
         self.writer = writer
+        self.patches = sorted((patches or {}).items())
         self.stats = DumpStats()
         self.read_seconds = 0.0
         self.scan_seconds = 0.0
@@ -189,6 +192,7 @@ class MemoryDumper:
             t = time.perf_counter()
             got = self._read(buf, addr, n)
             self.read_seconds += time.perf_counter() - t
+            self._unpatch(buf, addr, got)
             t = time.perf_counter()
             self.work.put((buf, self._chunks(buf, addr, got, region.dirty[done:done + got],
                                              region.mapping)))
@@ -197,6 +201,12 @@ class MemoryDumper:
                 # Unreadable pages (beyond the end of a file): skip them one by one.
                 got += 1
             done += got
+
+    def _unpatch(self, buf: _Buffer, addr: int, npages: int) -> None:
+        end = addr + npages * PAGE_SIZE
+        for at, original in self.patches:
+            if addr <= at and at + len(original) <= end:
+                buf.view[at - addr:at - addr + len(original)] = original
 
     def _write_loop(self) -> None:
         while (item := self.work.get()) is not None:

@@ -245,3 +245,21 @@ def test_info_describes_the_image(sessions, tmp_path):
     assert data["process"]["exe"] == example("counter")
     assert data["vdso_restore"]["mode"] == "move"
     assert {v["path"] for v in data["vmas"]} >= {"[heap]", "[stack]", "[vdso]"}
+
+
+@pytest.mark.parametrize("mode", ["set breakpoint always-inserted on", "set non-stop on"])
+def test_breakpoints_inserted_at_save_are_not_in_the_image(sessions, tmp_path, mode):
+    """With breakpoints left in memory while stopped, the image still holds the real code."""
+    argv = [example("counter"), "8", "1"]
+    img, before, after = (str(tmp_path / n) for n in ("p.img", "before", "after"))
+    s = sessions()
+    s.cli(mode)
+    s.cli("break mix")
+    s.start(argv, before, breakpoint="compute_step if step == 3")
+    s.save(img)
+    s.cli("kill")
+    r = sessions()
+    r.restore(img, after)
+    # No int3 left behind: the restored program runs to the end without SIGTRAPs.
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(before) + read(after) == uninterrupted(argv)

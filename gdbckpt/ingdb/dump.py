@@ -19,7 +19,7 @@ from .. import __version__, fileid
 from .. import fds as fdsmod
 from .. import regs as regsmod
 from .. import vdso as vdsomod
-from ..errors import SaveError
+from ..errors import CkptError, SaveError
 from ..image import format as fmt
 from ..image.model import (
     FdInfo,
@@ -113,7 +113,7 @@ class _Saver:
             if compressor is None:
                 w.reserve(total)
             t1 = time.perf_counter()
-            dumper = MemoryDumper(self.inf.pid, w)
+            dumper = MemoryDumper(self.inf.pid, w, _inserted_breakpoints(self.inf))
             try:
                 for region in todo:
                     dumper.dump(region)
@@ -317,6 +317,28 @@ class _Saver:
                 self.notes.append(f"mapping {m.describe()} is made by the kernel and cannot be "
                                   "restored; it is left out")
         return info
+
+
+def _inserted_breakpoints(inf: Inferior) -> dict[int, bytes]:
+    """Original bytes under breakpoints GDB keeps in memory while the process is stopped.
+
+    GDB normally lifts its breakpoints when the process stops, so a read of
+    /proc/PID/mem sees the program's code; with 'breakpoint always-inserted'
+    or in non-stop mode it sees int3 instead. GDB's own reads show the
+    original bytes: those go into the image.
+    """
+    out = {}
+    for bp in gdb.breakpoints():
+        for loc in getattr(bp, "locations", ()):
+            if loc.address is None or not loc.enabled:
+                continue
+            try:
+                original = gdb.selected_inferior().read_memory(loc.address, 1).tobytes()
+                if inf.read(loc.address, 1) != original:
+                    out[int(loc.address)] = original
+            except (gdb.error, gdb.MemoryError, CkptError):
+                continue
+    return out
 
 
 def _is_image(path: str) -> bool:
