@@ -203,3 +203,43 @@ def test_restore_with_redirected_stdout(tmp_path):
     r = batch("restore", img, "--stdout", other, check=0)
     wait_gone(int(r.stdout.split("as process ")[1].split()[0]))
     assert before + open(other).read() == uninterrupted(argv)
+
+
+def test_on_a_terminal_picks_a_process_and_shows_progress(tmp_path):
+    """No pid on a terminal: a prompt_toolkit picker; the save draws a progress bar."""
+    import pty
+    import select
+    out = str(tmp_path / "out")
+    p = spawn([example("bigmem"), "64", "1000", "50"], out)
+    try:
+        wait_for_output(out, r"^step 0 ")
+        master, slave = pty.openpty()
+        job = subprocess.Popen([*BATCH, "-o", str(tmp_path / "picked.img")], cwd=REPO,
+                               stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        seen = b""
+
+        def read_until(needle: bytes, timeout: float = 30) -> None:
+            nonlocal seen
+            deadline = time.monotonic() + timeout
+            while needle not in seen and time.monotonic() < deadline:
+                if select.select([master], [], [], 0.1)[0]:
+                    try:
+                        seen += os.read(master, 65536)
+                    except OSError:
+                        break
+            assert needle in seen, seen[-2000:]
+        read_until(b"pid>")
+        if b"\x1b[6n" in seen:
+            os.write(master, b"\x1b[1;1R")      # answer the cursor position request
+        time.sleep(0.3)
+        os.write(master, f"{p.pid}\r".encode())
+        read_until(b"Saved process", timeout=120)
+        assert job.wait(timeout=60) == 0
+        os.close(master)
+    finally:
+        p.kill()
+        p.wait()
+    assert b"\x1b[" in seen                   # drawn for a terminal
+    assert b"saving" in seen                  # the progress bar's title
+    batch("verify", str(tmp_path / "picked.img"), check=0)
