@@ -89,7 +89,9 @@ def test_signal_state_comes_back(sessions, tmp_path):
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
     save_and_kill(sessions, img, argv, out, "report if step == 3", setup=[QUIET_SIGNALS])
     info = sessions().cli(f"ckpt info --brief {img}")
-    assert "Signals:   5 handlers set (1, 10, 12, 14, 15)" in info, info
+    # Its own handlers (and SIG_IGN for SIGTERM); the launcher may have left others ignored.
+    listed = re.search(r"Signals: +\d+ handlers set \(([\d, ]+)\)", info).group(1)
+    assert {1, 10, 12, 14, 15} <= {int(s) for s in listed.split(", ")}, info
     restore_and_finish(sessions, img, setup=[QUIET_SIGNALS])
     text = read(out)
     assert text == uninterrupted(argv)
