@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -14,6 +16,15 @@ from harness import REPO, Session  # noqa: E402
 def built():
     """The stub, the helpers and the example programs, built once per run."""
     subprocess.run(["make", "-s", "native", "examples"], cwd=REPO, check=True)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory an unprivileged user can write (tmp_path is root's alone)."""
+    d = tempfile.mkdtemp(prefix="gdbckpt-")
+    os.chmod(d, 0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(REPO, "examples", "build")
 EXAMPLES = os.path.join(REPO, "examples")
 SYSTEM_PYTHON = "/usr/bin/python3"
+# Run as nobody, with no capabilities: how users (not CI's root) run.
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all")
 
 
 def example(name: str) -> str:
@@ -86,6 +88,11 @@ class Session:
         self.gdb.events.clear()
         self.gdb.cmd(command)
         return self.gdb.wait_stopped(timeout)
+
+    def children(self) -> str:
+        """The names of GDB's child processes (a restart stub left behind would show)."""
+        return subprocess.run(["ps", "--ppid", str(self.gdb.ctl.gdb_process.pid), "-o",
+                               "comm="], capture_output=True, text=True).stdout
 
     def close(self) -> None:
         try:

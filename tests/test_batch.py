@@ -9,10 +9,9 @@ import sys
 import time
 
 import pytest
-from harness import REPO, example, uninterrupted, wait_for_output
+from harness import NOBODY, REPO, example, uninterrupted, wait_for_output
 
 BATCH = [sys.executable, "-m", "gdbckpt.batch"]
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 
 
 def batch(*args, prefix=(), timeout=120, check=None):

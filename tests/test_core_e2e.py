@@ -3,10 +3,9 @@
 import os
 import re
 import shutil
-import tempfile
 
 import pytest
-from harness import EXAMPLES, SYSTEM_PYTHON, example, read, uninterrupted
+from harness import EXAMPLES, NOBODY, SYSTEM_PYTHON, example, read, uninterrupted
 
 from gdbckpt.mi import MiError
 
@@ -162,18 +161,6 @@ def test_system_python_restores_mid_loop(sessions, tmp_path):
     s.cli("kill")
     r, out, after = restore_and_finish(sessions, tmp_path, img)
     assert read(before) + read(after) == uninterrupted(argv)
-
-
-NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all")
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory an unprivileged user can write (tmp_path is root's alone)."""
-    d = tempfile.mkdtemp(prefix="gdbckpt-")
-    os.chmod(d, 0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("who", ["root", "nobody"])

@@ -132,10 +132,7 @@ def test_failed_restore_names_the_step_and_leaves_nothing(sessions, image):
     assert msg.startswith("ckpt restore: step ") and "open /no/such/dir/out as fd 1 (stdout)" in msg
     assert "No such file or directory" in msg
     assert s.pid() == 0
-    gdb_pid = s.gdb.ctl.gdb_process.pid
-    children = subprocess.run(["ps", "--ppid", str(gdb_pid), "-o", "comm="],
-                              capture_output=True, text=True).stdout
-    assert "gdbckpt-stub" not in children
+    assert "gdbckpt-stub" not in s.children()
     # GDB is usable and the next restore works.
     assert "Restored process" in s.cli(f"ckpt restore --stdin=/dev/null {image}", timeout=120)
 

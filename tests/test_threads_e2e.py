@@ -2,22 +2,11 @@
 
 import os
 import re
-import shutil
-import tempfile
 
 import pytest
-from harness import EXAMPLES, SYSTEM_PYTHON, example, read, uninterrupted
+from harness import EXAMPLES, NOBODY, SYSTEM_PYTHON, example, read, uninterrupted
 
-NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all")
 QUIET = "handle SIGUSR2 nostop noprint pass"
-
-
-@pytest.fixture
-def shared_dir():
-    d = tempfile.mkdtemp(prefix="gdbckpt-")
-    os.chmod(d, 0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("who", ["root", "nobody"])
