@@ -72,6 +72,11 @@ RECORD_HEADER = struct.Struct("<IIQQ")
 CHUNK_ENTRY = struct.Struct("<QQQQIIQ")
 
 
+# The writer makes chunks of at most 4 MiB (one read of memory or of a file); a
+# reader refuses larger claims, so no chunk makes it allocate more than this.
+MAX_CHUNK_SIZE = 64 << 20
+
+
 class CsumAlgo(enum.IntEnum):
     XXH3_64 = 1   # 18 GB/s here against 3.6 GB/s for zlib's crc32 (benchmarks/)
 

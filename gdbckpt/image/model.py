@@ -266,7 +266,10 @@ def from_json(typ, data, where: str):
     if typ is float:
         if not isinstance(data, (int, float)) or isinstance(data, bool):
             raise ImageError(f"{where}: expected a number")
-        return float(data)
+        try:
+            return float(data)
+        except OverflowError:
+            raise ImageError(f"{where}: number out of range") from None
     if typ in (str, bool):
         if not isinstance(data, typ):
             raise ImageError(f"{where}: expected {typ.__name__}")

@@ -133,9 +133,13 @@ def _open(path: str) -> int:
 
 
 def _decompress(data: bytes, chunk: Chunk, path: str) -> bytes:
+    """At most chunk.size bytes out, whatever size the frame itself claims."""
+    import io
+
     import zstandard
     try:
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=chunk.size)
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+            out = reader.read(chunk.size + 1)
     except zstandard.ZstdError as e:
         raise ImageError(f"'{path}': chunk at {chunk.vaddr:#x} does not decompress: {e}") from None
     if len(out) != chunk.size:
@@ -248,6 +252,8 @@ class _Loader:
 
     def _build(self, records, size: int, meta_off: int) -> Image:
         found: dict[fmt.RecordType, list] = {t: [] for t in fmt.RecordType}
+        if not records or records[-1][0] != fmt.RecordType.CHUNKS:
+            raise self.fail("is corrupt: its CHUNKS record is not the last one")
         for i, (rtype, rflags, payload) in enumerate(records):
             if rtype not in fmt.RecordType.__members__.values():
                 if rflags & fmt.RecordFlags.OPTIONAL:
@@ -259,6 +265,9 @@ class _Loader:
                      fmt.RecordType.THREAD):
             if not found[need]:
                 raise self.fail(f"is corrupt: it has no {need.name} record")
+        for rtype, recs in found.items():
+            if rtype != fmt.RecordType.THREAD and len(recs) > 1:
+                raise self.fail(f"is corrupt: it has {len(recs)} {rtype.name} records, not one")
 
         def one(rtype, cls):
             (i, payload), *_ = found[rtype]
@@ -297,6 +306,11 @@ class _Loader:
         for n, entry in enumerate(fmt.CHUNK_ENTRY.iter_unpack(table)):
             vaddr, csize, off, stored, flags, codec, csum = entry
             where = f"chunk {n} at {vaddr:#x}"
+            if csize > fmt.MAX_CHUNK_SIZE:
+                raise self.fail(f"is corrupt: {where} claims {csize} bytes, more than a chunk "
+                                f"holds ({fmt.MAX_CHUNK_SIZE})")
+            if flags & fmt.ChunkFlags.FILE_DATA and flags & fmt.ChunkFlags.ZERO:
+                raise self.fail(f"is corrupt: {where} is both file data and zero pages")
             pages = not flags & fmt.ChunkFlags.FILE_DATA
             if (pages and (vaddr % PAGE_SIZE or csize % PAGE_SIZE)) or csize == 0 \
                     or vaddr + csize > 1 << 64:
