@@ -19,7 +19,6 @@ import os
 import sys
 import tempfile
 
-import pytest
 import zstandard
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
