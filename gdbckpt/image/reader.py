@@ -133,19 +133,25 @@ def _open(path: str) -> int:
 
 
 def _decompress(data: bytes, chunk: Chunk, path: str) -> bytes:
-    """At most chunk.size bytes out, whatever size the frame itself claims."""
+    """At most chunk.size bytes out, whatever size the frame itself claims; memory grows
+    with what the frame really holds, not with the size the chunk claims."""
     import io
 
     import zstandard
+    out = bytearray()
     try:
         with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-            out = reader.read(chunk.size + 1)
+            while len(out) <= chunk.size:
+                piece = reader.read(min(1 << 16, chunk.size + 1 - len(out)))
+                if not piece:
+                    break
+                out += piece
     except zstandard.ZstdError as e:
         raise ImageError(f"'{path}': chunk at {chunk.vaddr:#x} does not decompress: {e}") from None
     if len(out) != chunk.size:
         raise ImageError(f"'{path}': chunk at {chunk.vaddr:#x} decompresses to {len(out)} "
                          f"bytes, not {chunk.size}")
-    return out
+    return bytes(out)
 
 
 class _Loader:
