@@ -27,7 +27,7 @@ import time
 
 from . import __version__
 from .errors import CkptError, ImageError
-from .mi import Gdb, MiError, MiTimeout
+from .mi import Gdb, MiError, MiTimeout, cli_arg
 
 
 class Exit(enum.IntEnum):
@@ -122,8 +122,10 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-def default_image(pid: int, name: str) -> str:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+def default_image(pid: int, name: str, fine: bool = False) -> str:
+    """PROG-PID-TIMESTAMP.img; fine adds microseconds (periodic saves may come faster than
+    one a second)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S" + ("-%f" if fine else ""))
     return f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}-{pid}-{stamp}.img"
 
 
@@ -172,12 +174,18 @@ class Out:
 
 @contextlib.contextmanager
 def gdb_session(timeout: float):
+    """GDB in a session of its own: a Ctrl-C at the terminal reaches this tool, which
+    finishes the save in progress, not GDB, which would abandon it."""
     try:
-        g = Gdb(timeout=timeout)
+        g = Gdb(timeout=timeout, prefix=("setsid",))
     except (OSError, MiError, MiTimeout) as e:
         raise BatchError(f"cannot start GDB: {e}", Exit.GDB) from None
     try:
-        g.cli("set ckpt progress on")
+        try:
+            g.cli("set ckpt progress on")
+        except (MiError, MiTimeout) as e:
+            raise BatchError(f"gdbckpt did not load in GDB ({e}); run 'make setup'", Exit.GDB,
+                             "".join(g.stderr)) from None
         yield g
     finally:
         g.close()
@@ -229,7 +237,7 @@ def save(args, out: Out) -> Exit:
         attach(g, pid, name)
         try:
             with out.progress(f"saving {pid} ({name})") as bar:
-                text = run_cli(g, f"ckpt save {' '.join(opts)} {path}", args.timeout,
+                text = run_cli(g, f"ckpt save {' '.join(opts)} {cli_arg(path)}", args.timeout,
                                Exit.FAILED, bar)
         except BatchError:
             with contextlib.suppress(MiError, MiTimeout):
@@ -267,13 +275,13 @@ def save_every(args, out: Out) -> Exit:
                 if not alive(pid):
                     out.line(f"process {pid} ended; stopping")
                     break
-                path = args.output or default_image(pid, name)
+                path = args.output or default_image(pid, name, fine=True)
                 if args.output:
                     root, ext = os.path.splitext(args.output)
                     path = f"{root}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}{ext or '.img'}"
                 try:
                     attach(g, pid, name)
-                    run_cli(g, f"ckpt save {'' if args.no_sync else '--sync'} {path}",
+                    run_cli(g, f"ckpt save {'' if args.no_sync else '--sync'} {cli_arg(path)}",
                             args.timeout, Exit.FAILED)
                     g.cmd("-target-detach", timeout=30)
                 except BatchError as e:
@@ -305,7 +313,7 @@ def restore(args, out: Out) -> Exit:
     for name in ("stdin", "stdout", "stderr"):
         value = getattr(args, name)
         if value:
-            opts.append(f"--{name}={os.path.abspath(value)}")
+            opts.append(cli_arg(f"--{name}={os.path.abspath(value)}"))
     if args.vdso != "auto":
         opts.append(f"--vdso={args.vdso}")
     if args.force:
@@ -314,11 +322,11 @@ def restore(args, out: Out) -> Exit:
         gdbinit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "gdbinit.py")
         os.execvp("gdb", ["gdb", "-q", "-x", gdbinit, "-ex",
-                          f"ckpt restore {' '.join(opts)} {img}"])
+                          f"ckpt restore {' '.join(opts)} {cli_arg(img)}"])
     with gdb_session(args.timeout) as g:
         with out.progress(f"restoring {os.path.basename(img)}") as bar:
-            text = run_cli(g, f"ckpt restore --detach {' '.join(opts)} {img}", args.timeout,
-                           Exit.FAILED, bar)
+            command = f"ckpt restore --detach {' '.join(opts)} {cli_arg(img)}"
+            text = run_cli(g, command, args.timeout, Exit.FAILED, bar)
     m = re.search(r"as process (\d+)", text)
     if not m:
         raise BatchError(f"the restore reported no process: {text.strip()}", Exit.FAILED)
@@ -446,10 +454,6 @@ def sub_parser(name: str) -> argparse.ArgumentParser:
     return p
 
 
-class _Parser(argparse.ArgumentParser):
-    pass
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"restore": restore, "info": info, "verify": verify}
@@ -474,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(e)
     except CkptError as e:
         return _fail(BatchError(str(e), Exit.FAILED))
+    except (MiError, MiTimeout) as e:
+        return _fail(BatchError(f"GDB failed: {e}", Exit.GDB, getattr(e, "stderr", "")))
     except KeyboardInterrupt:
         return _fail(BatchError("interrupted", Exit.INTERRUPTED))
 

@@ -10,13 +10,13 @@ and get /dev/null with the same access mode instead.
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import os
 import stat
 
 from .errors import SaveError
 from .image.model import FdInfo
+from .libc import libc
 
 KCMP_FILE = 0
 SYS_KCMP = 312
@@ -115,8 +115,7 @@ def _shared_with(pid: int, info: FdInfo, earlier: list[FdInfo], st) -> int:
 
 
 def _kcmp(pid: int, fd1: int, fd2: int) -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2) == 0
+    return libc().syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2) == 0
 
 
 def reopen_flags(f: FdInfo) -> int:

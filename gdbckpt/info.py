@@ -8,7 +8,7 @@ from . import vdso as vdsomod
 from .image import format as fmt
 from .image.model import to_json
 from .image.reader import Image
-from .linux import Prot, Sys
+from .linux import Prot, sysname
 from .maps import Kind
 from .regs import get
 
@@ -16,12 +16,6 @@ from .regs import get
 def mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
-
-def _sysname(nr: int) -> str:
-    try:
-        return Sys(nr).name
-    except ValueError:
-        return f"syscall {nr}"
 
 
 def stored_by_vma(img: Image) -> list[int]:
@@ -64,8 +58,10 @@ def text(img: Image, *, mappings: bool = True) -> str:
     ]
     for t in img.threads:
         extra = []
-        if t.syscall:
-            extra.append(f"inside {_sysname(t.syscall.nr)}: restarts from the beginning")
+        if t.syscall and t.syscall.action == "eintr":
+            extra.append("inside restart_syscall: the call returns EINTR")
+        elif t.syscall:
+            extra.append(f"inside {sysname(t.syscall.nr)}: restarts from the beginning")
         if t.rseq:
             extra.append(f"rseq at {t.rseq.addr:#x}")
         if t.sigmask:
@@ -111,7 +107,8 @@ ALWAYS_LOST = (
     "child processes, ptrace relations, SysV semaphores and message queues, file locks",
     "credentials and capabilities (the restored process has the restoring user's), "
     "namespaces, cgroups, seccomp filters, scheduling policy",
-    "the pid and thread ids (a restored process has new ones)",
+    "the pid and thread ids, unless the restore may choose them (root, or "
+    "CAP_CHECKPOINT_RESTORE, and the old ids free)",
 )
 
 

@@ -5,6 +5,7 @@ headers for x86-64.
 """
 
 import enum
+import struct
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -15,10 +16,6 @@ MAX_ERRNO = 4095
 
 def page_up(n: int) -> int:
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-
-
-def page_down(n: int) -> int:
-    return n & ~(PAGE_SIZE - 1)
 
 
 def is_syscall_error(ret: int) -> bool:
@@ -151,6 +148,7 @@ class Restart(enum.IntEnum):
 
 class Prctl(enum.IntEnum):
     SET_PDEATHSIG = 1
+    GET_DUMPABLE = 3
     SET_DUMPABLE = 4
     SET_NAME = 15
     GET_NAME = 16
@@ -203,3 +201,17 @@ class Auxv(enum.IntEnum):
     AT_SYSINFO_EHDR = 33
     AT_MINSIGSTKSZ = 51
 
+
+SIGTRAP, SIGKILL, SIGSTOP = 5, 9, 19
+# The kernel's struct sigaction as rt_sigaction takes it: handler, flags, restorer, mask.
+KERNEL_SIGACTION = struct.Struct("<QQQQ")
+# stack_t: ss_sp, ss_flags, padding, ss_size.
+STACK_T = struct.Struct("<QiiQ")
+
+
+def sysname(nr: int) -> str:
+    """A system call's name, for messages."""
+    try:
+        return Sys(nr).name
+    except ValueError:
+        return f"syscall {nr}"

@@ -53,6 +53,7 @@ class Mapping:
     path: str              # as /proc shows it: a path, "[heap]", "" or "... (deleted)"
     kind: Kind
     vmflags: tuple[str, ...] = ()
+    resident: int | None = None   # smaps Rss + Swap in bytes; None when read from maps
 
     @property
     def size(self) -> int:
@@ -119,6 +120,8 @@ def parse_smaps(text: str) -> list[Mapping]:
             out.append(parse_line(line))
         elif line.startswith("VmFlags:") and out:
             out[-1].vmflags = tuple(line.split()[1:])
+        elif line.startswith(("Rss:", "Swap:")) and out:
+            out[-1].resident = (out[-1].resident or 0) + int(line.split()[1]) * 1024
     return out
 
 

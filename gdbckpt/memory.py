@@ -1,10 +1,11 @@
 """Copy a stopped process's memory into an image.
 
-Reads /proc/PID/mem in large pieces into a page-aligned buffer (GDB's process
-is the tracer, so it may), skips pages that are not present (pagemap) and
-pages that are all zero, and hands runs of pages to the image writer. No
-Python loop runs per page: pagemap flags and zero pages are handled as byte
-strings and by a C helper.
+Reads memory in large pieces into page-aligned buffers (process_vm_readv, or
+/proc/PID/mem where that fails: GDB's process is the tracer, so it may do
+both), skips pages that are not present (pagemap) and pages that are all
+zero, and hands runs of pages to the image writer. No Python loop runs per
+page: pagemap flags and zero pages are handled as byte strings and by a C
+helper.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from . import native
 from .errors import SaveError
 from .image.format import ChunkFlags
 from .image.writer import Prepared
+from .libc import libc
 from .linux import PAGE_SHIFT, PAGE_SIZE, page_up
 from .maps import Kind, Mapping
 from .procfs import DIRTY_TABLE, PRESENT_TABLE, read_pagemap, runs
@@ -55,6 +57,8 @@ def regions(pid: int, m: Mapping, file_size: int | None) -> list[Region]:
         # Shared memory holds pages this process never touched (written by
         # another process, or through a descriptor): ask the object itself.
         return [Region(m, s, n, b"\1" * n) for s, n in shmem_runs(pid, m)]
+    if m.kind == Kind.ANON and m.resident == 0:
+        return []       # nothing present or swapped: no need to walk a large reservation
     flags = read_pagemap(pid, m.start, m.end)
     if m.kind == Kind.ANON:
         present = flags.translate(PRESENT_TABLE)
@@ -133,8 +137,6 @@ class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.process_vm_readv.restype = ctypes.c_ssize_t
 
 
 class MemoryDumper:
@@ -171,10 +173,21 @@ class MemoryDumper:
         self.thread.start()
 
     def close(self) -> None:
-        """Wait for the writes queued so far; raises what the writer thread failed with."""
+        """Wait for the writes queued so far; raises what the writer thread failed with.
+
+        The wait outlasts a Ctrl-C (raised again after it): the image file may
+        only be closed and removed once no thread writes to it.
+        """
         self.work.put(None)
-        self.thread.join()
+        interrupted = None
+        while self.thread.is_alive():
+            try:
+                self.thread.join()
+            except KeyboardInterrupt as e:
+                interrupted = e
         os.close(self.fd)
+        if interrupted is not None:
+            raise interrupted
         if self.error is not None:
             raise self.error
 
@@ -231,8 +244,8 @@ class MemoryDumper:
         """Read npages at addr into buf; returns the pages read whole."""
         want = npages * PAGE_SIZE
         local, remote = _Iovec(buf.addr, want), _Iovec(addr, want)
-        got = max(0, _LIBC.process_vm_readv(self.pid, ctypes.byref(local), 1,
-                                            ctypes.byref(remote), 1, 0))
+        got = max(0, libc().process_vm_readv(self.pid, ctypes.byref(local), 1,
+                                             ctypes.byref(remote), 1, 0))
         got -= got % PAGE_SIZE
         if got == want:
             self.stats.read += got
@@ -255,12 +268,16 @@ class MemoryDumper:
         return got // PAGE_SIZE
 
     def _read_pagewise(self, buf: _Buffer, addr: int, npages: int) -> int:
+        """Page by page, up to the first that cannot be read; returns how many were."""
         for i in range(npages):
-            if self._read(buf, addr + i * PAGE_SIZE, 1) == 0:
+            try:
+                n = os.preadv(self.fd, [buf.view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]],
+                              addr + i * PAGE_SIZE)
+            except OSError:
+                n = 0
+            if n != PAGE_SIZE:
                 return i
-            if i:
-                # _read filled the start of the buffer: move the page into place.
-                buf.view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = buf.view[:PAGE_SIZE]
+            self.stats.read += PAGE_SIZE
         return npages
 
     def _chunks(self, buf: _Buffer, addr: int, npages: int, dirty: bytes,

@@ -37,6 +37,12 @@ class MiResult:
     records: list[dict]
 
 
+def cli_arg(word: str) -> str:
+    """A word (a path) as one argument of a GDB command: gdb.string_to_argv and GDB's
+    own commands take "..." with backslash escapes."""
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def mi_quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 

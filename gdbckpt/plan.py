@@ -22,10 +22,14 @@ from .image import format as fmt
 from .image.model import SigAction, ThreadState, Vma
 from .image.reader import Chunk, Image
 from .linux import (
+    KERNEL_SIGACTION,
     NSIG,
     PAGE_SIZE,
     PR_SET_VMA_ANON_NAME,
     SIG_SETMASK,
+    SIGKILL,
+    SIGSTOP,
+    STACK_T,
     MapFlag,
     Mremap,
     OpenFlag,
@@ -37,7 +41,7 @@ from .linux import (
 )
 from .maps import Kind, Mapping, find_gap
 from .procfs import pack_auxv
-from .regs import missing_features
+from .regs import USER_CS_64, missing_features
 from .stubabi import STUB_MAX_THREADS, STUB_OP, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
 
 # madvise() advice for smaps VmFlags a restore puts back.
@@ -46,16 +50,12 @@ SPECIAL_KINDS = (Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VDSO)
 SPECIAL_AREA_ALIGN = 1 << 30
 USER_TOP = 0x7FFFFFFFF000
 PRCTL_MM_MAP = struct.Struct("<11QQII")
-KERNEL_SIGACTION = struct.Struct("<QQQQ")
-STACK_T = struct.Struct("<QiiQ")
 SS_ONSTACK = 1
 O_TMPFILE = 0o20200000
 F_SETFD, FD_CLOEXEC = 2, 1
 PR_TIMER_CREATE_RESTORE_IDS = 77
 RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock",
                 "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime")
-SIGKILL, SIGSTOP = 9, 19
-USER_CS_64 = 0x33      # __USER_CS: a 64-bit thread's code segment
 # What glibc's pthread_create passes to clone (VM FS FILES SIGHAND THREAD SYSVSEM
 # SETTLS PARENT_SETTID CHILD_CLEARTID), and UNTRACED (see CloneThread).
 CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000
@@ -109,8 +109,6 @@ class Step:
 
     # Done by GDB's side rather than by stub ops.
     python = False
-    # A failure is reported as a warning, not as a failed restore.
-    optional = False
 
 
 @dataclasses.dataclass
@@ -194,12 +192,15 @@ class CloseFd(Step):
 
 @dataclasses.dataclass
 class Map(Step):
-    """Create a mapping at its saved address, writable until it is filled."""
+    """Create a mapping at its saved address, writable until it is filled (or, when
+    nothing is to be filled, with its saved protection at once: a large PROT_NONE
+    reservation would not get the memory commitment a writable one needs)."""
     vma: Vma = None
     fd: int = -1               # the file to map, or -1 for anonymous memory
     shared: bool = False
     growsdown: bool = False
     note: str = ""
+    final: bool = False        # created with vma.prot: nothing to fill
 
     def describe(self):
         v = self.vma
@@ -216,8 +217,12 @@ class Map(Step):
             flags |= MapFlag.ANONYMOUS
         if self.growsdown:
             flags |= MapFlag.GROWSDOWN
+        if "nr" in v.vmflags:
+            flags |= MapFlag.NORESERVE
         if self.shared and self.fd >= 0 and not v.prot & Prot.WRITE:
             prot = Prot.READ       # the file may be open read-only
+        if self.final:
+            prot = Prot(v.prot)
         off = v.offset if self.fd >= 0 else 0
         return [Op(Sys.mmap, (v.start, v.end - v.start, int(prot), int(flags), self.fd, off))]
 
@@ -349,7 +354,6 @@ class Advise(Step):
     size: int = 0
     advice: list[int] = dataclasses.field(default_factory=list)
     name: str | None = None
-    optional = True
 
     def describe(self):
         parts = [f"madvise {a}" for a in self.advice]
@@ -388,7 +392,6 @@ class ProcessAttrs(Step):
     umask: int = 0o022
     personality: int = 0
     comm: str = ""
-    optional = True
 
     def describe(self):
         return (f"cwd {self.cwd}, umask {self.umask:03o}, personality {self.personality:#x}, "
@@ -549,7 +552,6 @@ class Limits(Step):
     timers: list = dataclasses.field(default_factory=list)       # model.PosixTimer
     nice: int | None = None
     no_new_privs: bool = False
-    optional = True
 
     def empty(self) -> bool:
         return not (self.rlimits or self.itimers or self.timers or self.nice is not None
@@ -580,7 +582,8 @@ class Limits(Step):
             out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 1), ign))
             for t in self.timers:
                 tid = scratch.tids.get(t.tid, 0)
-                sev = struct.pack("<qiii", t.value, t.signo, t.notify, tid).ljust(64, b"\0")
+                sev = struct.pack("<Qiii", t.value & (1 << 64) - 1, t.signo, t.notify,
+                                  tid).ljust(64, b"\0")
                 idp = scratch.put(struct.pack("<i", t.id))
                 out.append(Op(Sys.timer_create, (t.clock, scratch.put(sev), idp), ign))
                 its = struct.pack("<qqqq", *divmod(t.interval_ns, 10**9),
@@ -684,7 +687,6 @@ class SetExe(Step):
     path: str = ""
     fields: tuple[int, ...] = ()
     python = True
-    optional = True
 
     def describe(self):
         return f"set the exe link to {self.path}"
@@ -754,9 +756,6 @@ class _FdAlloc:
 STDIO_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
 
 
-FILL_METHODS = ("stub", "procmem", "lazy")
-
-
 def build(img: Image, live: Live, vdso_mode: str = "auto",
           stdio: dict[int, str] | None = None, fill: str = "stub") -> Plan:
     """The steps that turn the live stub into the image's process.
@@ -766,10 +765,54 @@ def build(img: Image, live: Live, vdso_mode: str = "auto",
     image), "procmem" (GDB's side writes them through /proc/PID/mem) or "lazy"
     (the image is mapped privately: pages arrive when first touched).
     """
+    return _Builder(img, live, vdso_mode, stdio or {}, fill).build()
+
+
+def preflight(img: Image, *, live_vdso: bytes | None, live_layout: dict[str, int],
+              register_names: set[str], fd_checks: dict[int, tuple[str, str]], force: bool,
+              fill: str = "stub", vdso_mode: str = "auto") -> str:
+    """Refuse what this host cannot restore, before anything changes (a restore runs
+    this before it replaces the process being debugged, and again with the stub's
+    own facts). Returns how the vDSO will be put right: move, patch or none."""
+    from .regs import get
     if fill == "lazy" and img.compressed:
         raise RestoreError("a lazy restore maps memory straight from the image, and this "
                            "image is compressed; restore it without --lazy")
-    return _Builder(img, live, vdso_mode, stdio or {}, fill).build()
+    if len(img.threads) > STUB_MAX_THREADS:
+        raise RestoreError(f"the image has {len(img.threads)} threads; the stub parks "
+                           f"at most {STUB_MAX_THREADS}")
+    for t in img.threads:
+        if get(t.regs, "cs") != USER_CS_64:
+            raise RestoreError(f"thread {t.tid} ran 32-bit code (cs {get(t.regs, 'cs'):#x}); "
+                               "only 64-bit processes can be restored")
+        missing = missing_features(t.regs, register_names) if register_names else []
+        if missing:
+            raise RestoreError(f"the image's registers need {', '.join(missing)}, which this "
+                               "CPU (or this GDB) lacks")
+    for status, why in fd_checks.values():
+        if status in ("gone", "shorter") and not force:
+            raise RestoreError(f"{why}; restore with --force to go on anyway")
+    return _vdso_mode(img, live_vdso, live_layout, vdso_mode)
+
+
+def _vdso_mode(img: Image, live: bytes | None, layout: dict[str, int], requested: str) -> str:
+    auto, why = vdsomod.compare(img.vdso, live, layout)
+    if auto == "none":
+        return "none"
+    mode = auto if requested == "auto" else requested
+    if mode == "move" and auto != "move":
+        raise RestoreError(f"--vdso=move: {why}; use --vdso=patch or auto")
+    if mode == "patch":
+        start, end = img.vdso.vdso
+        chunks = img.chunks_in(start, end)
+        if sum(c.size for c in chunks) != end - start:
+            raise RestoreError("the image does not hold the whole saved vDSO: it cannot be "
+                               "patched")
+        if live is None:
+            raise RestoreError("this kernel gives processes no vDSO to call into")
+        # Refuses a saved function too short for the jump.
+        vdsomod.patch_plan(b"".join(img.read_chunk(c) for c in chunks), start, live, 0)
+    return mode
 
 
 class _Builder:
@@ -794,9 +837,12 @@ class _Builder:
         self.later_views: dict[int, Vma] = {}
 
     def build(self) -> Plan:
-        self._check_restorable()
+        layout = {m.kind.value: m.size for m in self.live_special.values()}
+        mode = preflight(self.img, live_vdso=self.live.vdso, live_layout=layout,
+                         register_names=self.live.register_names,
+                         fd_checks=self.live.fd_checks, force=self.live.force, fill=self.fill,
+                         vdso_mode=self.vdso_mode)
         self._check_collisions()
-        mode = self._choose_vdso_mode()
         self.mode = mode
         temp = self._park_specials()
         self.shift = temp
@@ -821,19 +867,6 @@ class _Builder:
 
     # -- checks ---------------------------------------------------------------
 
-    def _check_restorable(self) -> None:
-        """Refuse, before anything changes, what this host cannot bring back."""
-        from .regs import get
-        for t in self.img.threads:
-            if "cs" in t.regs and get(t.regs, "cs") != USER_CS_64:
-                raise RestoreError(f"thread {t.tid} ran 32-bit code (cs {get(t.regs, 'cs'):#x}); "
-                                   "only 64-bit processes can be restored")
-            if self.live.register_names:
-                missing = missing_features(t.regs, self.live.register_names)
-                if missing:
-                    raise RestoreError(f"the image's registers need {', '.join(missing)}, which "
-                                       "this CPU (or this GDB) lacks")
-
     def _check_collisions(self) -> None:
         for v in self.img.vmas:
             for m in self.stub:
@@ -848,37 +881,6 @@ class _Builder:
     def _saved_special(self, kind: Kind) -> Vma | None:
         return next((v for v in self.img.vmas if v.kind == kind.value), None)
 
-    def _choose_vdso_mode(self) -> str:
-        saved = {k: self._saved_special(k) for k in SPECIAL_KINDS}
-        same_layout = all(
-            (saved[k] is None) == (k not in self.live_special)
-            and (saved[k] is None or saved[k].end - saved[k].start == self.live_special[k].size)
-            for k in SPECIAL_KINDS)
-        vdso_chunks = (self.img.chunks_in(saved[Kind.VDSO].start, saved[Kind.VDSO].end)
-                       if saved[Kind.VDSO] else [])
-        same_bytes = (self.live.vdso is not None and self.img.vdso.hash is not None
-                      and f"{fmt.checksum(self.live.vdso):016x}" == self.img.vdso.hash)
-        if saved[Kind.VDSO] is None:
-            return "none"
-        if self.vdso_mode == "auto":
-            mode = "move" if same_layout and same_bytes else "patch"
-        else:
-            mode = self.vdso_mode
-        if mode == "move" and not same_layout:
-            raise RestoreError("the live vDSO/vvar layout differs from the saved one: it cannot "
-                               "be moved into place; use --vdso=patch or auto")
-        if mode == "move" and not same_bytes:
-            raise RestoreError("the live vDSO differs from the saved one (another kernel): "
-                               "use --vdso=patch or auto")
-        if mode == "patch":
-            v = saved[Kind.VDSO]
-            if sum(c.size for c in vdso_chunks) != v.end - v.start:
-                raise RestoreError("the image does not hold the whole saved vDSO: it cannot be "
-                                   "patched")
-            if self.live.vdso is None:
-                raise RestoreError("this kernel gives processes no vDSO to call into")
-        return mode
-
     # -- the stub's own address space ----------------------------------------
 
     def _park_specials(self) -> int | None:
@@ -892,7 +894,7 @@ class _Builder:
                 [(m.start, m.end) for m in self.live.stub_maps]
         stub_end = max(m.end for m in self.stub)
         start = -(-stub_end // SPECIAL_AREA_ALIGN) * SPECIAL_AREA_ALIGN
-        temp = find_gap(taken, hi - lo, start, USER_TOP)
+        temp = _gap(taken, hi - lo, start)
         for kind in SPECIAL_KINDS:
             m = self.live_special.get(kind)
             if m is not None:
@@ -948,7 +950,7 @@ class _Builder:
         if v.start in self.later_views:
             # Made with the first view of its object: only fill and protect it.
             self._fill([c for c in self.img.chunks_in(v.start, v.end)
-                        if not c.flags & fmt.ChunkFlags.ZERO], image_fd)
+                        if not c.flags & fmt.ChunkFlags.ZERO], image_fd, lazy_ok=False)
             if v.prot != Prot.READ | Prot.WRITE:
                 self.steps.append(Protect(start=v.start, size=v.end - v.start, prot=v.prot))
             return
@@ -970,16 +972,18 @@ class _Builder:
                 self.warnings.append(f"{v.path}: {note}")
             if kind == Kind.DELETED:
                 note = "deleted file: restored as a private copy"
-            self.steps.append(Map(vma=v, fd=fd, shared=shared, growsdown="gd" in v.vmflags,
-                                  note=note))
             if from_file:
                 # Over the unchanged file only the pages that differ from it are written;
                 # a shared file mapping is the file itself.
                 chunks = [] if v.shared else [c for c in self.img.chunks_in(v.start, v.end)
                                               if c.flags & fmt.ChunkFlags.DIRTY]
-            if shared and from_file and not v.prot & Prot.WRITE:
+            self.steps.append(Map(vma=v, fd=fd, shared=shared, growsdown="gd" in v.vmflags,
+                                  note=note, final=not chunks))
+            if not chunks:
+                writable = Prot(v.prot)
+            elif shared and from_file and not v.prot & Prot.WRITE:
                 writable = Prot.READ
-        self._fill(chunks, image_fd)
+        self._fill(chunks, image_fd, lazy_ok=not v.shared)
         if v.prot != writable:
             self.steps.append(Protect(start=v.start, size=v.end - v.start, prot=v.prot))
         advice = [VMFLAG_ADVICE[f] for f in v.vmflags if f in VMFLAG_ADVICE]
@@ -1023,7 +1027,7 @@ class _Builder:
             taken += [(m.start + self.shift, m.end + self.shift)
                       for m in self.live_special.values()]
         lo = -(-max(m.end for m in self.stub) // SPECIAL_AREA_ALIGN) * SPECIAL_AREA_ALIGN
-        return find_gap(taken, page_up(size), lo, USER_TOP)
+        return _gap(taken, page_up(size), lo)
 
     def _vdso_proxy(self, v: Vma, image_fd: int) -> None:
         """The saved vDSO's bytes at its address, its functions patched to call the live one."""
@@ -1032,7 +1036,7 @@ class _Builder:
         saved = b"".join(self.img.read_chunk(c) for c in self.img.chunks_in(v.start, v.end))
         patches = vdsomod.patch_plan(saved, v.start, self.live.vdso, live_at)
         self.steps.append(Map(vma=v, note="the saved vDSO, to be patched"))
-        self._fill(self.img.chunks_in(v.start, v.end), image_fd)
+        self._fill(self.img.chunks_in(v.start, v.end), image_fd, lazy_ok=False)
         self.steps.append(PatchVdso(patches=patches))
         self.steps.append(Protect(start=v.start, size=v.end - v.start, prot=v.prot))
         vvar = self._saved_special(Kind.VVAR)
@@ -1044,7 +1048,9 @@ class _Builder:
                 (v.start, v.end), (live_at, live_at + live.size)), what="the vDSO proxy mark"))
             self.steps.append(Protect(start=page.start, size=PAGE_SIZE, prot=int(Prot.READ)))
 
-    def _fill(self, chunks: list[Chunk], image_fd: int) -> None:
+    def _fill(self, chunks: list[Chunk], image_fd: int, lazy_ok: bool = True) -> None:
+        """lazy_ok: False for shared memory, where a private mapping of the image would
+        cut the mapping off from the object the others see."""
         runs: list[list[int]] = []
         python: list[Chunk] = []
         for c in chunks:
@@ -1057,7 +1063,7 @@ class _Builder:
                 last[1] += c.size     # contiguous in memory and in the image: one read
             else:
                 runs.append([c.vaddr, c.size, c.offset])
-        if runs and self.fill == "lazy":
+        if runs and self.fill == "lazy" and lazy_ok:
             self.steps.append(MapImage(image_fd=image_fd, runs=[tuple(r) for r in runs]))
         elif runs:
             self.steps.append(Fill(image_fd=image_fd, runs=[tuple(r) for r in runs]))
@@ -1088,9 +1094,7 @@ class _Builder:
         kind = fdsmod.FdKind(f.kind)
         if kind in (fdsmod.FdKind.FILE, fdsmod.FdKind.DIR):
             status, why = self.live.fd_checks.get(f.fd, ("ok", ""))
-            if status in ("gone", "shorter") and not self.live.force:
-                raise RestoreError(f"{why}; restore with --force to go on anyway")
-            if status == "gone":
+            if status == "gone":        # preflight() refused this without --force
                 self.warnings.append(f"{why}: /dev/null in its place (--force)")
                 return self._null(f)
             if status != "ok":
@@ -1180,9 +1184,6 @@ class _Builder:
 
     def _threads(self) -> None:
         leader, others = self.img.threads[0], self.img.threads[1:]
-        if len(others) >= STUB_MAX_THREADS:
-            raise RestoreError(f"the image has {len(self.img.threads)} threads; the stub parks "
-                               f"at most {STUB_MAX_THREADS}")
         same = self.live.same_ids
         # The leader blocks every signal first: the threads it makes inherit that.
         self.steps.append(ThreadKernelState(state=leader))
@@ -1236,6 +1237,14 @@ class _Builder:
         self.steps.append(OpenFile(path=self.img.process.exe, flags=int(OpenFlag.RDONLY),
                                    fd=fd, why="the exe link"))
         return fd
+
+
+def _gap(taken: list[tuple[int, int]], size: int, lo: int) -> int:
+    try:
+        return find_gap(taken, size, lo, USER_TOP)
+    except ValueError:
+        raise RestoreError(f"no free {size:#x} bytes of address space for the restore's own "
+                           "use above the restart stub") from None
 
 
 def _shared_groups(vmas: list[Vma]) -> dict[int, list[Vma]]:

@@ -111,27 +111,32 @@ class Proc:
     def personality(self) -> int:
         return int(self._read("personality"), 16)
 
-    def tids(self) -> list[int]:
-        return sorted(int(t) for t in os.listdir(f"/proc/{self.pid}/task"))
-
     def limits(self) -> str:
         return self._read("limits")
 
 
+PAGEMAP_PIECE = 1 << 18    # pages a read covers: 1 GiB of address space, 2 MiB of entries
+
+
 def read_pagemap(pid: int, start: int, end: int) -> bytes:
     """The top byte of the pagemap entry of every page in [start, end)."""
-    npages = (end - start) >> PAGE_SHIFT
     try:
         fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     except OSError as e:
         raise SaveError(f"cannot open /proc/{pid}/pagemap: {e.strerror}") from None
+    out = []
     try:
-        raw = os.pread(fd, npages * 8, (start >> PAGE_SHIFT) * 8)
+        for first in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT, PAGEMAP_PIECE):
+            n = min(PAGEMAP_PIECE, (end >> PAGE_SHIFT) - first)
+            raw = os.pread(fd, n * 8, first * 8)
+            if len(raw) != n * 8:
+                raise SaveError(f"short read of /proc/{pid}/pagemap at {first << PAGE_SHIFT:#x}")
+            out.append(raw[7::8])
+    except OSError as e:
+        raise SaveError(f"cannot read /proc/{pid}/pagemap: {e.strerror}") from None
     finally:
         os.close(fd)
-    if len(raw) != npages * 8:
-        raise SaveError(f"short read of /proc/{pid}/pagemap at {start:#x}")
-    return raw[7::8]
+    return b"".join(out)
 
 
 def _table(pred) -> bytes:
@@ -182,7 +187,9 @@ def _limit(word: str) -> int:
 
 def parse_timers(text: str) -> list[dict[str, int]]:
     """POSIX timers from /proc/PID/timers: id, signo, value, notify, tid, clock."""
-    notify_kinds = {"signal": 0, "none": 1, "thread": 4}
+    # "signal/pid.N" SIGEV_SIGNAL, "signal/tid.N" SIGEV_SIGNAL|SIGEV_THREAD_ID,
+    # "thread/pid.N" SIGEV_THREAD, "none/..." SIGEV_NONE (fs/proc/base.c, show_timer).
+    notify_kinds = {"signal": 0, "none": 1, "thread": 2}
     timers, cur = [], None
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -198,9 +205,9 @@ def parse_timers(text: str) -> list[dict[str, int]]:
         elif key == "notify":
             kind, _, who = value.partition("/")
             cur["notify"] = notify_kinds.get(kind, 0)
-            if kind == "thread":
-                cur["notify"] = 4
-                cur["tid"] = int(who.split(".")[-1])
+            if who.startswith("tid."):
+                cur["notify"] |= 4
+                cur["tid"] = int(who[4:])
         elif key == "ClockID":
             cur["clock"] = int(value)
     return timers

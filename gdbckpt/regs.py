@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from .image.model import SyscallState
-from .linux import Restart
+from .linux import Restart, Sys
 
 # Registers every x86-64 image must have; the rest of the 'save' group
 # (x87, SSE, AVX, AVX-512, pkru) depends on the CPU.
@@ -24,6 +24,19 @@ FEATURE_OF = (
     (re.compile(r"pkru"), "PKU (protection keys)"),
 )
 SYSCALL_INSN = b"\x0f\x05"
+# GDB's general registers that are 4 bytes wide (the rest are 8).
+FOUR_BYTES = {"eflags", "cs", "ss", "ds", "es", "fs", "gs"}
+USER_CS_64 = 0x33      # __USER_CS: the code segment of a 64-bit thread
+
+
+def blank(**values: int) -> dict[str, bytes]:
+    """A 64-bit thread's general registers: zero, but for cs and the values given."""
+    regs = {n: bytes(4 if n in FOUR_BYTES else 8) for n in GENERAL}
+    regs["cs"] = USER_CS_64.to_bytes(4, "little")
+    for name, value in values.items():
+        regs[name] = (value & ((1 << 8 * len(regs[name])) - 1)).to_bytes(len(regs[name]),
+                                                                          "little")
+    return regs
 
 
 def get(regs: dict[str, bytes], name: str) -> int:
@@ -40,7 +53,12 @@ def put(regs: dict[str, bytes], name: str, value: int) -> None:
     regs[name] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
 
-def apply_restart(regs: dict[str, bytes]) -> SyscallState | None:
+# mov $imm32, %eax; syscall: how glibc's wrappers make most calls.
+MOV_EAX_SYSCALL = re.compile(rb"\xb8(....)\x0f\x05\Z", re.S)
+EINTR = 4
+
+
+def apply_restart(regs: dict[str, bytes], code_before: bytes = b"") -> SyscallState | None:
     """Rewind a thread stopped inside a restartable system call, in place.
 
     A thread stopped in a system call has orig_rax = the call and rax =
@@ -49,11 +67,24 @@ def apply_restart(regs: dict[str, bytes]) -> SyscallState | None:
     the kernel and is lost). The image gets the rewind done: rip at the
     syscall instruction, rax = the call number, orig_rax = -1, so a restored
     thread makes the same call again. A relative sleep starts over.
+
+    A thread stopped a second time, inside restart_syscall itself, has lost
+    which call it was making: code_before (the bytes up to and including the
+    syscall instruction) names it when it is glibc's `mov $nr, %eax;
+    syscall`; otherwise the call returns EINTR, as the kernel makes it do
+    when a handler runs.
     """
     nr = get_signed(regs, "orig_rax")
     err = -get_signed(regs, "rax")
     if nr < 0 or err not in Restart.__members__.values():
         return None
+    if nr == Sys.restart_syscall:
+        m = MOV_EAX_SYSCALL.search(code_before)
+        if m is None:
+            put(regs, "rax", -EINTR)
+            put(regs, "orig_rax", -1)
+            return SyscallState(nr=nr, errno=err, action="eintr")
+        nr = int.from_bytes(m.group(1), "little")
     put(regs, "rip", get(regs, "rip") - len(SYSCALL_INSN))
     put(regs, "rax", nr)
     put(regs, "orig_rax", -1)

@@ -11,6 +11,7 @@ import ctypes
 import dataclasses
 
 from .image.model import Vma
+from .libc import libc
 from .procfs import read_sysv_shm
 
 IPC_PRIVATE = 0
@@ -24,13 +25,6 @@ class Segment:
     id: int            # the segment to attach here
     created: bool      # made for this restore: fill it from the image
     note: str = ""
-
-
-def _libc():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.shmget.restype = ctypes.c_int
-    libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
-    return libc
 
 
 def segments_needed(vmas: list[Vma]) -> dict[int, Vma]:
@@ -47,6 +41,15 @@ def prepare(vmas: list[Vma], create: bool = True) -> dict[int, Segment]:
     existing = read_sysv_shm()
     keys = {key for key, _, _ in existing.values()}
     out: dict[int, Segment] = {}
+    try:
+        _prepare_each(vmas, existing, keys, out, create)
+    except BaseException:
+        remove(out)        # the ones made before the failure
+        raise
+    return out
+
+
+def _prepare_each(vmas, existing, keys, out: dict[int, Segment], create: bool) -> None:
     for sid, v in segments_needed(vmas).items():
         shm = v.shm
         now = existing.get(sid)
@@ -62,18 +65,17 @@ def prepare(vmas: list[Vma], create: bool = True) -> dict[int, Segment]:
         note = "" if new == sid else (f"SysV segment {sid} is now {new}: a program that kept "
                                       "the old id will not find it")
         out[sid] = Segment(sid, new, True, note)
-    return out
 
 
 def _create(key: int, size: int, perms: int, want_id: int) -> int:
     shmid = -1
     if _choose_next_id(want_id):
         try:
-            shmid = _libc().shmget(key, size, IPC_CREAT | IPC_EXCL | perms)
+            shmid = libc().shmget(key, size, IPC_CREAT | IPC_EXCL | perms)
         finally:
             _choose_next_id(-1)
     if shmid < 0:      # not permitted to choose, or that id is taken
-        shmid = _libc().shmget(key, size, IPC_CREAT | IPC_EXCL | perms)
+        shmid = libc().shmget(key, size, IPC_CREAT | IPC_EXCL | perms)
     if shmid < 0:
         from .errors import RestoreError
         raise RestoreError(f"cannot create a SysV segment of {size} bytes: "
@@ -93,10 +95,9 @@ def _choose_next_id(value: int) -> bool:
 
 def remove(segments: dict[int, Segment]) -> None:
     """Undo prepare() after a failed restore: drop the segments it made."""
-    libc = _libc()
     for seg in segments.values():
         if seg.created:
-            libc.shmctl(seg.id, IPC_RMID, None)
+            libc().shmctl(seg.id, IPC_RMID, None)
 
 
 def _strerror(errno: int) -> str:

@@ -192,7 +192,7 @@ def compare(saved: VdsoInfo, live: bytes | None, live_layout: dict[str, int]) ->
     saved_layout = {k: r[1] - r[0] for k, r in (("vdso", saved.vdso), ("vvar", saved.vvar),
                                                 ("vvar_vclock", saved.vvar_vclock)) if r}
     if digest(live) != saved.hash:
-        return "patch", "the saved vDSO differs from this kernel's: its functions are patched"
+        return "patch", "the saved vDSO differs from this kernel's"
     if live_layout != saved_layout:
         return "patch", "the vvar/vDSO layout differs from this kernel's"
     return "move", "same vDSO as this kernel's: the live one is moved into place"

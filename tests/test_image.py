@@ -24,6 +24,7 @@ from gdbckpt.image.model import (
 )
 from gdbckpt.image.reader import Image
 from gdbckpt.image.writer import ImageWriter
+from gdbckpt.regs import blank
 
 PAGE = 4096
 HEAP = 0x5000_0000
@@ -36,7 +37,7 @@ PROCESS = ProcessInfo(
     mm=MmBounds(*range(0x1000, 0x1000 + 11 * 0x1000, 0x1000)),
     auxv=[[6, 4096], [25, 0x7FFF0000]], exe_file=0, umask=0o077)
 THREAD = ThreadState(
-    tid=1234, regs={"rip": (0x401000).to_bytes(8, "little"), "rax": bytes(8)}, sigmask=5,
+    tid=1234, regs=blank(rip=0x401000), sigmask=5,
     name="prog", syscall=SyscallState(nr=35, errno=514, action="restart"),
     rseq=Rseq(addr=0x7000, size=32, sig=0x53053053), robust_list=[0x7100, 24])
 VMAS = [

@@ -77,6 +77,7 @@ from gdbckpt.image.model import (  # noqa: E402
 )
 from gdbckpt.image.reader import Image  # noqa: E402
 from gdbckpt.image.writer import ImageWriter  # noqa: E402
+from gdbckpt.regs import blank  # noqa: E402
 
 PAGE = fmt.IMAGE_PAGE_SIZE
 CREATED_NS = 1_700_000_000_123_456_789      # fixed, so that the image is the same every run
@@ -131,9 +132,8 @@ def build_image(path: str) -> bytes:
             itimers=[ItimerState(which=0, interval_us=0, value_us=500_000)],
             not_restored=["timer"], tid_offset=720)
         thread = ThreadState(
-            tid=4242, regs={"rip": (TEXT + 0x123).to_bytes(8, "little"),
-                            "rsp": (STACK + 0x1D00).to_bytes(8, "little"),
-                            "eflags": (0x246).to_bytes(4, "little"), "xmm0": bytes(16)},
+            tid=4242, regs={**blank(rip=TEXT + 0x123, rsp=STACK + 0x1D00, eflags=0x246),
+                            "xmm0": bytes(16)},
             sigmask=1 << 9, name="prog",
             syscall=SyscallState(nr=230, errno=516, action="restart"),
             rseq=Rseq(addr=LIBT + 0x1000, size=32, sig=0x53053053),

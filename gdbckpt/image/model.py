@@ -64,7 +64,8 @@ class SyscallState:
     """A thread was stopped inside a system call that the kernel would restart."""
     nr: int            # the system call (orig_rax)
     errno: int         # the ERESTART* code the kernel left in rax
-    action: str        # "restart": rip rewound to the syscall instruction
+    action: str        # "restart": rip rewound to the syscall instruction;
+                       # "eintr": the call (unknown: restart_syscall) returns EINTR
 
 
 @dataclasses.dataclass
@@ -262,6 +263,8 @@ def from_json(typ, data, where: str):
     if typ is int:
         if not isinstance(data, int) or isinstance(data, bool):
             raise ImageError(f"{where}: expected an integer")
+        if not -(1 << 63) <= data < 1 << 64:
+            raise ImageError(f"{where}: integer out of range")
         return data
     if typ is float:
         if not isinstance(data, (int, float)) or isinstance(data, bool):

@@ -58,6 +58,7 @@ class Image:
     vdso: VdsoInfo
     fds: list[FdInfo]
     notes: list[str]
+    _starts: list[int] | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str) -> Image:
@@ -72,7 +73,21 @@ class Image:
         return [] if f.data is None else self.table[f.data[0]:f.data[0] + f.data[1]]
 
     def chunks_in(self, start: int, end: int) -> list[Chunk]:
-        return [c for c in self.chunks if c.vaddr < end and c.end > start]
+        """The memory chunks that overlap [start, end), in address order.
+
+        Chunks never overlap one another, so a binary search finds the first.
+        """
+        if self._starts is None:
+            self.chunks.sort(key=lambda c: c.vaddr)
+            self._starts = [c.vaddr for c in self.chunks]
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        out = []
+        for c in self.chunks[i:]:
+            if c.vaddr >= end:
+                break
+            if c.end > start:
+                out.append(c)
+        return out
 
     def read_chunk(self, chunk: Chunk, fd: int | None = None) -> bytes:
         """The chunk's memory bytes, checked and decompressed."""
@@ -83,6 +98,8 @@ class Image:
             fd = _open(self.path)
         try:
             raw = os.pread(fd, chunk.span, chunk.offset)
+        except OSError as e:
+            raise ImageError(f"'{self.path}' cannot be read: {e.strerror}") from None
         finally:
             if own:
                 os.close(fd)
@@ -114,7 +131,10 @@ class Image:
         h = fmt.Hasher()
         off, left = c.offset, c.span
         while left:
-            piece = os.pread(fd, min(left, 8 << 20), off)
+            try:
+                piece = os.pread(fd, min(left, 8 << 20), off)
+            except OSError as e:
+                raise ImageError(f"'{self.path}' cannot be read: {e.strerror}") from None
             if not piece:
                 raise ImageError(f"'{self.path}' is truncated inside the chunk at {c.vaddr:#x}")
             h.update(piece)
@@ -298,6 +318,8 @@ class _Loader:
         table = self._chunks(found[fmt.RecordType.CHUNKS][0], meta_off)
         chunks = [c for c in table if not c.flags & fmt.ChunkFlags.FILE_DATA]
         self._check_vmas(vmas, files, chunks)
+        self._check_threads(threads)
+        self._check_kinds(fds)
         self._check_fd_data(fds, table)
         return Image(path=self.path, version=0, created_ns=0, flags=fmt.ImageFlags.NONE,
                      file_size=size, meta_offset=meta_off, process=process, threads=threads,
@@ -343,6 +365,22 @@ class _Loader:
             raise self.fail(f"is corrupt: chunk data ends at {expect:#x}, metadata starts at "
                             f"{meta_off:#x}")
         return chunks
+
+    def _check_threads(self, threads: list[ThreadState]) -> None:
+        from ..regs import GENERAL  # regs imports the model: not at module level
+        for t in threads:
+            missing = [r for r in GENERAL if len(t.regs.get(r, b"")) not in (4, 8)]
+            if missing:
+                raise self.fail(f"is corrupt: thread {t.tid} lacks register "
+                                f"{', '.join(missing[:3])}")
+
+    def _check_kinds(self, fds: list[FdInfo]) -> None:
+        from ..fds import FdKind  # fds imports the model: not at module level
+        known = {k.value for k in FdKind}
+        for f in fds:
+            if f.kind not in known:
+                raise self.fail(f"has fd {f.fd} of unknown kind '{f.kind}': it was written by a "
+                                "newer gdbckpt; upgrade to restore it")
 
     def _check_fd_data(self, fds: list[FdInfo], table: list[Chunk]) -> None:
         for f in fds:

@@ -7,7 +7,6 @@ never lost to a failed save and no reader ever sees half an image.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import secrets
@@ -15,6 +14,7 @@ import threading
 import time
 
 from ..errors import SaveError
+from ..libc import libc
 from . import format as fmt
 from .model import encode
 
@@ -39,8 +39,7 @@ AT_FDCWD = -100
 
 
 def _exchange(a: str, b: str) -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
+    fn = getattr(libc(), "renameat2", None)
     if fn is None:
         return False
     return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
@@ -68,7 +67,6 @@ class ImageWriter:
         self.committed = False
         self.reserved = False
         self.offset = fmt.HEADER_SIZE
-        self.bytes_raw = 0
         d, base = os.path.split(self.path)
         if os.path.isdir(self.path):
             raise SaveError(f"'{path}' is a directory; give a file name for the image")
@@ -117,7 +115,6 @@ class ImageWriter:
             self.flags |= fmt.ImageFlags.COMPRESSED
         self.chunks.append((vaddr, p.size, self.offset, stored, int(flags), int(p.codec), p.csum))
         self.offset += stored + pad
-        self.bytes_raw += p.size
         return len(self.chunks) - 1
 
     def add_chunk(self, vaddr: int, data, flags: fmt.ChunkFlags) -> int:
@@ -150,9 +147,9 @@ class ImageWriter:
                                    meta_offset, len(meta), file_size, image_csum, 0)
         self._write(trailer + fmt.checksum(trailer).to_bytes(8, "little"))
         self._pwrite(header, 0)
-        if self.reserved:
-            os.ftruncate(self.fd, file_size)
         try:
+            if self.reserved:
+                os.ftruncate(self.fd, file_size)
             if self.sync:
                 os.fsync(self.fd)
             os.close(self.fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import struct
 import time
 
@@ -34,7 +35,7 @@ from ..image.model import (
     Vma,
 )
 from ..image.writer import ImageWriter
-from ..linux import PAGE_SIZE, Prot, Sys
+from ..linux import PAGE_SIZE, SIGSTOP, SIGTRAP, Prot, sysname
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
 from ..memory import READ_PIECE, MemoryDumper, regions
 from ..procfs import (
@@ -94,6 +95,7 @@ class _Saver:
 
     def run(self, t0: float) -> SaveResult:
         phases: dict[str, float] = {}
+        self._check_seccomp()
         fds = self._fds()
         maps = read_mappings(self.inf.pid)
         phases["maps"] = time.perf_counter() - t0
@@ -145,6 +147,16 @@ class _Saver:
                           mappings=len(maps), stored=st.stored, mapped=st.mapped,
                           image_size=os.path.getsize(final),
                           seconds=time.perf_counter() - t0, notes=self.notes, phases=phases)
+
+    def _check_seccomp(self) -> None:
+        """A seccomp filter may refuse the system calls the save injects, or kill the
+        process for them; and a restore could not put the filter back."""
+        mode = self.proc.status().get("Seccomp", "0")
+        if mode != "0":
+            kind = "strict mode" if mode == "1" else "a filter"
+            raise SaveError(f"process {self.inf.pid} runs under seccomp ({kind}): the system "
+                            "calls a save makes in it could kill it, and a restore could not "
+                            "put the filter back; it cannot be saved")
 
     # -- descriptors and files -----------------------------------------------
 
@@ -268,10 +280,18 @@ class _Saver:
     def _thread(self, th) -> ThreadState:
         tid = th.ptid[1]
         regs = self.inf.read_registers()
-        syscall = regsmod.apply_restart(regs)
-        if syscall:
-            self.notes.append(f"thread {tid} was inside system call {_sysname(syscall.nr)}: "
+        rip = regsmod.get(regs, "rip")
+        try:
+            before = self.inf.read(rip - 7, 7)
+        except CkptError:
+            before = b""
+        syscall = regsmod.apply_restart(regs, before)
+        if syscall and syscall.action == "restart":
+            self.notes.append(f"thread {tid} was inside system call {sysname(syscall.nr)}: "
                               "it makes the call again after a restore")
+        elif syscall:
+            self.notes.append(f"thread {tid} was inside restart_syscall, whose call is unknown: "
+                              "after a restore that call returns EINTR")
         task = Proc(self.inf.pid, tid)
         status = task.status()
         rseq = self.inf.rseq_config(tid)
@@ -282,7 +302,27 @@ class _Saver:
             syscall=syscall, rseq=Rseq(*rseq) if rseq else None,
             sigaltstack=self.state.sigaltstack(), tid_address=self.state.tid_address(),
             robust_list=list(robust) if robust else None,
-            pending=self.state.pending(tid), cpus=parse_cpu_list(cpus) if cpus else None)
+            pending=self.state.pending(tid) + self._stop_signal(tid),
+            cpus=parse_cpu_list(cpus) if cpus else None)
+
+    def _stop_signal(self, tid: int) -> list[bytes]:
+        """The signal the thread stopped with, when GDB would pass it on resuming.
+
+        It has already left the kernel's queue (GDB holds it), so pending
+        signals do not show it; the original would get it on `continue`.
+        """
+        try:
+            si = gdb.parse_and_eval("$_siginfo")
+            raw = si.cast(gdb.lookup_type("unsigned char").array(si.type.sizeof - 1))
+            data = bytes(int(raw[i]) for i in range(si.type.sizeof))
+        except gdb.error:
+            return []
+        signo = int.from_bytes(data[:4], "little", signed=True)
+        if signo in (SIGTRAP, SIGSTOP) or not settings.signal_passes(signo):
+            return []
+        self.notes.append(f"thread {tid} stopped with signal {signo}, which GDB would pass: "
+                          "it is delivered after a restore")
+        return [data.ljust(128, b"\0")[:128]]
 
     # -- mappings ------------------------------------------------------------------
 
@@ -327,17 +367,17 @@ def _inserted_breakpoints(inf: Inferior) -> dict[int, bytes]:
     or in non-stop mode it sees int3 instead. GDB's own reads show the
     original bytes: those go into the image.
     """
+    # GDB's own breakpoints (shared-library events, longjmp) count too: only
+    # 'maint info breakpoints' lists them.
+    listing = gdb.execute("maintenance info breakpoints", to_string=True)
     out = {}
-    for bp in gdb.breakpoints():
-        for loc in getattr(bp, "locations", ()):
-            if loc.address is None or not loc.enabled:
-                continue
-            try:
-                original = gdb.selected_inferior().read_memory(loc.address, 1).tobytes()
-                if inf.read(loc.address, 1) != original:
-                    out[int(loc.address)] = original
-            except (gdb.error, gdb.MemoryError, CkptError):
-                continue
+    for addr in {int(a, 16) for a in re.findall(r"\b0x([0-9a-f]{6,16})\b", listing)}:
+        try:
+            original = gdb.selected_inferior().read_memory(addr, 1).tobytes()
+            if inf.read(addr, 1) != original:
+                out[addr] = original
+        except (gdb.error, gdb.MemoryError, CkptError):
+            continue
     return out
 
 
@@ -353,12 +393,6 @@ def _dev_ino(m: Mapping) -> tuple[int, int]:
     major, minor = (int(x, 16) for x in m.dev.split(":"))
     return os.makedev(major, minor), m.inode
 
-
-def _sysname(nr: int) -> str:
-    try:
-        return Sys(nr).name
-    except ValueError:
-        return str(nr)
 
 
 def _tid_offset() -> int | None:

@@ -17,6 +17,7 @@ import struct
 import gdb
 
 from ..errors import CkptError, SaveError
+from ..libc import libc
 from ..linux import PTRACE_GET_RSEQ_CONFIGURATION, Prot, Sys, is_syscall_error
 from ..maps import Kind, Mapping, read_mappings
 from ..regs import SYSCALL_INSN
@@ -87,9 +88,6 @@ class Inferior:
     def read_reg(self, name: str) -> int:
         return int(gdb.newest_frame().read_register(name)) & ((1 << 64) - 1)
 
-    def set_reg(self, name: str, value: int) -> None:
-        gdb.execute(f"set ${name} = {_signed(value)}", to_string=True)
-
     # -- memory ---------------------------------------------------------------
 
     def mem_fd(self) -> int:
@@ -155,13 +153,16 @@ class Inferior:
                 sig = ptrace_step(tid, self.raise_as)
                 if sig == signal.SIGTRAP:
                     break
+                if sig in FAULTS or len(caught) >= MAX_CAUGHT:
+                    raise self.raise_as(f"injected system call {nr} stopped with signal {sig} "
+                                        "instead of completing")
                 caught.append(sig)     # arrived while stepping: sent again below
             after = ptrace_getregs(tid, self.raise_as)
         finally:
             ptrace_setregs(tid, saved, self.raise_as)
             gdb.execute("maintenance flush register-cache", to_string=True)
             for sig in caught:
-                _libc().syscall(Sys.tgkill, self.pid, tid, sig)
+                libc().syscall(Sys.tgkill, self.pid, tid, sig)
         if after[USER_REGS["rip"]] != at + len(SYSCALL_INSN):
             raise self.raise_as(f"injected system call {nr} did not complete "
                                 f"(stopped at {after[USER_REGS['rip']]:#x})")
@@ -205,6 +206,7 @@ class Inferior:
     def exclude_from_syscall_search(self, ranges: list[tuple[int, int]]) -> None:
         """Never inject from these ranges (code about to be unmapped)."""
         self._exclude = list(ranges)
+        self._maps = None       # the address space is about to change
         at = self._syscall_at
         if at is not None and any(s <= at < e for s, e in ranges):
             self._syscall_at = None
@@ -252,7 +254,7 @@ class Inferior:
     def rseq_config(self, tid: int) -> tuple[int, int, int, int] | None:
         """(addr, size, signature, flags) of the thread's rseq area, or None."""
         buf = ctypes.create_string_buffer(32)
-        ret = _libc().ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, ctypes.c_void_p(24), buf)
+        ret = libc().ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, ctypes.c_void_p(24), buf)
         if ret < 0:
             return None
         addr, size, sig, flags = struct.unpack_from("<QIII", buf.raw)
@@ -264,7 +266,7 @@ class Inferior:
         buf = ctypes.create_string_buffer(SIGINFO_SIZE * 64)
         while True:
             args = struct.pack("<QIi", len(out), 1 if shared else 0, 64)
-            n = _libc().ptrace(PTRACE_PEEKSIGINFO, tid, args, buf)
+            n = libc().ptrace(PTRACE_PEEKSIGINFO, tid, args, buf)
             if n <= 0:
                 return out
             out += [buf.raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(n)]
@@ -272,14 +274,14 @@ class Inferior:
     def set_sigmask(self, tid: int, mask: int) -> None:
         """Set a thread's blocked signals directly, with no window for delivery."""
         data = ctypes.c_uint64(mask)
-        if _libc().ptrace(PTRACE_SETSIGMASK, tid, ctypes.c_void_p(8), ctypes.byref(data)) < 0:
+        if libc().ptrace(PTRACE_SETSIGMASK, tid, ctypes.c_void_p(8), ctypes.byref(data)) < 0:
             raise self.raise_as(f"ptrace(SETSIGMASK, {tid}) failed: "
                                 f"{os.strerror(ctypes.get_errno())}")
 
     def robust_list(self, tid: int) -> tuple[int, int] | None:
         head = ctypes.c_uint64()
         length = ctypes.c_size_t()
-        ret = _libc().syscall(Sys.get_robust_list, tid, ctypes.byref(head), ctypes.byref(length))
+        ret = libc().syscall(Sys.get_robust_list, tid, ctypes.byref(head), ctypes.byref(length))
         return (head.value, length.value) if ret == 0 else None
 
 
@@ -288,6 +290,9 @@ USER_REGS = {name: i for i, name in enumerate(
     "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss "
     "fs_base gs_base ds es fs gs".split())}
 SYSCALL_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+# A fault (or seccomp's SIGSYS) while stepping the injected call: the call failed.
+FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGSYS}
+MAX_CAUGHT = 8
 MASK64 = (1 << 64) - 1
 PTRACE_SINGLESTEP, PTRACE_GETREGS, PTRACE_SETREGS = 9, 12, 13
 PTRACE_PEEKSIGINFO, PTRACE_SETSIGMASK = 0x4209, 0x420B
@@ -297,20 +302,20 @@ WALL = 0x40000000
 
 def ptrace_getregs(tid: int, err) -> list[int]:
     buf = (ctypes.c_uint64 * len(USER_REGS))()
-    if _libc().ptrace(PTRACE_GETREGS, tid, None, ctypes.byref(buf)) < 0:
+    if libc().ptrace(PTRACE_GETREGS, tid, None, ctypes.byref(buf)) < 0:
         raise err(f"ptrace(GETREGS, {tid}) failed: {os.strerror(ctypes.get_errno())}")
     return list(buf)
 
 
 def ptrace_setregs(tid: int, regs: list[int], err) -> None:
     buf = (ctypes.c_uint64 * len(USER_REGS))(*regs)
-    if _libc().ptrace(PTRACE_SETREGS, tid, None, ctypes.byref(buf)) < 0:
+    if libc().ptrace(PTRACE_SETREGS, tid, None, ctypes.byref(buf)) < 0:
         raise err(f"ptrace(SETREGS, {tid}) failed: {os.strerror(ctypes.get_errno())}")
 
 
 def ptrace_step(tid: int, err) -> int:
     """Single-step tid and wait for it; returns the signal it stopped with."""
-    if _libc().ptrace(PTRACE_SINGLESTEP, tid, None, None) < 0:
+    if libc().ptrace(PTRACE_SINGLESTEP, tid, None, None) < 0:
         raise err(f"ptrace(SINGLESTEP, {tid}) failed: {os.strerror(ctypes.get_errno())}")
     _, status = os.waitpid(tid, WALL)
     if not os.WIFSTOPPED(status):
@@ -318,28 +323,11 @@ def ptrace_step(tid: int, err) -> int:
     return os.WSTOPSIG(status)
 
 
-_LIBC = None
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-        _LIBC.ptrace.restype = ctypes.c_long
-        _LIBC.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-        _LIBC.syscall.restype = ctypes.c_long
-    return _LIBC
 
 
 def _signed(value: int) -> int:
     value &= (1 << 64) - 1
     return value - (1 << 64) if value >> 63 else value
-
-
-def is_running() -> bool:
-    """True when the selected thread is executing (non-stop or background execution)."""
-    th = gdb.selected_thread()
-    return th is not None and th.is_running()
 
 
 def check_stopped(err=CkptError) -> None:

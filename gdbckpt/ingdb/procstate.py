@@ -11,18 +11,13 @@ from __future__ import annotations
 import struct
 
 from ..image.model import ItimerState, PosixTimer, SigAction, SigAltStack
-from ..linux import NSIG, Prctl, Sys
+from ..linux import KERNEL_SIGACTION, NSIG, SIGKILL, SIGSTOP, STACK_T, Prctl, Sys
 from ..procfs import Proc, parse_timers, sigset
 from .inferior import Inferior
 
-SIGKILL, SIGSTOP = 9, 19
-KERNEL_SIGACTION = struct.Struct("<QQQQ")   # handler, flags, restorer, mask
-STACK_T = struct.Struct("<QiiQ")            # ss_sp, ss_flags, pad, ss_size
 ITIMERVAL = struct.Struct("<qqqq")          # interval sec, usec, value sec, usec
 ITIMERSPEC = struct.Struct("<qqqq")         # interval sec, nsec, value sec, nsec
 SS_DISABLE = 2
-PR_GET_DUMPABLE = 3
-SYS_TIMER_GETTIME = 224
 
 
 class StateReader:
@@ -82,7 +77,7 @@ class StateReader:
             return []
         out = []
         for t in listed:
-            _, raw = self.inf.call_with_output(SYS_TIMER_GETTIME, (t["id"],), ITIMERSPEC.size,
+            _, raw = self.inf.call_with_output(Sys.timer_gettime, (t["id"],), ITIMERSPEC.size,
                                                what=f"timer_gettime({t['id']})")
             isec, insec, vsec, vnsec = ITIMERSPEC.unpack(raw)
             out.append(PosixTimer(id=t["id"], clock=t["clock"], signo=t["signo"],
@@ -92,7 +87,7 @@ class StateReader:
         return out
 
     def dumpable(self) -> int:
-        return self.inf.syscall_ok(Sys.prctl, PR_GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
+        return self.inf.syscall_ok(Sys.prctl, Prctl.GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
 
     def pending(self, tid: int, shared: bool = False) -> list[bytes]:
         """Queued signals (siginfo bytes) of a thread, or of the whole process.

@@ -8,7 +8,6 @@ running, and names the step that failed.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import mmap
 import os
@@ -21,11 +20,14 @@ import gdb
 from .. import plan as planmod
 from .. import sysv
 from .. import tids as tidsmod
+from .. import vdso as vdsomod
 from ..errors import CkptError, RestoreError
 from ..image import Image
 from ..image import format as fmt
+from ..libc import libc
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
 from ..maps import Kind
+from ..mi import cli_arg
 from ..procfs import Proc, parse_limits
 from ..stubabi import RET_OFFSET, STUB_OP, StubOpFlags
 from . import settings
@@ -73,6 +75,11 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
             finally:
                 stub.inf.close()
         return RestoreResult(0, img, plan, plan.warnings, time.perf_counter() - t0, phases)
+    # What can be refused without a stub is refused before the process being debugged
+    # is replaced. This GDB's own process has this kernel's vDSO.
+    planmod.preflight(img, live_vdso=vdsomod.own_vdso(), live_layout=vdsomod.own_layout(),
+                      register_names=_current_register_names(), fd_checks=checks.fds,
+                      force=force, fill=fill, vdso_mode=vdso_mode)
     _replace_current(from_tty)
     with settings.temporarily(suppress_cli_notifications="on"):
         return _restore(img, checks, vdso_mode, stdio, phases, t0, detach, fill)
@@ -138,6 +145,7 @@ def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach,
         phases["load symbols"] = time.perf_counter() - t0
     except BaseException as e:
         kill_selected()
+        _kill_quietly(stub.pid)     # GDB may have let go of it (a failed attach)
         sysv.remove(checks.sysv)
         if isinstance(e, gdb.error):
             raise RestoreError(f"GDB failed during the restore: {e}") from None
@@ -145,6 +153,23 @@ def _restore(img, checks: _Checks, vdso_mode, stdio, phases, t0, detach,
     finally:
         stub.inf.close()
     return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0, phases)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _current_register_names() -> set[str]:
+    """The registers GDB has for this CPU, if a process is there to ask; else empty."""
+    if not gdb.selected_inferior().pid:
+        return set()
+    try:
+        return set(Inferior(RestoreError).register_names())
+    except (gdb.error, CkptError):
+        return set()
 
 
 def _replace_current(from_tty: bool) -> None:
@@ -183,8 +208,7 @@ def _has_tty() -> bool:
 
 
 def _timer_ids_supported() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(planmod.PR_TIMER_CREATE_RESTORE_IDS, 2, 0, 0, 0) >= 0
+    return libc().prctl(planmod.PR_TIMER_CREATE_RESTORE_IDS, 2, 0, 0, 0) >= 0
 
 
 def _after_attach(img: Image) -> list[str]:
@@ -331,7 +355,11 @@ class _Executor:
                 continue
             for off in range(0, c.size, len(self._buf)):
                 n = min(len(self._buf), c.size - off)
-                if os.preadv(self._img_fd, [view[:n]], c.offset + off) != n:
+                try:
+                    got = os.preadv(self._img_fd, [view[:n]], c.offset + off)
+                except OSError as e:
+                    raise RestoreError(f"reading the image failed: {e.strerror}") from None
+                if got != n:
                     raise RestoreError(f"the image ends inside the chunk at {c.vaddr:#x}")
                 self.inf.write(c.vaddr + off, view[:n])
 
@@ -365,9 +393,14 @@ class _Executor:
                                 what=f"munmap of the stub at {start:#x}")
 
     def _set_exe(self, step: planmod.SetExe) -> None:
+        """The exe link is a nicety: failing to set it is a warning, never a failed restore."""
         mm = step.mm_map()
-        ret = self.inf.call_with_input(Sys.prctl, (Prctl.SET_MM, PrSetMM.MAP), mm, (len(mm),))
-        self.inf.syscall(Sys.close, step.fd)
+        try:
+            ret = self.inf.call_with_input(Sys.prctl, (Prctl.SET_MM, PrSetMM.MAP), mm, (len(mm),))
+            self.inf.syscall(Sys.close, step.fd)
+        except CkptError as e:
+            self.warnings.append(f"the exe link still names the stub: {e}")
+            return
         if is_syscall_error(ret):
             self.warnings.append(f"the exe link still names the stub: PR_SET_MM_EXE_FILE: "
                                  f"{os.strerror(-ret)}")
@@ -384,11 +417,8 @@ def _reattach(pid: int, exe: str | None) -> None:
     with settings.temporarily(confirm="off", exec_file_mismatch="off"):
         gdb.execute("detach", to_string=True)
         if exe and os.path.exists(exe):
-            gdb.execute(f"file {_quote(exe)}", to_string=True)
+            gdb.execute(f"file {cli_arg(exe)}", to_string=True)
         else:
             gdb.execute("file", to_string=True)      # not the stub's symbols
         gdb.execute(f"attach {pid}", to_string=True)
 
-
-def _quote(path: str) -> str:
-    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -100,10 +100,6 @@ class Progress:
             gdb.flush()
 
 
-def _param_text(name: str) -> str:
-    return gdb.execute(f"show {name}", to_string=True)
-
-
 @contextlib.contextmanager
 def temporarily(**values: str):
     """Set GDB settings (`set NAME VALUE`) and put the user's values back afterwards.
@@ -146,6 +142,16 @@ def signal_handling(sig: str) -> str:
                      for i, w in ((1, "stop"), (2, "print"), (3, "pass"))]
             return " ".join(words)
     return "stop print pass"
+
+
+def signal_passes(signo: int) -> bool:
+    """Whether GDB passes signal signo on to the program when it resumes."""
+    import signal as pysignal
+    try:
+        name = pysignal.Signals(signo).name
+    except ValueError:
+        name = f"SIG{signo}"
+    return "nopass" not in signal_handling(name)
 
 
 def signal_quietly_once(sig: str) -> None:

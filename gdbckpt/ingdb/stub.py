@@ -15,7 +15,9 @@ from .. import native
 from ..errors import RestoreError
 from ..linux import is_syscall_error
 from ..maps import Mapping, read_mappings
+from ..mi import cli_arg
 from ..plan import Op, Scratch
+from ..procfs import Proc, parse_limits
 from ..stubabi import RET_OFFSET, STUB_OP, STUB_READY_FD, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
 from . import settings
 from .inferior import Inferior
@@ -25,6 +27,7 @@ OPS_AREA = 1 << 20
 DATA_AREA = STUB_SCRATCH_SIZE - OPS_AREA
 OPS_PER_RUN = OPS_AREA // STUB_OP.size
 READY_TIMEOUT = 10
+RLIMIT_NOFILE = 7
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _RESETTABLE = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
@@ -71,7 +74,7 @@ class Stub:
         pid = _spawn_parked(path, want_pid, new_session)
         try:
             with settings.temporarily(confirm="off"):
-                gdb.execute(f"file {path}", to_string=True)
+                gdb.execute(f"file {cli_arg(path)}", to_string=True)
                 gdb.execute(f"attach {pid}", to_string=True)
         except gdb.error as e:
             os.kill(pid, signal.SIGKILL)
@@ -85,11 +88,10 @@ class Stub:
         return read_mappings(self.pid)
 
     def fd_limit(self) -> int:
-        with open(f"/proc/{self.pid}/limits") as f:
-            for line in f:
-                if line.startswith("Max open files"):
-                    soft = line.split()[3]
-                    return 1 << 20 if soft == "unlimited" else int(soft)
+        """The stub's soft RLIMIT_NOFILE."""
+        for res, soft, _ in parse_limits(Proc(self.pid).limits()):
+            if res == RLIMIT_NOFILE:
+                return min(soft, 1 << 20)
         return 1024
 
     def run(self, batch: list[tuple[int, Op]]) -> tuple[list[tuple[int, Op, int]], list[int]]:
@@ -132,9 +134,6 @@ class Stub:
         if len(data) > self._written:
             self.inf.write(self.scratch.base + self._written, data[self._written:])
             self._written = len(data)
-
-    def kill(self) -> None:
-        kill_selected()
 
 
 def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False) -> int:
