@@ -26,7 +26,7 @@ examples: $(EXAMPLES)
 
 examples/build/%: examples/%.c
 	@mkdir -p examples/build
-	gcc -g -O1 -pthread -o $@ $<
+	gcc -g -O1 -pthread -o $@ $< -ldl
 
 examples/build/%-static: examples/%.c
 	@mkdir -p examples/build

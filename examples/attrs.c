@@ -5,6 +5,7 @@
  *
  *   ./attrs DIR [STEPS]
  */
+#define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static timer_t timer;
+static timer_t timer, thread_timer;
 
 __attribute__((noinline)) void show(int step)
 {
@@ -54,6 +55,11 @@ int main(int argc, char **argv)
 	timer_create(CLOCK_MONOTONIC, &sev, &timer);
 	struct itimerspec its = { { 7, 0 }, { 7, 0 } };
 	timer_settime(timer, 0, &its, NULL);
+	/* A timer aimed at this very thread: its id changes with a restore, the timer follows. */
+	struct sigevent tsev = { .sigev_notify = SIGEV_THREAD_ID, .sigev_signo = SIGRTMIN + 3 };
+	tsev._sigev_un._tid = gettid();
+	signal(SIGRTMIN + 3, SIG_IGN);
+	timer_create(CLOCK_MONOTONIC, &tsev, &thread_timer);
 	struct itimerval itv = { { 9, 0 }, { 9, 0 } };
 	setitimer(ITIMER_VIRTUAL, &itv, NULL);
 	for (int step = 0; step < steps; step++) {

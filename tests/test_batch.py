@@ -242,3 +242,34 @@ def test_on_a_terminal_picks_a_process_and_shows_progress(tmp_path):
     assert b"\x1b[" in seen                   # drawn for a terminal
     assert b"saving" in seen                  # the progress bar's title
     batch("verify", str(tmp_path / "picked.img"), check=0)
+
+
+def test_every_without_a_name_below_a_second_and_a_ctrl_c(tmp_path):
+    """Default names stay unique at sub-second intervals; a Ctrl-C at the terminal (SIGINT
+    to the whole process group) ends the job cleanly, with every image whole."""
+    out = str(tmp_path / "out")
+    p = spawn([example("counter"), "100000", "10"], out)
+    try:
+        wait_for_output(out, r"^step 1 ")
+        job = subprocess.Popen([*BATCH, str(p.pid), "--every", "0.2", "--keep", "2",
+                                "--no-sync"], cwd=tmp_path, text=True, start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": REPO},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        pattern = str(tmp_path / f"counter-{p.pid}-*.img")
+        while len(glob.glob(pattern)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.killpg(job.pid, signal.SIGINT)
+        stdout, stderr = job.communicate(timeout=60)
+        assert job.returncode == 130, (stdout, stderr)
+        assert stdout.count("saved ") >= 3
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+    images = glob.glob(pattern)
+    assert len(images) == 2, os.listdir(tmp_path)
+    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+    for img in images:
+        batch("verify", img, check=0)

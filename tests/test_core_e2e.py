@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import time
 
 import pytest
 from harness import EXAMPLES, NOBODY, SYSTEM_PYTHON, example, read, uninterrupted
@@ -236,13 +237,13 @@ def test_info_describes_the_image(sessions, tmp_path):
 
 @pytest.mark.parametrize("mode", ["set breakpoint always-inserted on", "set non-stop on"])
 def test_breakpoints_inserted_at_save_are_not_in_the_image(sessions, tmp_path, mode):
-    """With breakpoints left in memory while stopped, the image still holds the real code."""
-    argv = [example("counter"), "8", "1"]
+    """With breakpoints left in memory while stopped, the image still holds the real code:
+    the user's (on step) and GDB's own (the shared-library event dlopen reaches)."""
+    argv = [example("dlopener"), "6"]
     img, before, after = (str(tmp_path / n) for n in ("p.img", "before", "after"))
     s = sessions()
     s.cli(mode)
-    s.cli("break mix")
-    s.start(argv, before, breakpoint="compute_step if step == 3")
+    s.start(argv, before, breakpoint="step if n == 1")
     s.save(img)
     s.cli("kill")
     r = sessions()
@@ -250,3 +251,88 @@ def test_breakpoints_inserted_at_save_are_not_in_the_image(sessions, tmp_path, m
     # No int3 left behind: the restored program runs to the end without SIGTRAPs.
     assert r.finish().get("reason") == "exited-normally"
     assert read(before) + read(after) == uninterrupted(argv)
+
+
+def test_inside_restart_syscall_the_sleep_is_made_again(sessions, tmp_path):
+    """Interrupted twice: the second time the thread is inside restart_syscall, whose call
+    only the code before it tells (glibc's mov $nr, %eax)."""
+    argv = [example("sleeper"), "2"]
+    img, before = str(tmp_path / "p.img"), str(tmp_path / "before.out")
+    s = sessions()
+    s.start(argv, before)
+    s.interrupt_when(before, "^sleeping")
+    s.gdb.events.clear()
+    s.gdb.cmd("-exec-continue")
+    time.sleep(0.3)
+    s.resume("-exec-interrupt")
+    assert "restart_syscall" in s.cli("print $orig_rax == 219 ? \"restart_syscall\" : \"x\"")
+    s.save(img)
+    s.cli("kill")
+    stdin = tmp_path / "input"
+    stdin.write_text("hello\n")
+    r, out, after = restore_and_finish(sessions, tmp_path, img, str(stdin))
+    assert "nanosleep returned 0 errno 0" in read(after)
+
+
+def test_large_prot_none_reservation(sessions, tmp_path):
+    argv = [example("reserve"), "6"]
+    img, before = str(tmp_path / "p.img"), str(tmp_path / "before.out")
+    s = sessions()
+    s.start(argv, before, breakpoint="step if n == 2")
+    s.save(img)
+    s.cli("kill")
+    assert os.path.getsize(img) < 16 << 20
+    r, out, after = restore_and_finish(sessions, tmp_path, img)
+    assert read(before) + read(after) == uninterrupted(argv)
+
+
+def test_signal_the_process_stopped_with_is_delivered_after_restore(sessions, tmp_path):
+    """GDB holds a signal it stopped on and would pass: the image keeps it pending."""
+    argv = [example("signals"), "6"]
+    img, out = str(tmp_path / "p.img"), str(tmp_path / "out")
+    s = sessions()
+    s.cli("handle SIGUSR2 SIGTERM SIGHUP SIGALRM nostop noprint pass")
+    s.cli("handle SIGUSR1 stop print pass")
+    s.start(argv, out)
+    stop = s.gdb.wait_stopped(30)
+    assert stop.get("signal-name") == "SIGUSR1", stop
+    siginfo = s.cli("output $_siginfo._sifields._kill")
+    assert "stopped with signal 10" in s.save(img)
+    # The calls the save made in the process did not replace the signal GDB holds.
+    assert s.cli("output $_siginfo._sifields._kill") == siginfo
+    assert "= 10" in s.cli("print $_siginfo.si_signo")
+    s.cli("kill")
+    r = sessions()
+    r.cli("handle SIGUSR1 SIGUSR2 SIGTERM SIGHUP SIGALRM nostop noprint pass")
+    r.cli(f"ckpt restore --stdin=/dev/null {img}", timeout=120)
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(out) == uninterrupted(argv)      # usr1 counts match: the signal was not lost
+
+
+SECCOMP_PYTHON = """
+import ctypes, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+# A filter that allows everything: any filter makes a process unsaveable.
+prog = struct.pack("<HBBI", 0x06, 0, 0, 0x7fff0000)
+fprog = struct.pack("<HxxxxxxQ", 1, ctypes.addressof(ctypes.create_string_buffer(prog)))
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("<H6xQ", 1, ctypes.addressof(buf))
+libc.prctl(38, 1, 0, 0, 0)
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()
+print("filtered", flush=True)
+time.sleep(30)
+"""
+
+
+def test_process_under_seccomp_is_refused(sessions, tmp_path):
+    script = tmp_path / "sec.py"
+    script.write_text(SECCOMP_PYTHON)
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    s = sessions()
+    s.start([SYSTEM_PYTHON, str(script)], out)
+    s.interrupt_when(out, "^filtered")
+    with pytest.raises(MiError) as e:
+        s.cli(f"ckpt save {img}")
+    assert "runs under seccomp (a filter)" in e.value.msg and "cannot be saved" in e.value.msg
+    assert not os.path.exists(img)
+    assert "Python" not in e.value.msg

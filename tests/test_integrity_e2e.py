@@ -166,18 +166,22 @@ def test_interrupted_save_leaves_no_partial_image(sessions, tmp_path):
     s = sessions()
     s.start([example("bigmem"), "768", "3", "1"], str(tmp_path / "o"), breakpoint="sum_all")
     gdb_pid = s.gdb.ctl.gdb_process.pid
+    sent = []
 
     def ctrl_c():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if any(".tmp-" in f for f in os.listdir(tmp_path)):
                 os.kill(gdb_pid, signal.SIGINT)
+                sent.append(True)
                 return
             time.sleep(0.005)
     t = threading.Thread(target=ctrl_c)
     t.start()
-    msg = error_of(s, f"ckpt save {img}")
+    # --sync: 768 MiB then takes over a second, long after the temporary file appears.
+    msg = error_of(s, f"ckpt save --sync {img}")
     t.join()
+    assert sent, "the Ctrl-C was never sent"
     assert msg == "ckpt save: interrupted", msg
     assert img.read_bytes() == b"the previous image"
     assert sorted(os.listdir(tmp_path)) == ["o", "p.img"]

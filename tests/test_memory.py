@@ -6,7 +6,7 @@ import os
 
 from gdbckpt.linux import PAGE_SIZE
 from gdbckpt.maps import Kind, read_mappings
-from gdbckpt.memory import regions
+from gdbckpt.memory import MemoryDumper, Region, regions
 
 NPAGES = 4
 
@@ -69,3 +69,74 @@ def test_shared_memory_untouched_pages_are_saved():
     rs = regions(os.getpid(), m, None)
     assert buf[0] == 1
     assert sum(r.count for r in rs) == NPAGES, pages(rs)
+
+
+class Collect:
+    """An image writer that keeps what it is given."""
+
+    compressor = None
+
+    def __init__(self):
+        self.chunks = {}
+
+    def prepare_chunk(self, data):
+        from gdbckpt.image.writer import Prepared
+        return Prepared(bytes(data), len(data), 0, 0)
+
+    def put_chunk(self, vaddr, prepared, flags):
+        self.chunks[vaddr] = prepared.payload
+
+    def add_chunk(self, vaddr, data, flags):
+        self.chunks[vaddr] = bytes(data)
+
+    def add_zero_chunk(self, vaddr, size, flags):
+        self.chunks[vaddr] = None
+
+
+def dump(region):
+    w = Collect()
+    d = MemoryDumper(os.getpid(), w)
+    try:
+        d.dump(region)
+    finally:
+        d.close()
+    return w.chunks, d.stats
+
+
+def test_prot_none_memory_is_read_through_proc_mem():
+    """process_vm_readv cannot read PROT_NONE pages; /proc/PID/mem can, and takes over."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    addr = libc.mmap(None, NPAGES * PAGE_SIZE, 3, 0x22, -1, 0)
+    ctypes.memset(addr, 0x5A, NPAGES * PAGE_SIZE)
+    assert libc.mprotect(ctypes.c_void_p(addr), NPAGES * PAGE_SIZE, 0) == 0
+    m = next(m for m in read_mappings(os.getpid()) if m.start <= addr < m.end)
+    region = Region(m, (addr - m.start) // PAGE_SIZE, NPAGES, b"\1" * NPAGES)
+    chunks, stats = dump(region)
+    assert b"".join(chunks[a] for a in sorted(chunks)) == b"\x5a" * NPAGES * PAGE_SIZE
+    libc.munmap(ctypes.c_void_p(addr), NPAGES * PAGE_SIZE)
+
+
+def test_pages_past_the_end_of_a_file_are_skipped(tmp_path):
+    """Reading a mapping past its file's end fails (SIGBUS territory): those pages are left
+    out, the ones before are kept."""
+    path = tmp_path / "short"
+    path.write_bytes(b"\x33" * (PAGE_SIZE + 10))          # two pages' worth of file
+    with open(path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, mmap.MAP_PRIVATE, mmap.PROT_READ)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    fd = os.open(path, os.O_RDONLY)
+    addr = libc.mmap(None, NPAGES * PAGE_SIZE, 1, 2, fd, 0)    # four pages over two
+    os.close(fd)
+    m = next(m for m in read_mappings(os.getpid()) if m.start == addr)
+    chunks, stats = dump(Region(m, 0, NPAGES, bytes(NPAGES)))
+    data = chunks[addr]
+    assert len(data) == 2 * PAGE_SIZE and data[:PAGE_SIZE + 10] == b"\x33" * (PAGE_SIZE + 10)
+    assert stats.read == 2 * PAGE_SIZE
+    libc.munmap(ctypes.c_void_p(addr), NPAGES * PAGE_SIZE)
+    buf.close()

@@ -16,6 +16,7 @@ from gdbckpt.procfs import (
     pack_auxv,
     parse_auxv,
     parse_stat,
+    parse_timers,
     read_pagemap,
     runs,
 )
@@ -118,3 +119,14 @@ def test_pagemap_of_a_private_file_mapping(tmp_path):
     assert flags[0] & PM_FILE and not flags[1] & PM_FILE
     assert flags.translate(DIRTY_TABLE) == b"\0\1"
     buf.close()
+
+
+def test_parse_timers_notify_kinds_and_values():
+    text = ("ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.100\nClockID: 1\n"
+            "ID: 1\nsignal: 34/ffffffffffffffff\nnotify: signal/tid.123\nClockID: 0\n"
+            "ID: 2\nsignal: 32/00007f0012345678\nnotify: thread/pid.100\nClockID: 1\n"
+            "ID: 3\nsignal: 0/0000000000000000\nnotify: none/pid.100\nClockID: 1\n")
+    t = parse_timers(text)
+    assert [(x["id"], x["notify"], x["tid"]) for x in t] == [(0, 0, 0), (1, 4, 123), (2, 2, 0),
+                                                              (3, 1, 0)]
+    assert t[1]["value"] == (1 << 64) - 1 and t[2]["value"] == 0x7F0012345678

@@ -127,7 +127,13 @@ def test_process_attributes_come_back(sessions, tmp_path):
     argv = [example("attrs"), str(cwd), "6"]
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
     save_and_kill(sessions, img, argv, out, "show if step == 3")
-    restore_and_finish(sessions, img)
+    r = sessions()
+    r.cli(f"ckpt restore {img}", timeout=120)
+    pid = r.pid()
+    timers = open(f"/proc/{pid}/timers").read()
+    # The thread-directed timer aims at the restored thread, whatever its id now.
+    assert f"notify: signal/tid.{pid}" in timers, timers
+    assert r.finish().get("reason") == "exited-normally"
     text = read(out)
     assert text == uninterrupted(argv)
     assert f"umask=027 cwd={cwd} name=attrs-demo nofile=100/" in text

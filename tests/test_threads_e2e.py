@@ -20,7 +20,8 @@ def test_workers_mutex_condvar_and_held_errorcheck_mutex(sessions, shared_dir, w
     # Worker 2 at its breakpoint; the others wait on the condition variable or
     # the mutex, the holder keeps its error-checking mutex, main is in join.
     s.start(argv, out, breakpoint="worker_step if id == 2 && step == 3")
-    assert len(re.findall(r"LWP \d+", s.cli("info threads"))) == 6
+    saved_lwps = sorted(re.findall(r"LWP (\d+)", s.cli("info threads")))
+    assert len(saved_lwps) == 6
     s.save(img)
     s.cli("kill")
     info = sessions().cli(f"ckpt info --brief {img}")
@@ -35,6 +36,10 @@ def test_workers_mutex_condvar_and_held_errorcheck_mutex(sessions, shared_dir, w
     assert bts.count("worker (arg=") == 4 and "holder (arg=" in bts and "main (" in bts, bts
     if who == "nobody":
         assert "thread ids change" in text and "held mutexes are patched" in text
+    else:
+        # Root may choose ids, and the old ones are free: the same pid and tids come back.
+        assert sorted(re.findall(r"LWP (\d+)", threads)) == saved_lwps
+        assert "thread ids change" not in text
     assert r.finish(60).get("reason") == "exited-normally"
     got = read(out)
     assert "unlock of the error-checking mutex returned 0" in got

@@ -139,6 +139,10 @@ class Inferior:
         at = self._find_syscall_insn()
         tid = gdb.selected_thread().ptid[1]
         saved = ptrace_getregs(tid, self.raise_as)
+        # The stop's siginfo too: the single step replaces it with its SIGTRAP, and GDB
+        # (and $_siginfo) would then see, and pass on, the wrong one.
+        siginfo = ctypes.create_string_buffer(SIGINFO_SIZE)
+        have_siginfo = libc().ptrace(PTRACE_GETSIGINFO, tid, None, siginfo) == 0
         regs = list(saved)
         # orig_rax = -1: a thread stopped inside a system call would
         # otherwise have that call restarted by the kernel instead of ours.
@@ -160,6 +164,8 @@ class Inferior:
             after = ptrace_getregs(tid, self.raise_as)
         finally:
             ptrace_setregs(tid, saved, self.raise_as)
+            if have_siginfo:
+                libc().ptrace(PTRACE_SETSIGINFO, tid, None, siginfo)
             gdb.execute("maintenance flush register-cache", to_string=True)
             for sig in caught:
                 libc().syscall(Sys.tgkill, self.pid, tid, sig)
@@ -295,6 +301,7 @@ FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGSYS}
 MAX_CAUGHT = 8
 MASK64 = (1 << 64) - 1
 PTRACE_SINGLESTEP, PTRACE_GETREGS, PTRACE_SETREGS = 9, 12, 13
+PTRACE_GETSIGINFO, PTRACE_SETSIGINFO = 0x4202, 0x4203
 PTRACE_PEEKSIGINFO, PTRACE_SETSIGMASK = 0x4209, 0x420B
 SIGINFO_SIZE = 128
 WALL = 0x40000000

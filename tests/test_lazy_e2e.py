@@ -1,0 +1,70 @@
+"""ckpt restore --lazy: memory mapped from the image, pages read when first touched."""
+
+import os
+import re
+import subprocess
+
+import pytest
+from harness import example, read, uninterrupted
+
+from gdbckpt.mi import MiError
+
+
+def save(sessions, argv, out, img, bp, **kw):
+    s = sessions()
+    s.start(argv, out, breakpoint=bp, **kw)
+    s.save(img, *kw.get("opts", ()))
+    s.cli("kill")
+
+
+def test_lazy_restore_maps_the_image_and_finishes(sessions, tmp_path):
+    argv = [example("bigmem"), "64", "4", "1"]
+    img, before, after = (str(tmp_path / n) for n in ("p.img", "before", "after"))
+    save(sessions, argv, before, img, "sum_all")
+    r = sessions()
+    text = r.cli(f"ckpt restore --lazy --stdin=/dev/null --stdout={after} {img}", timeout=120)
+    assert "Restored process" in text
+    maps = open(f"/proc/{r.pid()}/maps").read()
+    # The 64 MiB are the image's pages, mapped privately: not copied.
+    assert re.search(rf"rw-p [0-9a-f]+ [0-9a-f:]+ \d+ +{re.escape(img)}", maps), maps
+    # Saved again, the lazily mapped memory is stored as memory, not as the image file.
+    again = str(tmp_path / "again.img")
+    assert "lazy restore" in r.save(again)
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(before) + read(after) == uninterrupted(argv)
+    q = sessions()
+    q.cli(f"ckpt restore --stdin=/dev/null --stdout={after} {again}", timeout=120)
+    assert q.finish().get("reason") == "exited-normally"
+    assert read(before) + read(after) == uninterrupted(argv)
+
+
+def test_lazy_restore_keeps_shared_memory_shared(sessions, tmp_path):
+    ref, work = tmp_path / "ref", tmp_path / "work"
+    ref.mkdir()
+    work.mkdir()
+    key = 0x5EED1000 + os.getpid() % 0xFFF
+    expected = uninterrupted([example("shm"), str(ref), str(key + 1), "8"])
+    argv = [example("shm"), str(work), str(key), "8"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    save(sessions, argv, out, img, "step_done if step == 3")
+    subprocess.run(["ipcrm", "-M", str(key)], check=True)
+    r = sessions()
+    plan = r.cli(f"ckpt restore --dry-run --lazy {img}")
+    shared = [ln for ln in plan.splitlines() if "shared" in ln or "SysV" in ln]
+    assert shared and "map 0x" in plan
+    r.cli(f"ckpt restore --lazy {img}", timeout=120)
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(out) == expected
+    assert (work / "shared.bin").read_bytes() == (ref / "shared.bin").read_bytes()
+
+
+def test_lazy_refuses_a_compressed_image_and_keeps_the_process(sessions, tmp_path):
+    img = str(tmp_path / "p.img")
+    s = sessions()
+    s.start([example("counter"), "5", "1"], str(tmp_path / "o"), breakpoint="compute_step")
+    s.save(img, "--compress")
+    pid = s.pid()
+    with pytest.raises(MiError) as e:
+        s.cli(f"ckpt restore --lazy {img}")
+    assert "compressed" in e.value.msg and "without --lazy" in e.value.msg
+    assert s.pid() == pid, "a refused restore must not have replaced the process"
