@@ -58,6 +58,7 @@ if REPO not in sys.path:
 
 import zstandard  # noqa: E402
 
+from gdbckpt import info  # noqa: E402
 from gdbckpt.errors import ImageError  # noqa: E402
 from gdbckpt.image import format as fmt  # noqa: E402
 from gdbckpt.image.model import (  # noqa: E402
@@ -469,6 +470,10 @@ def probe(data: bytes, path: str, *, reraise: bool = False, trace: bool = False)
         except ImageError as e:
             refused(e)
             return out
+        # What ckpt info shows of an image that opens must not fail either.
+        stage = "info"
+        info.text(img)
+        json.dumps(info.as_json(img))
         stage = "verify_chunks"
         try:
             img.verify_chunks()
