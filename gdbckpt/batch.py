@@ -28,6 +28,7 @@ import time
 from . import __version__
 from .errors import CkptError, ImageError
 from .mi import Gdb, MiError, MiTimeout, cli_arg
+from .procfs import Proc
 
 
 class Exit(enum.IntEnum):
@@ -56,14 +57,13 @@ class BatchError(Exception):
 
 def check_traceable(pid: int) -> str:
     """The process's name, or BatchError saying why it cannot be traced."""
+    if not os.path.exists(f"/proc/{pid}"):
+        raise BatchError(f"no process {pid}", Exit.NO_PROCESS)
     try:
-        with open(f"/proc/{pid}/status") as f:
-            status = dict(line.split(":", 1) for line in f if ":" in line)
-    except FileNotFoundError:
-        raise BatchError(f"no process {pid}", Exit.NO_PROCESS) from None
-    except OSError as e:
-        raise BatchError(f"cannot read /proc/{pid}: {e.strerror}", Exit.NOT_PERMITTED) from None
-    name = status.get("Name", "?").strip()
+        status = Proc(pid).status()
+    except CkptError as e:
+        raise BatchError(str(e), Exit.NOT_PERMITTED) from None
+    name = status.get("Name", "?")
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
         raise BatchError(f"process {pid} ({name}) is already traced by process {tracer} "
@@ -87,9 +87,8 @@ def check_traceable(pid: int) -> str:
 def alive(pid: int) -> bool:
     """Whether pid exists and has not exited (a zombie cannot be traced)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except OSError:
+        return Proc(pid).stat()["state"] not in ("Z", "X")
+    except CkptError:
         return False
 
 
@@ -105,9 +104,8 @@ def _is_descendant(pid: int) -> bool:
     me = os.getpid()
     while pid > 1:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
+            pid = int(Proc(pid).stat()["ppid"])
+        except CkptError:
             return False
         if pid == me:
             return True

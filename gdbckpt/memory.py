@@ -37,6 +37,7 @@ class DumpStats:
     read: int = 0        # bytes read from the process
     stored: int = 0      # bytes of non-zero pages handed to the writer
     zero: int = 0        # bytes skipped as all-zero
+    unreadable: int = 0  # bytes that could not be read (past a file's end, or gone)
 
 
 @dataclasses.dataclass
@@ -212,6 +213,7 @@ class MemoryDumper:
             self.scan_seconds += time.perf_counter() - t
             if got < n:
                 # Unreadable pages (beyond the end of a file): skip them one by one.
+                self.stats.unreadable += PAGE_SIZE
                 got += 1
             done += got
 

@@ -58,7 +58,7 @@ if REPO not in sys.path:
 
 import zstandard  # noqa: E402
 
-from gdbckpt import info  # noqa: E402
+from gdbckpt import fds, info, regs  # noqa: E402,F401  (imported here, not while traced)
 from gdbckpt.errors import ImageError  # noqa: E402
 from gdbckpt.image import format as fmt  # noqa: E402
 from gdbckpt.image.model import (  # noqa: E402
@@ -470,10 +470,6 @@ def probe(data: bytes, path: str, *, reraise: bool = False, trace: bool = False)
         except ImageError as e:
             refused(e)
             return out
-        # What ckpt info shows of an image that opens must not fail either.
-        stage = "info"
-        info.text(img)
-        json.dumps(info.as_json(img))
         stage = "verify_chunks"
         try:
             img.verify_chunks()
@@ -485,6 +481,14 @@ def probe(data: bytes, path: str, *, reraise: bool = False, trace: bool = False)
                 img.read_chunk(c)
             except ImageError as e:
                 refused(e)
+        if trace:          # the reading is measured; what info imports and reads is not
+            out.peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            trace = False
+        # What ckpt info shows of an image that opens must not fail either.
+        stage = "info"
+        info.text(img)
+        json.dumps(info.as_json(img))
         return out
     except Exception as e:
         if reraise:

@@ -320,6 +320,7 @@ class _Loader:
         self._check_vmas(vmas, files, chunks)
         self._check_threads(threads)
         self._check_kinds(fds)
+        self._check_vdso(vdso)
         self._check_fd_data(fds, table)
         return Image(path=self.path, version=0, created_ns=0, flags=fmt.ImageFlags.NONE,
                      file_size=size, meta_offset=meta_off, process=process, threads=threads,
@@ -373,6 +374,13 @@ class _Loader:
             if missing:
                 raise self.fail(f"is corrupt: thread {t.tid} lacks register "
                                 f"{', '.join(missing[:3])}")
+
+    def _check_vdso(self, vdso: VdsoInfo) -> None:
+        for name in ("vdso", "vvar", "vvar_vclock", "proxy", "mark"):
+            r = getattr(vdso, name)
+            if r is not None and (len(r) != 2 or not 0 <= r[0] < r[1] < 1 << 64
+                                  or r[0] % PAGE_SIZE or r[1] % PAGE_SIZE):
+                raise self.fail(f"is corrupt: its VDSO record's {name} is not a page range")
 
     def _check_kinds(self, fds: list[FdInfo]) -> None:
         from ..fds import FdKind  # fds imports the model: not at module level

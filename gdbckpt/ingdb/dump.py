@@ -124,6 +124,10 @@ class _Saver:
             finally:
                 dumper.close()
             phases["memory"] = time.perf_counter() - t1
+            if dumper.stats.unreadable:
+                self.notes.append(f"{dumper.stats.unreadable // PAGE_SIZE} pages could not be read "
+                                  "(past the end of a mapped file): a restore leaves them as "
+                                  "the file or zero")
             phases["memory: reading"] = dumper.read_seconds
             phases["memory: finding zero pages"] = dumper.scan_seconds
             phases["memory: checksums and writing (overlapped)"] = dumper.write_seconds
