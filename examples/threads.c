@@ -3,7 +3,9 @@
  * shared counter; a holder thread keeps an error-checking mutex locked
  * until the end and handles a signal on its alternate stack; main joins
  * them all. A restore that gets thread ids wrong shows here: the holder's
- * unlock fails with EPERM, a join hangs, or pthread_kill misses.
+ * unlock fails with EPERM, a join hangs, or pthread_kill misses. The holder
+ * also keeps a SIGUSR1 from main pending (blocked) all along: a restore must
+ * queue it again for that thread, with the siginfo the kernel gave it.
  *
  *   ./threads [ROUNDS] [PAUSE_US]
  */
@@ -71,6 +73,16 @@ static void *holder(void *arg)
 	int r = pthread_mutex_unlock(&held);
 	printf("holder: unlock of the error-checking mutex returned %s\n",
 	       r == 0 ? "0" : strerror(r));
+	sigset_t usr1;
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	siginfo_t si;
+	struct timespec now = { 0, 0 };
+	int got = sigtimedwait(&usr1, &si, &now);
+	if (got == SIGUSR1)	/* si_code says who sent it: kill() or tgkill() */
+		printf("holder: SIGUSR1 from main still pending, si_code %d\n", si.si_code);
+	else
+		printf("holder: SIGUSR1 from main lost\n");
 	return NULL;
 }
 
@@ -85,7 +97,13 @@ int main(int argc, char **argv)
 	struct sigaction sa = { .sa_handler = on_usr2, .sa_flags = SA_ONSTACK };
 	sigaction(SIGUSR2, &sa, NULL);
 	pthread_t h, w[NW];
+	sigset_t usr1, old;
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &usr1, &old);	/* the holder is born with it blocked */
 	pthread_create(&h, NULL, holder, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_kill(h, SIGUSR1);
 	for (long i = 0; i < NW; i++)
 		pthread_create(&w[i], NULL, worker, (void *)i);
 	for (int i = 0; i < NW; i++)

@@ -84,9 +84,11 @@ def text(img: Image, *, mappings: bool = True) -> str:
         lines.append(f"Limits:    {len(p.rlimits)} resource limits, {len(p.itimers)} interval "
                      f"timers, {len(p.timers)} POSIX timers; umask {p.umask:03o}, nice "
                      f"{p.nice}, no_new_privs {int(p.no_new_privs)}, dumpable {p.dumpable}")
-    pending = sum(len(t.pending) for t in img.threads) + len(p.shared_pending)
+    pending = [f"{_signo(si)} (thread {t.tid})" for t in img.threads for si in t.pending] + \
+              [f"{_signo(si)} (process)" for si in p.shared_pending]
     if pending:
-        lines.append(f"Pending:   {pending} signals, queued again at restore")
+        lines.append(f"Pending:   {len(pending)} signals, queued again at restore: "
+                     + ", ".join(pending))
     if img.notes:
         lines.append("Notes:")
         lines += [f"  {n}" for n in img.notes]
@@ -140,3 +142,7 @@ def as_json(img: Image) -> dict:
                     "csum": f"{c.csum:016x}"}
                    for c in img.chunks],
     }
+
+
+def _signo(siginfo: bytes) -> int:
+    return int.from_bytes(siginfo[:4], "little", signed=True)

@@ -202,7 +202,8 @@ class Auxv(enum.IntEnum):
     AT_MINSIGSTKSZ = 51
 
 
-SIGTRAP, SIGKILL, SIGSTOP = 5, 9, 19
+SIGTRAP, SIGKILL, SIGSTOP, SIGCONT = 5, 9, 19, 18
+SI_USER = 0          # si_code of a signal kill() sent
 # The kernel's struct sigaction as rt_sigaction takes it: handler, flags, restorer, mask.
 KERNEL_SIGACTION = struct.Struct("<QQQQ")
 # stack_t: ss_sp, ss_flags, padding, ss_size.

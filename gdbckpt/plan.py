@@ -445,6 +445,9 @@ class ThreadKernelState(Step):
             parts.append(f"rseq {t.rseq.addr:#x}")
         if t.sigaltstack:
             parts.append(f"altstack {t.sigaltstack.sp:#x}")
+        if t.pending:
+            parts.append("pending signals " + ", ".join(
+                str(struct.unpack_from("<i", si)[0]) for si in t.pending))
         return f"thread {t.tid}: " + ", ".join(parts)
 
     def ops(self, scratch):
@@ -473,35 +476,32 @@ class ThreadKernelState(Step):
         # mask is set with PTRACE_SETSIGMASK together with the registers.
         out.append(Op(Sys.rt_sigprocmask, (SIG_SETMASK, scratch.put(struct.pack("<q", -1)),
                                            0, 8)))
+        # Its own pending signals, queued by itself: the kernel lets no other
+        # thread queue a siginfo that says kill() or tgkill() sent it.
+        for si in t.pending:
+            out.append(Op(StubOp.QUEUE_SELF, (struct.unpack_from("<i", si)[0], scratch.put(si))))
         return out
 
 
 @dataclasses.dataclass
 class QueueSignals(Step):
-    """Signals that were pending, queued again with their siginfo, from the leader.
+    """Signals that were pending for the whole process, queued again with their siginfo.
 
-    Only the thread group leader may queue a signal with a kernel si_code to
-    another thread of its group (its tid is the tgid).
+    From the leader: rt_sigqueueinfo takes a kill() siginfo only from the
+    thread whose id is the target pid. (Each thread's own pending signals
+    are queued by that thread, in its ThreadKernelState.)
     """
     tgid: int = 0
-    private: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)  # saved tid, si
     shared: list[bytes] = dataclasses.field(default_factory=list)
 
     def describe(self):
-        sigs = [struct.unpack_from("<i", si)[0] for _, si in self.private] + \
-               [struct.unpack_from("<i", si)[0] for si in self.shared]
-        return f"queue pending signals {', '.join(map(str, sigs))}"
+        sigs = [struct.unpack_from("<i", si)[0] for si in self.shared]
+        return f"queue process-wide pending signals {', '.join(map(str, sigs))}"
 
     def ops(self, scratch):
-        out = []
-        for tid, si in self.private:
-            sig = struct.unpack_from("<i", si)[0]
-            out.append(Op(Sys.rt_tgsigqueueinfo, (self.tgid, scratch.tids[tid], sig,
-                                                  scratch.put(si))))
-        for si in self.shared:
-            sig = struct.unpack_from("<i", si)[0]
-            out.append(Op(Sys.rt_sigqueueinfo, (self.tgid, sig, scratch.put(si))))
-        return out
+        return [Op(Sys.rt_sigqueueinfo, (self.tgid, struct.unpack_from("<i", si)[0],
+                                         scratch.put(si)))
+                for si in self.shared]
 
 
 @dataclasses.dataclass
@@ -1194,9 +1194,8 @@ class _Builder:
             self.steps.append(CloneThread(state=t, slot=slot, tid_ptr=ptr, same_tid=same,
                                           setup=ThreadKernelState(state=t, thread=t.tid)))
         self._limits()
-        private = [(t.tid, si) for t in self.img.threads for si in t.pending]
-        if private or self.img.process.shared_pending:
-            self.steps.append(QueueSignals(tgid=self.live.stub_pid, private=private,
+        if self.img.process.shared_pending:
+            self.steps.append(QueueSignals(tgid=self.live.stub_pid,
                                            shared=self.img.process.shared_pending))
         if not same:
             self._patch_tids(leader)

@@ -23,6 +23,7 @@ class StubOp(enum.IntEnum):
     CLONE = 1002
     COPY_ALL = 1003
     CLONE3 = 1004
+    QUEUE_SELF = 1005
 
 
 class StubOpFlags(enum.IntFlag):

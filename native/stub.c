@@ -26,6 +26,9 @@
 #define ENOSYS 38
 #define EOPNOTSUPP 95
 #define SYS_openat    257
+#define SYS_getpid    39
+#define SYS_gettid    186
+#define SYS_rt_tgsigqueueinfo 297
 #define AT_FDCWD      (-100)
 #define O_CLOEXEC     02000000
 
@@ -177,6 +180,14 @@ static long clone3_parked(long flags, long tls, long tidptr, long slot, long tid
 	return wait_started(slot, stub_clone3(&args, sizeof args, slot));
 }
 
+/* rt_tgsigqueueinfo refuses a kill()/tkill() si_code unless the target is the caller. */
+static long queue_self(long sig, long info)
+{
+	long tgid = stub_syscall(SYS_getpid, 0, 0, 0, 0, 0, 0);
+	long tid = stub_syscall(SYS_gettid, 0, 0, 0, 0, 0, 0);
+	return stub_syscall(SYS_rt_tgsigqueueinfo, tgid, tid, sig, info, 0, 0);
+}
+
 static long run_one(struct stub_op *op)
 {
 	long *a = op->arg;
@@ -191,6 +202,8 @@ static long run_one(struct stub_op *op)
 		return clone3_parked(a[0], a[1], a[2], a[3], a[4], a[5]);
 	case STUB_OP_COPY_ALL:
 		return copy_all(a[0], (long *)a[1], a[2], (long *)a[3], a[4]);
+	case STUB_OP_QUEUE_SELF:
+		return queue_self(a[0], a[1]);
 	default:
 		return stub_syscall(op->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	}

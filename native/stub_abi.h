@@ -20,6 +20,8 @@
 #define STUB_OP_COPY_ALL   1003 /* fd_in, &off_in, fd_out, &off_out, len: copy exactly len */
 #define STUB_OP_CLONE3     1004 /* flags, tls, tid ptr, slot, tid, ops << 16 | nops: the
 				   * same, with that thread id */
+#define STUB_OP_QUEUE_SELF 1005 /* sig, siginfo: queue a signal to the calling thread (only
+				   * a thread itself may queue a kill()/tkill() siginfo) */
 
 #define STUB_OPF_IGNORE_ERROR 1 /* a failure is recorded in ret but does not stop the run */
 

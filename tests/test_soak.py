@@ -1,6 +1,7 @@
-"""Soak (short): 20 save/restore rounds of one program; tools/soak.py runs 200."""
+"""Soak (short): a few save/restore rounds in a row; tools/soak.py runs 200."""
 
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -8,6 +9,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from soak import soak  # noqa: E402
 
+from gdbckpt.mi import Gdb  # noqa: E402
+
 
 def test_twenty_rounds_of_save_and_restore(tmp_path):
     soak(20, "counter", str(tmp_path), log=lambda s: None)
+
+
+def test_threads_keep_only_their_own_pending_signals(tmp_path):
+    """Each round's restore ends its reattach stop with a SIGCONT; no image may keep it."""
+    soak(5, "threads", str(tmp_path), log=lambda s: None)
+    with Gdb() as g:
+        info = g.cli(f"ckpt info --brief {tmp_path / 'p.img'}")
+    holder = re.search(r"Pending: +1 signals, queued again at restore: 10 \(thread \d+\)$",
+                       info, re.M)
+    assert holder, info    # the holder's blocked SIGUSR1, nothing else

@@ -26,6 +26,7 @@ def test_workers_mutex_condvar_and_held_errorcheck_mutex(sessions, shared_dir, w
     s.cli("kill")
     info = sessions().cli(f"ckpt info --brief {img}")
     assert "Threads:   6" in info
+    assert re.search(r"Pending: +1 signals", info), info    # the holder's blocked SIGUSR1
     r = sessions(prefix=prefix)
     r.cli(QUIET)
     text = r.cli(f"ckpt restore --stdin=/dev/null {img}", timeout=120)
@@ -43,6 +44,8 @@ def test_workers_mutex_condvar_and_held_errorcheck_mutex(sessions, shared_dir, w
     assert r.finish(60).get("reason") == "exited-normally"
     got = read(out)
     assert "unlock of the error-checking mutex returned 0" in got
+    # Queued by the holder itself: the kernel refuses a kill() siginfo from another thread.
+    assert "SIGUSR1 from main still pending, si_code 0" in got
     assert got == uninterrupted(argv)
 
 

@@ -56,6 +56,7 @@ def soak(rounds: int, program: str = "counter", work: str | None = None, log=pri
             log(f"round {n + 1}/{rounds}: {(time.perf_counter() - t0) / (n + 1):.2f} s a round")
     per_round = (time.perf_counter() - t0) / max(rounds, 1)
     with Gdb() as g:
+        g.cli("handle SIGUSR2 nostop noprint pass")
         g.cli(f"ckpt restore {img}", timeout=120)
         g.events.clear()
         g.cmd("-exec-continue")

@@ -49,7 +49,7 @@ from ..procfs import (
 )
 from . import settings
 from .inferior import Inferior, check_stopped
-from .procstate import StateReader
+from .procstate import StateReader, debuggers_own
 
 
 @dataclasses.dataclass
@@ -322,7 +322,8 @@ class _Saver:
         except gdb.error:
             return []
         signo = int.from_bytes(data[:4], "little", signed=True)
-        if signo in (SIGTRAP, SIGSTOP) or not settings.signal_passes(signo):
+        if signo in (SIGTRAP, SIGSTOP) or not settings.signal_passes(signo) or \
+                debuggers_own(data):
             return []
         self.notes.append(f"thread {tid} stopped with signal {signo}, which GDB would pass: "
                           "it is delivered after a restore")

@@ -8,10 +8,11 @@ leaves it exactly as it was.
 
 from __future__ import annotations
 
+import os
 import struct
 
 from ..image.model import ItimerState, PosixTimer, SigAction, SigAltStack
-from ..linux import KERNEL_SIGACTION, NSIG, SIGKILL, SIGSTOP, STACK_T, Prctl, Sys
+from ..linux import KERNEL_SIGACTION, NSIG, SI_USER, SIGCONT, SIGKILL, SIGSTOP, STACK_T, Prctl, Sys
 from ..procfs import Proc, parse_timers, sigset
 from .inferior import Inferior
 
@@ -95,4 +96,14 @@ class StateReader:
         A SIGSTOP is left out: GDB sends those to stop threads itself.
         """
         return [si for si in self.inf.peek_siginfo(tid, shared)
-                if struct.unpack_from("<i", si)[0] != SIGSTOP]
+                if struct.unpack_from("<i", si)[0] != SIGSTOP and not debuggers_own(si)]
+
+
+def debuggers_own(si: bytes) -> bool:
+    """A SIGCONT this GDB sent with kill(): a restore ends its reattach stop so.
+
+    It is no part of the program's state (and a restored process would get a
+    SIGCONT it never had).
+    """
+    signo, _, code, _, pid = struct.unpack_from("<iiiiI", si)
+    return signo == SIGCONT and code == SI_USER and pid == os.getpid()
