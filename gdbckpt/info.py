@@ -27,7 +27,7 @@ def stored_by_vma(img: Image) -> list[int]:
 
 def text(img: Image, *, mappings: bool = True) -> str:
     p = img.process
-    when = datetime.datetime.fromtimestamp(p.saved_at, datetime.UTC)
+    when = _date(p.saved_at)
     mapped = sum(v.end - v.start for v in img.vmas if v.kind != Kind.VSYSCALL.value)
     stored = sum(c.stored for c in img.chunks)
     memory = sum(c.size for c in img.chunks if not c.flags & fmt.ChunkFlags.ZERO)
@@ -36,7 +36,7 @@ def text(img: Image, *, mappings: bool = True) -> str:
         f"Image:     {img.path}",
         f"Format:    version {img.version}, {mib(img.file_size)}, "
         f"{'zstd-compressed' if img.compressed else 'uncompressed'}",
-        f"Saved:     {when:%Y-%m-%d %H:%M:%S} UTC by gdbckpt {p.tool_version}"
+        f"Saved:     {when} by gdbckpt {p.tool_version}"
         + (f", stopped by {p.stopped_by}" if p.stopped_by else ""),
         f"Kernel:    {p.kernel.get('release', '?')} {p.kernel.get('machine', '?')} on "
         f"{p.kernel.get('hostname', '?')}",
@@ -146,3 +146,12 @@ def as_json(img: Image) -> dict:
 
 def _signo(siginfo: bytes) -> int:
     return int.from_bytes(siginfo[:4], "little", signed=True)
+
+
+def _date(timestamp: float) -> str:
+    """The save's time in UTC; an image's clock may be anything, so never an exception."""
+    try:
+        return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"timestamp {timestamp!r} (out of range)"

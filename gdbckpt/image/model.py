@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 
@@ -270,9 +271,12 @@ def from_json(typ, data, where: str):
         if not isinstance(data, (int, float)) or isinstance(data, bool):
             raise ImageError(f"{where}: expected a number")
         try:
-            return float(data)
+            value = float(data)
         except OverflowError:
             raise ImageError(f"{where}: number out of range") from None
+        if not math.isfinite(value):
+            raise ImageError(f"{where}: expected a finite number")
+        return value
     if typ in (str, bool):
         if not isinstance(data, typ):
             raise ImageError(f"{where}: expected {typ.__name__}")
