@@ -8,6 +8,7 @@ compare the two files joined with the output of an uninterrupted run.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shlex
@@ -26,6 +27,28 @@ NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-
 
 def example(name: str) -> str:
     return os.path.join(BUILD, name)
+
+
+def shm_scenario(tmp_path, key: int) -> tuple[list[str], str]:
+    """examples/shm in tmp_path/work with SysV key; returns its argv and the output of an
+    uninterrupted run (in tmp_path/ref, with another key: the two must not share)."""
+    ref, work = tmp_path / "ref", tmp_path / "work"
+    ref.mkdir()
+    work.mkdir()
+    expected = uninterrupted([example("shm"), str(ref), str(key + 1), "8"])
+    return [example("shm"), str(work), str(key), "8"], expected
+
+
+def address_of(buf) -> int:
+    """Where a writable buffer (an mmap, a bytearray) lies in this process.
+
+    The ctypes view is dropped at once: while it lives, the mmap cannot close.
+    """
+    c = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(c)
+    finally:
+        del c
 
 
 def uninterrupted(argv: list[str], stdin: str = "/dev/null", timeout: float = 60) -> str:

@@ -168,7 +168,8 @@ def test_json_payload_replaced(index, value):
        value=st.one_of(st.just(fz.DELETE), st.sampled_from(fz.SCALARS), json_values))
 @example(where=(RECORD_OF[fmt.RecordType.PROCESS], ("saved_at",)), value=10 ** 400)
 @example(where=(RECORD_OF[fmt.RecordType.PROCESS], ("saved_at",)), value=float("nan"))
-@example(where=(RECORD_OF[fmt.RecordType.PROCESS], ("saved_at",)), value=1 << 63)   # ckpt info's date
+# A finite number, but no date ckpt info can show.
+@example(where=(RECORD_OF[fmt.RecordType.PROCESS], ("saved_at",)), value=1 << 63)
 def test_json_value_replaced(where, value):
     index, path = where
     assume(path or value is not fz.DELETE)

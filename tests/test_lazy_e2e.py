@@ -5,7 +5,7 @@ import re
 import subprocess
 
 import pytest
-from harness import example, read, uninterrupted
+from harness import example, read, shm_scenario, uninterrupted
 
 from gdbckpt.mi import MiError
 
@@ -39,12 +39,8 @@ def test_lazy_restore_maps_the_image_and_finishes(sessions, tmp_path):
 
 
 def test_lazy_restore_keeps_shared_memory_shared(sessions, tmp_path):
-    ref, work = tmp_path / "ref", tmp_path / "work"
-    ref.mkdir()
-    work.mkdir()
     key = 0x5EED1000 + os.getpid() % 0xFFF
-    expected = uninterrupted([example("shm"), str(ref), str(key + 1), "8"])
-    argv = [example("shm"), str(work), str(key), "8"]
+    argv, expected = shm_scenario(tmp_path, key)
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
     save(sessions, argv, out, img, "step_done if step == 3")
     subprocess.run(["ipcrm", "-M", str(key)], check=True)
@@ -55,7 +51,8 @@ def test_lazy_restore_keeps_shared_memory_shared(sessions, tmp_path):
     r.cli(f"ckpt restore --lazy {img}", timeout=120)
     assert r.finish().get("reason") == "exited-normally"
     assert read(out) == expected
-    assert (work / "shared.bin").read_bytes() == (ref / "shared.bin").read_bytes()
+    assert (tmp_path / "work" / "shared.bin").read_bytes() == \
+        (tmp_path / "ref" / "shared.bin").read_bytes()
 
 
 def test_lazy_refuses_a_compressed_image_and_keeps_the_process(sessions, tmp_path):

@@ -1,10 +1,10 @@
 """maps/smaps parsing and classification, on fixed lines and on this process's own /proc."""
 
-import ctypes
 import mmap
 import os
 
 import pytest
+from harness import address_of
 
 from gdbckpt.errors import SaveError
 from gdbckpt.linux import Prot
@@ -137,14 +137,6 @@ def test_live_smaps_agrees_with_maps():
     assert any(m.kind == Kind.FILE and m.path == exe for m in from_smaps)
 
 
-def _address(buf):
-    c = ctypes.c_char.from_buffer(buf)
-    try:
-        return ctypes.addressof(c)
-    finally:
-        del c
-
-
 def _live_mapping(addr):
     with open("/proc/self/smaps") as f:
         return next(m for m in parse_smaps(f.read()) if m.start <= addr < m.end)
@@ -171,7 +163,7 @@ def test_live_kinds(tmp_path):
                  (mmap.mmap(memfd, 8192, mmap.MAP_PRIVATE), Kind.DELETED,
                   "/memfd:my mem (deleted)")]
         for buf, kind, path in made:
-            m = _live_mapping(_address(buf))
+            m = _live_mapping(address_of(buf))
             assert m.kind == kind, m.describe()
             if path is not None:
                 assert m.path == path

@@ -1,9 +1,10 @@
 """procfs parsers on fixed text and on this process's own /proc; pagemap flags of real pages."""
 
-import ctypes
 import mmap
 import os
 import struct
+
+from harness import address_of
 
 from gdbckpt.linux import PAGE_SIZE, Auxv
 from gdbckpt.procfs import (
@@ -81,16 +82,8 @@ def test_tables():
     assert bytes([0x80, 0xA0, 0x40, 0x00, 0x1F]).translate(DIRTY_TABLE) == b"\1\0\1\0\0"
 
 
-def _address(buf):
-    c = ctypes.c_char.from_buffer(buf)
-    try:
-        return ctypes.addressof(c)
-    finally:
-        del c
-
-
 def _flags(buf, npages):
-    addr = _address(buf)
+    addr = address_of(buf)
     return read_pagemap(os.getpid(), addr, addr + npages * PAGE_SIZE)
 
 

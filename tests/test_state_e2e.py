@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from harness import REPO, example, read, uninterrupted
+from harness import REPO, example, read, shm_scenario, uninterrupted
 
 from gdbckpt.mi import MiError
 
@@ -143,19 +143,16 @@ def test_process_attributes_come_back(sessions, tmp_path):
 @pytest.mark.parametrize("segment", ["kept", "removed"])
 def test_shared_memory_comes_back(sessions, tmp_path, segment):
     """A MAP_SHARED file, SysV segments (still there, or gone and recreated), shared views."""
-    ref, work = tmp_path / "ref", tmp_path / "work"
-    ref.mkdir()
-    work.mkdir()
     key = 0x5EED0000 + os.getpid() % 0xFFFF
-    expected = uninterrupted([example("shm"), str(ref), str(key + 1), "8"])
-    argv = [example("shm"), str(work), str(key), "8"]
+    argv, expected = shm_scenario(tmp_path, key)
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
     save_and_kill(sessions, img, argv, out, "step_done if step == 3")
     if segment == "removed":
         subprocess.run(["ipcrm", "-M", str(key)], check=True)
     text, _ = restore_and_finish(sessions, img)
     assert read(out) == expected
-    assert (work / "shared.bin").read_bytes() == (ref / "shared.bin").read_bytes()
+    assert (tmp_path / "work" / "shared.bin").read_bytes() == \
+        (tmp_path / "ref" / "shared.bin").read_bytes()
     assert "detach private=0 keyed=0" in read(out)
     assert f"{key:#010x}" not in subprocess.run(["ipcs", "-m"], capture_output=True,
                                                 text=True).stdout
