@@ -1,4 +1,5 @@
-# gdbckpt: `make setup` once (it is also run by demo and test), then `make demo`, `make test`.
+# gdbckpt: `./dev demo`, `./dev test` (./dev installs make and the rest with apt if missing,
+# then runs make). `make setup` is run by demo and test.
 PYTHON_FOR_GDB := /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
@@ -12,8 +13,7 @@ setup: $(VENV)/.installed native examples
 # The environment is made with GDB's own interpreter: GDB embeds /usr/bin/python3.
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON_FOR_GDB) -c 'import venv, ensurepip' 2>/dev/null || { \
-		echo "installing python3-venv (needs root)"; \
-		apt-get install -y -q python3-venv >/dev/null; }
+		echo "python3-venv is missing: ./dev installs it (as root)" >&2; exit 1; }
 	$(PYTHON_FOR_GDB) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'

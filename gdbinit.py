@@ -1,6 +1,6 @@
 """Source this file in GDB to get the `ckpt` commands: `source /path/to/gdbckpt/gdbinit.py`.
 
-It puts this repository and its .venv's site-packages (made by `make setup`
+It puts this repository and its .venv's site-packages (made by `./dev setup`
 with GDB's own Python) first on GDB's sys.path, then registers the commands.
 Sourcing it twice is harmless. It prints at most one line.
 """
@@ -20,14 +20,14 @@ def _setup_path() -> str | None:
     site = os.path.join(venv, "lib", f"python{want}", "site-packages")
     cfg = os.path.join(venv, "pyvenv.cfg")
     if not os.path.isfile(cfg):
-        problem = f"no environment at {venv}: run 'make setup' in {repo}"
+        problem = f"no environment at {venv}: run './dev setup' in {repo}"
     else:
         with open(cfg) as f:
             version = next((line.split("=", 1)[1].strip() for line in f
                             if line.startswith("version")), "")
         if not version.startswith(want + "."):
             problem = (f"{venv} was made for Python {version}, GDB runs {sys.version.split()[0]}: "
-                       f"remove it and run 'make setup' in {repo}")
+                       f"remove it and run './dev setup' in {repo}")
     # First on the path: an older copy of a package installed for the system
     # Python must not win over the environment's.
     for path in (site, repo):

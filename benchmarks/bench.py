@@ -277,7 +277,7 @@ def main() -> int:
                     help="also measure from cold memory (adds a 10 s pause per measurement)")
     args = ap.parse_args()
     if not os.path.exists(BIGMEM):
-        print("build first: make setup", file=sys.stderr)
+        print("build first: ./dev setup", file=sys.stderr)
         return 2
     work = args.dir or tempfile.mkdtemp(prefix="gdbckpt-bench-", dir="/var/tmp")
     print(f"images in {work}; {args.reps} runs each; medians", flush=True)

@@ -1,6 +1,6 @@
 """The main job, end to end: save a running program, kill it, restore it, see it finish right.
 
-Run by `make demo`. It drives real GDB sessions through GDB/MI (pygdbmi),
+Run by `./dev demo`. It drives real GDB sessions through GDB/MI (pygdbmi),
 exactly as a user would type the commands, and exits non-zero if the
 restored program's output differs from an uninterrupted run's.
 """

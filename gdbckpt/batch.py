@@ -182,7 +182,7 @@ def gdb_session(timeout: float):
         try:
             g.cli("set ckpt progress on")
         except (MiError, MiTimeout) as e:
-            raise BatchError(f"gdbckpt did not load in GDB ({e}); run 'make setup'", Exit.GDB,
+            raise BatchError(f"gdbckpt did not load in GDB ({e}); run './dev setup'", Exit.GDB,
                              "".join(g.stderr)) from None
         yield g
     finally:

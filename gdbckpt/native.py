@@ -66,4 +66,4 @@ def stub_built() -> bool:
 
 
 def native_hint() -> str:
-    return f"run 'make setup' in {os.path.dirname(NATIVE_DIR)} to build it"
+    return f"run './dev setup' in {os.path.dirname(NATIVE_DIR)} to build it"
