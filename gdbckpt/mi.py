@@ -2,8 +2,10 @@
 
 pygdbmi's write() returns whatever arrived within its timeout, not the
 command's result. Here every command carries a token and cmd() waits, up to
-an explicit timeout, for the result record with that token; console text,
-async records and GDB's stderr arrive on the side and are kept.
+an explicit timeout, for the result record with that token; console text
+and *stopped records arrive on the side and are kept, with GDB's stderr
+for error messages. A GDB that is gone, or a command that cannot be sent,
+is an MiError like any refusal.
 """
 
 from __future__ import annotations
@@ -32,9 +34,7 @@ class MiTimeout(Exception):
 @dataclasses.dataclass
 class MiResult:
     message: str               # done, running, connected, exit
-    payload: dict | None
     console: str               # console stream output during the command
-    records: list[dict]
 
 
 def cli_arg(word: str) -> str:
@@ -44,7 +44,8 @@ def cli_arg(word: str) -> str:
 
 
 def mi_quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A string as an MI C-string argument: cli_arg's quoting, newlines escaped too."""
+    return cli_arg(s).replace("\n", "\\n")
 
 
 class Gdb:
@@ -56,32 +57,29 @@ class Gdb:
         if load_ckpt:
             cmd += ["-ex", f"source {GDBINIT}"]
         cmd += list(args)
-        self.ctl = GdbController(command=cmd, time_to_check_for_additional_output_sec=0)
+        # A read returns 1 ms after the last output instead of at its timeout.
+        self.ctl = GdbController(command=cmd, time_to_check_for_additional_output_sec=0.001)
         self.token = 0
         self.stderr: list[str] = []
-        self.console_log: list[str] = []
-        self.events: list[dict] = []     # async records not yet consumed
+        self.events: list[dict] = []     # *stopped records not yet consumed
         self._backlog: list[dict] = []   # records read after a command's result
         self.timeout = timeout
-        self._pump(0.5)
         # Without async MI, GDB reads no command (not even -exec-interrupt)
         # while the program runs.
         self.cmd("-gdb-set mi-async on")
 
     # -- plumbing --------------------------------------------------------------
 
-    def _pump(self, timeout: float) -> list[dict]:
-        try:
-            out = self.ctl.get_gdb_response(timeout_sec=timeout, raise_error_on_timeout=False)
-        except Exception as e:   # GDB died: report what it said
-            raise MiError("(read)", f"GDB is gone: {e}", "".join(self.stderr)) from None
+    def _pump(self, timeout: float, command: str) -> list[dict]:
+        out = self.ctl.get_gdb_response(timeout_sec=timeout, raise_error_on_timeout=False)
         for r in out:
             if r.get("stream") == "stderr" or r.get("type") == "log":
                 self.stderr.append(str(r.get("payload", "")))
-            if r.get("type") == "console":
-                self.console_log.append(r.get("payload") or "")
-            if r.get("type") == "notify":
+            if r.get("type") == "notify" and r.get("message") == "stopped":
                 self.events.append(r)
+        if not out and self.ctl.gdb_process.poll() is not None:
+            raise MiError(command, f"GDB is gone (exit status {self.ctl.gdb_process.returncode})",
+                          "".join(self.stderr))
         return out
 
     def cmd(self, command: str, timeout: float | None = None, on_console=None) -> MiResult:
@@ -91,23 +89,25 @@ class Gdb:
         """
         self.token += 1
         token = self.token
-        self.ctl.write(f"{token}{command}", read_response=False)
+        try:
+            self.ctl.write(f"{token}{command}", read_response=False)
+        except (OSError, UnicodeError) as e:     # GDB is gone; a path not in UTF-8
+            raise MiError(command, f"cannot send to GDB: {e}", "".join(self.stderr)) from None
         deadline = time.monotonic() + (timeout or self.timeout)
-        records: list[dict] = []
+        console: list[str] = []
         while time.monotonic() < deadline:
-            batch, self._backlog = self._backlog or self._pump(0.05), []
+            batch, self._backlog = self._backlog or self._pump(0.05, command), []
             for i, r in enumerate(batch):
-                records.append(r)
-                if on_console and r.get("type") == "console":
-                    on_console(r.get("payload") or "")
+                if r.get("type") == "console":
+                    console.append(r.get("payload") or "")
+                    if on_console:
+                        on_console(console[-1])
                 if r.get("type") == "result" and r.get("token") == token:
                     self._backlog = batch[i + 1:]       # for the next command
-                    console = "".join(x.get("payload") or "" for x in records
-                                      if x.get("type") == "console")
                     if r.get("message") == "error":
                         msg = (r.get("payload") or {}).get("msg", "")
                         raise MiError(command, msg, "".join(self.stderr))
-                    return MiResult(r.get("message"), r.get("payload"), console, records)
+                    return MiResult(r.get("message"), "".join(console))
         raise MiTimeout(f"no answer to {command!r} in {timeout or self.timeout} s; "
                         f"GDB's stderr: {''.join(self.stderr)[-2000:]}")
 
@@ -130,14 +130,11 @@ class Gdb:
     def wait_stopped(self, timeout: float | None = None) -> dict:
         """Wait for the next *stopped record; returns its payload (reason, frame, ...)."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            for i, r in enumerate(self.events):
-                if r.get("message") == "stopped":
-                    del self.events[: i + 1]
-                    return r.get("payload") or {}
+        while not self.events:
             if time.monotonic() > deadline:
                 raise MiTimeout(f"the program did not stop within {timeout or self.timeout} s")
-            self._pump(0.05)
+            self._pump(0.05, "(waiting for a stop)")
+        return self.events.pop(0).get("payload") or {}
 
     def close(self) -> None:
         try:
