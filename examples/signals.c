@@ -1,6 +1,6 @@
 /*
- * signals: signal state a restore must bring back: a SIGUSR1 handler, a
- * SIGUSR2 handler that runs on an alternate stack, SIGTERM ignored, SIGHUP
+ * signals: signal state a restore must bring back: SIGUSR1 and SIGRTMIN
+ * handlers, a SIGUSR2 handler that runs on an alternate stack, SIGTERM ignored, SIGHUP
  * blocked and left pending, and an interval timer (SIGALRM).
  *
  *   ./signals [STEPS]
@@ -13,10 +13,11 @@
 #include <sys/time.h>
 #include <time.h>
 
-static volatile sig_atomic_t usr1, usr2_on_alt, hup, alarms;
+static volatile sig_atomic_t usr1, rt, usr2_on_alt, hup, alarms;
 static char altstack[64 * 1024];
 
 static void on_usr1(int sig) { (void)sig; usr1++; }
+static void on_rt(int sig) { (void)sig; rt++; }
 
 static void on_usr2(int sig)
 {
@@ -32,8 +33,8 @@ __attribute__((noinline)) void report(int step, int alarms_seen)
 {
 	sigset_t pending;
 	sigpending(&pending);
-	printf("step %d usr1=%d usr2_on_altstack=%d hup_pending=%d hup_handled=%d alarm_ticking=%d\n",
-	       step, (int)usr1, (int)usr2_on_alt, sigismember(&pending, SIGHUP), (int)hup,
+	printf("step %d usr1=%d rt=%d usr2_on_altstack=%d hup_pending=%d hup_handled=%d "
+	       "alarm_ticking=%d\n", step, (int)usr1, (int)rt, (int)usr2_on_alt, sigismember(&pending, SIGHUP), (int)hup,
 	       alarms_seen);
 	fflush(stdout);
 }
@@ -46,6 +47,8 @@ int main(int argc, char **argv)
 	struct sigaction sa = { 0 };
 	sa.sa_handler = on_usr1;
 	sigaction(SIGUSR1, &sa, NULL);
+	sa.sa_handler = on_rt;
+	sigaction(SIGRTMIN, &sa, NULL);
 	sa.sa_handler = on_usr2;
 	sa.sa_flags = SA_ONSTACK;
 	sigaction(SIGUSR2, &sa, NULL);
@@ -64,6 +67,7 @@ int main(int argc, char **argv)
 	for (int step = 0; step < steps; step++) {
 		int before = alarms;
 		raise(SIGUSR1);
+		raise(SIGRTMIN);
 		usr2_on_alt = 0;
 		raise(SIGUSR2);
 		raise(SIGTERM);        /* ignored: the program goes on */

@@ -12,7 +12,7 @@ from harness import REPO, example, read, shm_scenario, uninterrupted
 from gdbckpt.mi import MiError
 
 GDBINIT = os.path.join(REPO, "gdbinit.py")
-QUIET_SIGNALS = "handle SIGUSR1 SIGUSR2 SIGTERM SIGHUP SIGALRM nostop noprint pass"
+QUIET_SIGNALS = "handle SIGUSR1 SIGUSR2 SIGTERM SIGHUP SIGALRM SIG34 nostop noprint pass"
 
 
 def save_and_kill(sessions, img, argv, out, bp, stdin="/dev/null", setup=()):

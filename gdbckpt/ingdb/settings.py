@@ -133,8 +133,12 @@ def _as_setting(value) -> str:
 
 
 def signal_handling(sig: str) -> str:
-    """The user's `handle` setting for sig, as words for `handle`: 'stop print pass'."""
-    out = gdb.execute(f"info signals {sig}", to_string=True)
+    """The user's `handle` setting for sig, as words for `handle`: 'stop print pass'
+    (GDB's default, also for a signal GDB has no name for)."""
+    try:
+        out = gdb.execute(f"info signals {sig}", to_string=True)
+    except gdb.error:
+        return "stop print pass"
     for line in out.splitlines():
         parts = line.split()
         if parts and parts[0] == sig and len(parts) >= 4:
@@ -147,10 +151,8 @@ def signal_handling(sig: str) -> str:
 def signal_passes(signo: int) -> bool:
     """Whether GDB passes signal signo on to the program when it resumes."""
     import signal as pysignal
-    try:
-        name = pysignal.Signals(signo).name
-    except ValueError:
-        name = f"SIG{signo}"
+    # GDB calls the real-time signals SIG32..SIG64 (Python: SIGRTMIN, SIGRTMAX).
+    name = f"SIG{signo}" if signo >= 32 else pysignal.Signals(signo).name
     return "nopass" not in signal_handling(name)
 
 
