@@ -3,8 +3,8 @@
 Plain data, made without GDB: `ckpt restore --dry-run` prints it, tests
 check it, and a failed restore names the step that failed. Most steps turn
 into stub ops (system calls the stub makes in one batch); a few are done by
-GDB's side (ingdb/restore.py): filling memory from compressed chunks,
-registers, and the last touches once the stub is gone.
+the engine itself (engine/restore.py): filling memory from compressed
+chunks, register sets, and the last touches once the stub is gone.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from . import fds as fdsmod
 from . import fileid
 from . import tids as tidsmod
 from . import vdso as vdsomod
+from .engine import xstate as xstatemod
 from .errors import RestoreError
 from .image import format as fmt
 from .image.model import SigAction, ThreadState, Vma
@@ -41,7 +42,7 @@ from .linux import (
 )
 from .maps import Kind, Mapping, find_gap
 from .procfs import pack_auxv
-from .regs import USER_CS_64, missing_features
+from .regs import USER_CS_64
 from .stubabi import STUB_MAX_THREADS, STUB_OP, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
 
 # madvise() advice for smaps VmFlags a restore puts back.
@@ -435,8 +436,10 @@ class SigActions(Step):
 
 @dataclasses.dataclass
 class ThreadKernelState(Step):
-    """What the kernel keeps per thread: rseq, alt stack, robust list, tid address, mask."""
+    """What the kernel keeps per thread: rseq, alt stack, robust list, tid address, mask,
+    and room for dynamic XSAVE features (AMX tiles) it had in use."""
     state: ThreadState = None
+    xcomp_perm: int = 0        # the leader requests the process's dynamic-feature permission
 
     def describe(self):
         t = self.state
@@ -445,14 +448,27 @@ class ThreadKernelState(Step):
             parts.append(f"rseq {t.rseq.addr:#x}")
         if t.sigaltstack:
             parts.append(f"altstack {t.sigaltstack.sp:#x}")
+        if self.xcomp_perm or self._expand():
+            parts.append(f"XSAVE permission {self.xcomp_perm:#x}, room {self._expand():#x}")
         if t.pending:
             parts.append("pending signals " + ", ".join(
                 str(struct.unpack_from("<i", si)[0]) for si in t.pending))
         return f"thread {t.tid}: " + ", ".join(parts)
 
+    def _expand(self) -> int:
+        from .engine.xstate import DYNAMIC
+        return self.state.xstate.in_use & DYNAMIC if self.state.xstate else 0
+
     def ops(self, scratch):
         t = self.state
         out = []
+        # Before anything else: a thread without the room cannot take its tile state back.
+        for feature in range(64) if self.xcomp_perm else ():
+            if self.xcomp_perm >> feature & 1:
+                out.append(Op(StubOp.XCOMP, (feature, 0),
+                              StubOpFlags.NONE if self._expand() else StubOpFlags.IGNORE_ERROR))
+        if self._expand():
+            out.append(Op(StubOp.XCOMP, (0, self._expand())))
         if t.rseq:
             out.append(Op(Sys.rseq, (t.rseq.addr, t.rseq.size, 0, t.rseq.sig)))
         if t.sigaltstack:
@@ -602,9 +618,8 @@ class CloneThread(Step):
     """A thread of the saved process, made by the stub. It runs its own setup ops (what
     the kernel keeps per thread), then parks on a stack of its own in the stub.
 
-    CLONE_UNTRACED: GDB does not see it until it attaches again at the end (a
-    thread GDB saw appear during an inferior call would make GDB/MI report
-    ^running); its registers are set then (Plan.after_attach).
+    CLONE_UNTRACED: the engine seizes it itself once the batch that made it
+    returns, and sets its registers like the leader's.
     """
     state: ThreadState = None
     slot: int = 0
@@ -716,7 +731,7 @@ class Live:
     timer_ids: bool = False         # PR_TIMER_CREATE_RESTORE_IDS works here
     sysv: dict = dataclasses.field(default_factory=dict)   # saved shmid -> sysv.Segment
     same_ids: bool = False          # the stub has the saved pid and threads get their tids
-    register_names: set[str] = dataclasses.field(default_factory=set)   # GDB's, on this CPU
+    xcr0: int | None = None         # the XSAVE components this CPU enables
     stub_nice: int = 0
 
 
@@ -725,14 +740,9 @@ class Plan:
     steps: list[Step]
     warnings: list[str]
     vdso_mode: str
-    after_attach: list[Step] = dataclasses.field(default_factory=list)  # once GDB re-attached
 
     def text(self) -> str:
         lines = [f"{i:3d}  {s.describe()}" for i, s in enumerate(self.steps)]
-        if self.after_attach:
-            lines.append("     once GDB has attached to the restored process again:")
-            lines += [f"{i:3d}  {s.describe()}"
-                      for i, s in enumerate(self.after_attach, len(self.steps))]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -769,7 +779,7 @@ def build(img: Image, live: Live, vdso_mode: str = "auto",
 
 
 def preflight(img: Image, *, live_vdso: bytes | None, live_layout: dict[str, int],
-              register_names: set[str], fd_checks: dict[int, tuple[str, str]], force: bool,
+              xcr0: int | None, fd_checks: dict[int, tuple[str, str]], force: bool,
               fill: str = "stub", vdso_mode: str = "auto") -> str:
     """Refuse what this host cannot restore, before anything changes (a restore runs
     this before it replaces the process being debugged, and again with the stub's
@@ -785,10 +795,10 @@ def preflight(img: Image, *, live_vdso: bytes | None, live_layout: dict[str, int
         if get(t.regs, "cs") != USER_CS_64:
             raise RestoreError(f"thread {t.tid} ran 32-bit code (cs {get(t.regs, 'cs'):#x}); "
                                "only 64-bit processes can be restored")
-        missing = missing_features(t.regs, register_names) if register_names else []
+        missing = xstatemod.missing(t.xstate, xcr0) if xcr0 is not None and t.xstate else []
         if missing:
-            raise RestoreError(f"the image's registers need {', '.join(missing)}, which this "
-                               "CPU (or this GDB) lacks")
+            raise RestoreError(f"thread {t.tid}'s registers use {', '.join(missing)}, which "
+                               "this CPU lacks")
     for status, why in fd_checks.values():
         if status in ("gone", "shorter") and not force:
             raise RestoreError(f"{why}; restore with --force to go on anyway")
@@ -833,13 +843,12 @@ class _Builder:
         self.attached: set[tuple[int, int]] = set()
         self.shm_remove: list[int] = []
         self.views = _shared_groups(img.vmas)       # inode -> mappings of one object
-        self.after_attach: list[Step] = []
         self.later_views: dict[int, Vma] = {}
 
     def build(self) -> Plan:
         layout = {m.kind.value: m.size for m in self.live_special.values()}
         mode = preflight(self.img, live_vdso=self.live.vdso, live_layout=layout,
-                         register_names=self.live.register_names,
+                         xcr0=self.live.xcr0,
                          fd_checks=self.live.fd_checks, force=self.live.force, fill=self.fill,
                          vdso_mode=self.vdso_mode)
         self._check_collisions()
@@ -863,7 +872,7 @@ class _Builder:
             self.steps.append(CloseFd(fd=fd))
         self._process()
         self._threads()
-        return Plan(self.steps, self.warnings, mode, self.after_attach)
+        return Plan(self.steps, self.warnings, mode)
 
     # -- checks ---------------------------------------------------------------
 
@@ -1186,7 +1195,7 @@ class _Builder:
         leader, others = self.img.threads[0], self.img.threads[1:]
         same = self.live.same_ids
         # The leader blocks every signal first: the threads it makes inherit that.
-        self.steps.append(ThreadKernelState(state=leader))
+        self.steps.append(ThreadKernelState(state=leader, xcomp_perm=self._xcomp_perm()))
         for slot, t in enumerate(others):
             ptr = t.tid_address or self._tid_field(t)
             if ptr is None:
@@ -1199,12 +1208,17 @@ class _Builder:
                                            shared=self.img.process.shared_pending))
         if not same:
             self._patch_tids(leader)
+        self.steps += [Registers(state=t, thread=t.tid) for t in others]
         self.steps.append(Registers(state=leader))
-        self.after_attach = [Registers(state=t, thread=t.tid) for t in others]
         self.steps.append(DropStub(ranges=[(m.start, m.end) for m in self.stub]))
         if self.exe_fd is not None:
             self.steps.append(SetExe(fd=self.exe_fd, path=self.img.process.exe,
                                      fields=self.mm_fields))
+
+    def _xcomp_perm(self) -> int:
+        """The dynamic XSAVE features the process was permitted, that must be asked for."""
+        from .engine.xstate import DYNAMIC
+        return self.img.process.xcomp_perm & DYNAMIC
 
     def _tid_field(self, t: ThreadState) -> int | None:
         """&pd->tid of a thread: its fs_base plus the offset libc declares."""

@@ -1,7 +1,7 @@
-"""Register sets as raw bytes by GDB register name, and the kernel's syscall-restart rules.
+"""The general registers as the kernel's user_regs_struct, and its syscall-restart rules.
 
-Plain Python: GDB reads and writes the registers (ingdb/inferior.py); this
-module only decides what the saved values must be.
+Plain Python: the engine reads and writes the registers (engine/ptrace.py);
+this module only decides what the saved values must be.
 """
 
 from __future__ import annotations
@@ -11,46 +11,34 @@ import re
 from .image.model import SyscallState
 from .linux import Restart, Sys
 
-# Registers every x86-64 image must have; the rest of the 'save' group
-# (x87, SSE, AVX, AVX-512, pkru) depends on the CPU.
-GENERAL = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
-           "r12", "r13", "r14", "r15", "rip", "eflags", "cs", "ss", "ds", "es", "fs", "gs",
-           "fs_base", "gs_base", "orig_rax")
-# What each CPU feature adds to GDB's register set (gdb/features/i386/64bit-*.xml):
-# used to explain a refusal. The first pattern that matches a name wins.
-FEATURE_OF = (
-    (re.compile(r"zmm\d+h|k[0-7]|(xmm|ymm)(1[6-9]|2\d|3[01])h?"), "AVX-512"),
-    (re.compile(r"ymm\d+h"), "AVX"),
-    (re.compile(r"pkru"), "PKU (protection keys)"),
-)
 SYSCALL_INSN = b"\x0f\x05"
-# GDB's general registers that are 4 bytes wide (the rest are 8).
-FOUR_BYTES = {"eflags", "cs", "ss", "ds", "es", "fs", "gs"}
 USER_CS_64 = 0x33      # __USER_CS: the code segment of a 64-bit thread
+USER_DS = 0x2B
+MASK64 = (1 << 64) - 1
+GENERAL = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags "
+           "rsp ss fs_base gs_base ds es fs gs").split()
 
 
-def blank(**values: int) -> dict[str, bytes]:
-    """A 64-bit thread's general registers: zero, but for cs and the values given."""
-    regs = {n: bytes(4 if n in FOUR_BYTES else 8) for n in GENERAL}
-    regs["cs"] = USER_CS_64.to_bytes(4, "little")
-    for name, value in values.items():
-        regs[name] = (value & ((1 << 8 * len(regs[name])) - 1)).to_bytes(len(regs[name]),
-                                                                          "little")
+def blank(**values: int) -> dict[str, int]:
+    """A 64-bit thread's general registers: zero, but for the segments and the values given."""
+    regs = dict.fromkeys(GENERAL, 0)
+    regs.update(cs=USER_CS_64, ss=USER_DS, eflags=0x202)
+    regs.update({k: v & MASK64 for k, v in values.items()})
     return regs
 
 
-def get(regs: dict[str, bytes], name: str) -> int:
+def get(regs: dict[str, int], name: str) -> int:
     """A register as an unsigned integer."""
-    return int.from_bytes(regs[name], "little")
+    return regs[name] & MASK64
 
 
-def get_signed(regs: dict[str, bytes], name: str) -> int:
-    return int.from_bytes(regs[name], "little", signed=True)
+def get_signed(regs: dict[str, int], name: str) -> int:
+    v = regs[name] & MASK64
+    return v - (1 << 64) if v >> 63 else v
 
 
-def put(regs: dict[str, bytes], name: str, value: int) -> None:
-    size = len(regs[name])
-    regs[name] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+def put(regs: dict[str, int], name: str, value: int) -> None:
+    regs[name] = value & MASK64
 
 
 # mov $imm32, %eax; syscall: how glibc's wrappers make most calls.
@@ -58,7 +46,30 @@ MOV_EAX_SYSCALL = re.compile(rb"\xb8(....)\x0f\x05\Z", re.S)
 EINTR = 4
 
 
-def apply_restart(regs: dict[str, bytes], code_before: bytes = b"") -> SyscallState | None:
+def pending_restart(regs: dict[str, int]) -> bool:
+    """Whether the kernel would rewind this thread into its system call on resuming."""
+    return get_signed(regs, "orig_rax") >= 0 and \
+        -get_signed(regs, "rax") in Restart.__members__.values()
+
+
+def rewind(regs: dict[str, int]) -> None:
+    """Do in place what the kernel does on resuming a thread stopped inside a
+    restartable call with no handler to run: back to the syscall instruction.
+
+    Needed after injected calls: the thread then resumes from a system-call
+    stop, where the kernel makes no such rewind itself. ERESTART_RESTARTBLOCK
+    goes to restart_syscall, whose state the kernel still has.
+    """
+    if not pending_restart(regs):
+        return
+    err = -get_signed(regs, "rax")
+    nr = Sys.restart_syscall if err == Restart.ERESTART_RESTARTBLOCK else regs["orig_rax"]
+    put(regs, "rip", get(regs, "rip") - len(SYSCALL_INSN))
+    put(regs, "rax", nr)
+    put(regs, "orig_rax", -1)
+
+
+def apply_restart(regs: dict[str, int], code_before: bytes = b"") -> SyscallState | None:
     """Rewind a thread stopped inside a restartable system call, in place.
 
     A thread stopped in a system call has orig_rax = the call and rax =
@@ -89,14 +100,3 @@ def apply_restart(regs: dict[str, bytes], code_before: bytes = b"") -> SyscallSt
     put(regs, "rax", nr)
     put(regs, "orig_rax", -1)
     return SyscallState(nr=nr, errno=err, action="restart")
-
-
-def missing_features(saved: dict[str, bytes], live_names: set[str]) -> list[str]:
-    """Registers in the image the live CPU has no place for, as feature names."""
-    missing = sorted(set(saved) - live_names)
-    feats = []
-    for name in missing:
-        feat = next((f for p, f in FEATURE_OF if p.fullmatch(name)), f"register {name}")
-        if feat not in feats:
-            feats.append(feat)
-    return feats

@@ -24,6 +24,7 @@ class StubOp(enum.IntEnum):
     COPY_ALL = 1003
     CLONE3 = 1004
     QUEUE_SELF = 1005
+    XCOMP = 1006
 
 
 class StubOpFlags(enum.IntFlag):

@@ -33,3 +33,25 @@ size_t ckpt_nonzero_pages(const void *buf, size_t npages, uint8_t *out)
 	}
 	return count;
 }
+
+/*
+ * CPUID for Python: the layout of the XSAVE area (leaf 0xd) is the CPU's,
+ * and Python has no way to ask for it.
+ */
+#include <cpuid.h>
+
+void ckpt_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4])
+{
+	__cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]);
+}
+
+/* XCR0, the state components the kernel enabled; 0 without OSXSAVE. */
+uint64_t ckpt_xcr0(void)
+{
+	uint32_t a, b, c, d;
+	__cpuid(1, a, b, c, d);
+	if (!(c & (1u << 27)))
+		return 0;
+	__asm__ volatile("xgetbv" : "=a"(a), "=d"(d) : "c"(0));
+	return (uint64_t)d << 32 | a;
+}

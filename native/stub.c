@@ -2,9 +2,10 @@
  * gdbckpt restart stub: the process that becomes the restored program.
  *
  * gdbckpt spawns it with a pipe at STUB_READY_FD; once the stub runs on its
- * own stack it writes one byte there and waits in pause(). GDB attaches and
- * drives it with inferior calls to stub_run(): a batch of system calls
- * (struct stub_op) that recreate the saved address space. It has no libc, so nothing of its own (rseq area,
+ * own stack it writes one byte there and waits in pause(). gdbckpt's engine
+ * seizes it with ptrace and drives it by resuming it at stub_call, which
+ * runs a batch of system calls (struct stub_op) that recreate the saved
+ * address space and ends in a trap. It has no libc, so nothing of its own (rseq area,
  * TLS, malloc arenas) lingers in what becomes the target's memory; it is
  * static and not PIE, linked at STUB_BASE, where no ordinary layout puts
  * anything.
@@ -59,13 +60,14 @@ static struct thread_start thread_starts[STUB_MAX_THREADS];
 #define FUTEX_WAKE 1
 
 char stub_stack[STUB_STACK_SIZE] __attribute__((aligned(16)));
-/* Paths, structs and op lists that GDB writes for a run. */
+/* Paths, structs and op lists that the engine writes for a run. */
 unsigned char stub_scratch[STUB_SCRATCH_SIZE] __attribute__((aligned(4096)));
 /* One small parking stack per extra thread the restore creates. */
 unsigned char stub_thread_stacks[STUB_MAX_THREADS][STUB_THREAD_STACK] __attribute__((aligned(16)));
 
-/* GDB's breakpoint targets: empty, called in a loop. noipa: GCC must neither
- * inline them nor fold the two identical bodies into one. */
+/* Where the stub waits: empty, called in a loop (a breakpoint target when the
+ * stub is debugged). noipa: GCC must neither inline them nor fold the two
+ * identical bodies into one. */
 void __attribute__((noipa)) stub_park(void)
 {
 	__asm__ volatile("" ::: "memory");
@@ -180,6 +182,27 @@ static long clone3_parked(long flags, long tls, long tidptr, long slot, long tid
 	return wait_started(slot, stub_clone3(&args, sizeof args, slot));
 }
 
+#define SYS_arch_prctl 158
+#define ARCH_REQ_XCOMP_PERM 0x1023
+
+/* An XSAVE area with nothing in use: restoring a feature from it sets the feature's
+ * initial state, which for a dynamic feature (AMX tile data) makes the kernel
+ * grow this thread's buffer first. Only then can the saved tiles be written. */
+static unsigned char xsave_init[4096] __attribute__((aligned(64)));
+
+static long xcomp(long feature, unsigned long expand)
+{
+	if (feature) {
+		long r = stub_syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, feature, 0, 0, 0, 0);
+		if (r < 0)
+			return r;
+	}
+	if (expand)
+		__asm__ volatile("xrstor64 %0" : : "m"(xsave_init), "a"((unsigned)expand),
+				 "d"((unsigned)(expand >> 32)) : "memory");
+	return 0;
+}
+
 /* rt_tgsigqueueinfo refuses a kill()/tkill() si_code unless the target is the caller. */
 static long queue_self(long sig, long info)
 {
@@ -204,6 +227,8 @@ static long run_one(struct stub_op *op)
 		return copy_all(a[0], (long *)a[1], a[2], (long *)a[3], a[4]);
 	case STUB_OP_QUEUE_SELF:
 		return queue_self(a[0], a[1]);
+	case STUB_OP_XCOMP:
+		return xcomp(a[0], (unsigned long)a[1]);
 	default:
 		return stub_syscall(op->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	}

@@ -23,6 +23,10 @@
 #define STUB_OP_QUEUE_SELF 1005 /* sig, siginfo: queue a signal to the calling thread (only
 				   * a thread itself may queue a kill()/tkill() siginfo) */
 
+#define STUB_OP_XCOMP      1006 /* feature, expand mask: request permission for a dynamic
+				   * XSAVE feature (if not 0), then make the kernel give this
+				   * thread room for the features in the mask */
+
 #define STUB_OPF_IGNORE_ERROR 1 /* a failure is recorded in ret but does not stop the run */
 
 #ifndef __ASSEMBLER__

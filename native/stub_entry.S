@@ -15,6 +15,20 @@ _start:
 	call	stub_main
 	hlt
 
+/*
+ * The engine's way in: it sets rip here, rdi/rsi to an op batch and rsp to
+ * the top of stub_stack, and resumes (PTRACE_CONT). The int3 hands control
+ * back with stub_run's result in rax. No single-step, no inferior call.
+ */
+	.globl stub_call
+	.type stub_call, @function
+stub_call:
+	call	stub_run
+	.globl stub_call_trap
+stub_call_trap:
+	int3
+	jmp	stub_call_trap
+
 /* long stub_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6) */
 	.globl stub_syscall
 	.type stub_syscall, @function

@@ -8,6 +8,7 @@ import time
 import pytest
 from harness import EXAMPLES, NOBODY, SYSTEM_PYTHON, example, read, uninterrupted
 
+from gdbckpt.image.format import FORMAT_VERSION
 from gdbckpt.mi import MiError
 
 
@@ -224,7 +225,8 @@ def test_info_describes_the_image(sessions, tmp_path):
             breakpoint="compute_step if step == 2")
     s.save(img)
     info = s.cli(f"ckpt info {img}")
-    for want in ("Format:    version 1", f"Program:   {example('counter')}", "Threads:   1",
+    for want in (f"Format:    version {FORMAT_VERSION}", f"Program:   {example('counter')}",
+                 "Threads:   1",
                  "[heap]", "[stack]", "libc.so.6", "a restore here would move", "Kernel:    "
                  + os.uname().release):
         assert want in info, want

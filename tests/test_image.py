@@ -307,7 +307,9 @@ def test_flipped_bit_in_chunk_padding(tmp_path):
 # --- foreign images ------------------------------------------------------------------
 
 @pytest.mark.parametrize("change, expected", [
-    ({"version": 99}, ("version 99", "version 1", "upgrade")),
+    ({"version": 99}, ("version 99", f"version {fmt.FORMAT_VERSION}", "upgrade")),
+    # Format 1 kept registers under GDB's names: refused, naming the version that made it.
+    ({"version": 1}, ("was made by gdbckpt 0.1", "image format 1", "save the program again")),
     ({"version": 0}, ("invalid format version 0",)),
     ({"machine": 183}, ("ELF machine 183",)),
     ({"flags": 0x80}, ("unknown header flags 0x80",)),

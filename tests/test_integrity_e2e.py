@@ -10,6 +10,7 @@ import time
 import pytest
 from harness import example
 
+from gdbckpt.engine import xstate
 from gdbckpt.image import format as fmt
 from gdbckpt.mi import MiError
 
@@ -72,7 +73,8 @@ def test_refusals_name_the_problem(sessions, tmp_path, image):
     newer[fmt.HEADER_CSUM_AT:] = fmt.checksum(bytes(newer[:fmt.HEADER_CSUM_AT])).to_bytes(8,
                                                                                          "little")
     cases["newer"] = (bytes(newer) + data[fmt.HEADER_SIZE:],
-                      "has format version 7, newer than this gdbckpt's version 1")
+                      "has format version 7, newer than this gdbckpt's version "
+                      f"{fmt.FORMAT_VERSION}")
     arm = bytearray(newer)
     arm[8:12] = (1).to_bytes(4, "little")
     arm[16:20] = (183).to_bytes(4, "little")
@@ -110,16 +112,20 @@ def test_flipped_bits_are_found_and_named(sessions, tmp_path, image):
 def test_cpu_features_and_32_bit_code_are_refused_before_anything_runs(sessions, image):
     s = sessions()
 
-    def avx512(t):
-        t["regs"]["zmm0h"] = "00" * 32
-        t["regs"]["k1"] = "00" * 8
+    # A component this CPU lacks, read from the live CPU: the first known one that its
+    # XCR0 does not enable (every CPU lacks some: none has all of MPX, AMX and APX).
+    lacking = next(b for b in sorted(xstate.FEATURES) if not xstate.live_xcr0() >> b & 1)
+
+    def foreign(t):
+        t["xstate"]["in_use"] |= 1 << lacking
+        t["xstate"]["components"][str(lacking)] = "00" * 64
         return t
-    msg = error_of(s, f"ckpt restore {rewrite_record(image, fmt.RecordType.THREAD, avx512)}")
-    assert "registers need AVX-512, which this CPU" in msg, msg
+    msg = error_of(s, f"ckpt restore {rewrite_record(image, fmt.RecordType.THREAD, foreign)}")
+    assert f"registers use {xstate.feature_name(lacking)}, which this CPU lacks" in msg, msg
     assert s.pid() == 0
 
     def compat(t):
-        t["regs"]["cs"] = (0x23).to_bytes(8, "little").hex()
+        t["regs"]["cs"] = 0x23
         return t
     msg = error_of(s, f"ckpt restore {rewrite_record(image, fmt.RecordType.THREAD, compat)}")
     assert "ran 32-bit code" in msg and s.pid() == 0

@@ -75,6 +75,7 @@ from gdbckpt.image.model import (  # noqa: E402
     ThreadState,
     VdsoInfo,
     Vma,
+    XState,
 )
 from gdbckpt.image.reader import Image  # noqa: E402
 from gdbckpt.image.writer import ImageWriter  # noqa: E402
@@ -118,7 +119,7 @@ def build_image(path: str) -> bytes:
             cmdline=[EXE, "--steps", "60", "a b"],
             kernel={"release": "6.1.0-18-amd64", "version": "#1 SMP Debian",
                     "machine": "x86_64", "hostname": "host"},
-            saved_at=1_700_000_000.25, tool_version="0.1.0",
+            saved_at=1_700_000_000.25, tool_version="0.2.0",
             mm=MmBounds(start_code=TEXT, end_code=TEXT + 2 * PAGE, start_data=DATA,
                         end_data=DATA + 2 * PAGE, start_brk=HEAP, brk=HEAP + 8 * PAGE,
                         start_stack=STACK + 0x1F00, arg_start=STACK + 0x1F10,
@@ -133,8 +134,9 @@ def build_image(path: str) -> bytes:
             itimers=[ItimerState(which=0, interval_us=0, value_us=500_000)],
             not_restored=["timer"], tid_offset=720)
         thread = ThreadState(
-            tid=4242, regs={**blank(rip=TEXT + 0x123, rsp=STACK + 0x1D00, eflags=0x246),
-                            "xmm0": bytes(16)},
+            tid=4242, regs=blank(rip=TEXT + 0x123, rsp=STACK + 0x1D00, eflags=0x246),
+            xstate=XState(xcr0=0x7, in_use=0x7, legacy=bytes(range(232)) * 2,
+                          components={"2": bytes(256)}),
             sigmask=1 << 9, name="prog",
             syscall=SyscallState(nr=230, errno=516, action="restart"),
             rseq=Rseq(addr=LIBT + 0x1000, size=32, sig=0x53053053),

@@ -77,9 +77,20 @@ class SigAltStack:
 
 
 @dataclasses.dataclass
+class XState:
+    """A thread's extended registers (NT_X86_XSTATE), per XSAVE component."""
+    xcr0: int                   # the components the saving CPU enabled
+    in_use: int                 # XSTATE_BV: components not in their initial state
+    legacy: bytes               # the FXSAVE area's first 464 bytes: x87, MXCSR, xmm0-15
+    components: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    # feature number (2 and up) -> that component's bytes, for those in use
+
+
+@dataclasses.dataclass
 class ThreadState:
     tid: int
-    regs: dict[str, bytes]      # GDB register name -> raw bytes, 'save' group
+    regs: dict[str, int]        # struct user_regs_struct by field name (PTRACE_GETREGS)
+    xstate: XState | None = None
     sigmask: int = 0            # bit n-1 blocks signal n
     name: str = ""
     syscall: SyscallState | None = None
@@ -145,6 +156,7 @@ class ProcessInfo:
     nice: int = 0
     not_restored: list[str] = dataclasses.field(default_factory=list)
     tid_offset: int | None = None   # offsetof(struct pthread, tid), from libc
+    xcomp_perm: int = 0         # ARCH_GET_XCOMP_PERM: XSAVE components the process may use
 
 
 @dataclasses.dataclass

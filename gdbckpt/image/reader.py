@@ -12,6 +12,7 @@ import dataclasses
 import os
 import stat
 
+from ..engine.ptrace import USER_REGS
 from ..errors import ImageError
 from ..linux import EM_X86_64, PAGE_SIZE
 from ..maps import Kind
@@ -232,6 +233,11 @@ class _Loader:
         if machine != EM_X86_64:
             raise self.fail(f"is for another architecture (ELF machine {machine}); "
                             "only x86-64 images can be restored here")
+        if version < fmt.OLDEST_VERSION:
+            raise self.fail(f"was made by {fmt.MADE_BY[version]} (image format {version}, "
+                            "registers stored under GDB's names); this gdbckpt reads format "
+                            f"{fmt.FORMAT_VERSION}: restore it with {fmt.MADE_BY[version]}, "
+                            "or save the program again")
         if algo not in fmt.CsumAlgo.__members__.values():
             raise self.fail(f"uses an unknown checksum algorithm {algo}")
         if flags & ~int(fmt.ImageFlags.COMPRESSED):
@@ -368,12 +374,17 @@ class _Loader:
         return chunks
 
     def _check_threads(self, threads: list[ThreadState]) -> None:
-        from ..regs import GENERAL  # regs imports the model: not at module level
         for t in threads:
-            missing = [r for r in GENERAL if len(t.regs.get(r, b"")) not in (4, 8)]
+            missing = [r for r in USER_REGS if r not in t.regs or not 0 <= t.regs[r] < 1 << 64]
             if missing:
                 raise self.fail(f"is corrupt: thread {t.tid} lacks register "
                                 f"{', '.join(missing[:3])}")
+            x = t.xstate
+            if x is not None and (len(x.legacy) != 464 or any(
+                    not k.isdigit() or not 2 <= int(k) < 64 or not x.in_use >> int(k) & 1
+                    or len(v) > 1 << 16 for k, v in x.components.items())):
+                raise self.fail(f"is corrupt: thread {t.tid}'s extended registers are not "
+                                "laid out as XSAVE components")
 
     def _check_vdso(self, vdso: VdsoInfo) -> None:
         for name in ("vdso", "vvar", "vvar_vclock", "proxy", "mark"):

@@ -116,10 +116,10 @@ The process stays stopped where it was; 'continue' runs it on."""
 
     @_guard("ckpt save")
     def invoke(self, arg, from_tty):
-        from . import dump
+        from . import save as savemod
         opts, words = parse_args(arg, self.USAGE, flags=("sync", "compress", "strict"))
         path = one_path(words, self.USAGE)
-        r = dump.save(path, sync=opts.get("sync"), compress=bool(opts.get("compress")),
+        r = savemod.save(path, sync=opts.get("sync"), compress=bool(opts.get("compress")),
                       strict=bool(opts.get("strict")))
         for note in r.notes:
             gdb.write(f"ckpt save: note: {note}\n")

@@ -14,15 +14,16 @@ import struct
 from ..image.model import ItimerState, PosixTimer, SigAction, SigAltStack
 from ..linux import KERNEL_SIGACTION, NSIG, SI_USER, SIGCONT, SIGKILL, SIGSTOP, STACK_T, Prctl, Sys
 from ..procfs import Proc, parse_timers, sigset
-from .inferior import Inferior
+from .process import Process
 
 ITIMERVAL = struct.Struct("<qqqq")          # interval sec, usec, value sec, usec
 ITIMERSPEC = struct.Struct("<qqqq")         # interval sec, nsec, value sec, nsec
 SS_DISABLE = 2
+ARCH_GET_XCOMP_PERM = 0x1022
 
 
 class StateReader:
-    def __init__(self, inf: Inferior, proc: Proc):
+    def __init__(self, inf: Process, proc: Proc):
         self.inf = inf
         self.proc = proc
 
@@ -87,13 +88,23 @@ class StateReader:
                                   remaining_ns=vsec * 10**9 + vnsec))
         return out
 
+    def xcomp_perm(self) -> int:
+        """The XSAVE components the process may use (ARCH_GET_XCOMP_PERM); 0 where the
+        kernel has no such permissions."""
+        try:
+            _, raw = self.inf.call_with_output(Sys.arch_prctl, (ARCH_GET_XCOMP_PERM,), 8,
+                                               what="arch_prctl(ARCH_GET_XCOMP_PERM)")
+        except self.inf.raise_as:
+            return 0
+        return struct.unpack("<Q", raw)[0]
+
     def dumpable(self) -> int:
         return self.inf.syscall_ok(Sys.prctl, Prctl.GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
 
     def pending(self, tid: int, shared: bool = False) -> list[bytes]:
         """Queued signals (siginfo bytes) of a thread, or of the whole process.
 
-        A SIGSTOP is left out: GDB sends those to stop threads itself.
+        A SIGSTOP is left out: debuggers send those to stop threads themselves.
         """
         return [si for si in self.inf.peek_siginfo(tid, shared)
                 if struct.unpack_from("<i", si)[0] != SIGSTOP and not debuggers_own(si)]

@@ -1,20 +1,17 @@
-"""ckpt save: stopped process -> image.
+"""Save: a stopped process -> an image.
 
 The pipeline: what /proc and ptrace tell (maps, stat, status, auxv, fds,
-rseq, pending signals), what only the process can tell (procstate.py:
-injected system calls), the registers of every thread through GDB, then the
-memory (memory.py) and the metadata into the image writer.
+rseq, pending signals), what only the process can tell (state.py: injected
+system calls), the register sets of every thread, then the memory
+(memory.py) and the metadata into the image writer. No GDB: the front end
+(front.py) answers the few questions only it can.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import struct
 import time
-
-import gdb
 
 from .. import __version__, fileid
 from .. import fds as fdsmod
@@ -47,9 +44,11 @@ from ..procfs import (
     read_sysv_shm,
     sigset,
 )
-from . import settings
-from .inferior import Inferior, check_stopped
-from .procstate import StateReader, debuggers_own
+from . import elfsym
+from . import xstate as xstatemod
+from .front import Front
+from .process import Process
+from .state import StateReader, debuggers_own
 
 
 @dataclasses.dataclass
@@ -67,21 +66,22 @@ class SaveResult:
     phases: dict[str, float] = dataclasses.field(default_factory=dict)   # seconds each
 
 
-def save(path: str, *, sync: bool | None = None, compress: bool = False,
-         strict: bool = False) -> SaveResult:
+def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = False,
+         compress: bool = False, strict: bool = False) -> SaveResult:
+    """Save proc, whose threads are all stopped under our (or the front end's) ptrace."""
     t0 = time.perf_counter()
-    check_stopped(SaveError)
-    inf = Inferior(SaveError)
+    front = front or Front()
     try:
-        return _Saver(inf, path, settings.get("sync") if sync is None else sync,
-                      compress, strict).run(t0)
+        return _Saver(proc, path, front, sync, compress, strict).run(t0)
     finally:
-        inf.close()
+        front.changed(proc)
 
 
 class _Saver:
-    def __init__(self, inf: Inferior, path: str, sync: bool, compress: bool, strict: bool):
+    def __init__(self, inf: Process, path: str, front: Front, sync: bool, compress: bool,
+                 strict: bool):
         self.inf = inf
+        self.front = front
         self.path = path
         self.sync = sync
         self.compress = compress
@@ -111,11 +111,11 @@ class _Saver:
             todo = [r for m in maps if m.kind in STORED_KINDS
                     for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
             total = sum(r.count for r in todo) * PAGE_SIZE
-            progress = settings.Progress("save", total)
+            progress = self.front.progress("save", total)
             if compressor is None:
                 w.reserve(total)
             t1 = time.perf_counter()
-            dumper = MemoryDumper(self.inf.pid, w, _inserted_breakpoints(self.inf))
+            dumper = MemoryDumper(self.inf.pid, w, self.front.inserted_breakpoints(self.inf))
             try:
                 for region in todo:
                     dumper.dump(region)
@@ -247,12 +247,13 @@ class _Saver:
             gid=int(status["Gid"].split()[0]), sigactions=self.state.sigactions(status),
             sigpending=sigset(status.get("ShdPnd", "0")),
             shared_pending=self.state.pending(self.inf.pid, shared=True),
-            stopped_by=_stop_reason(),
+            stopped_by=self.front.stop_reason(),
             rlimits=[Rlimit(*r) for r in parse_limits(self.proc.limits())],
             itimers=self.state.itimers(), timers=timers,
             no_new_privs=status.get("NoNewPrivs", "0") == "1",
             dumpable=self.state.dumpable(), nice=int(stat["nice"]),
-            not_restored=self._not_restored(fds), tid_offset=_tid_offset())
+            not_restored=self._not_restored(fds), tid_offset=elfsym.tid_offset(self.inf),
+            xcomp_perm=self.state.xcomp_perm())
 
     def _not_restored(self, fds: list[FdInfo]) -> list[str]:
         out = [f"{fdsmod.describe(f)}: /dev/null instead" for f in fds
@@ -262,28 +263,29 @@ class _Saver:
     def _exe(self) -> str:
         exe = self.proc.exe()
         # A process gdbckpt restored without the right to set its exe link
-        # still points at the stub: GDB knows the real program.
+        # still points at the stub: the front end, or the mapping of the
+        # program's code, knows the real program.
         if os.path.basename(exe) == "gdbckpt-stub":
-            prog = gdb.current_progspace().filename
-            if prog:
-                return prog
+            start = int(self.proc.stat()["start_code"])
+            code = next((m.path for m in self.inf.maps() if m.start <= start < m.end
+                         and m.path.startswith("/")), None)
+            return self.front.program() or code or exe
         return exe.removesuffix(" (deleted)")
 
     def _threads(self) -> list[ThreadState]:
-        selected = gdb.selected_thread()
-        out = []
+        current = self.inf.current
         try:
-            for th in self.inf.threads():
-                th.switch()
-                out.append(self._thread(th))
+            out = []
+            for tid in self.inf.tids:
+                self.inf.current = tid
+                out.append(self._thread(tid))
+            return out
         finally:
-            if selected is not None and selected.is_valid():
-                selected.switch()
-        return out
+            self.inf.current = current
 
-    def _thread(self, th) -> ThreadState:
-        tid = th.ptid[1]
-        regs = self.inf.read_registers()
+    def _thread(self, tid: int) -> ThreadState:
+        regs = self.inf.regs(tid)
+        xstate = xstatemod.split(self.inf.xstate(tid), xstatemod.live_layout())
         rip = regsmod.get(regs, "rip")
         try:
             before = self.inf.read(rip - 7, 7)
@@ -302,7 +304,8 @@ class _Saver:
         robust = self.inf.robust_list(tid)
         cpus = status.get("Cpus_allowed_list")
         return ThreadState(
-            tid=tid, regs=regs, sigmask=sigset(status.get("SigBlk", "0")), name=task.comm(),
+            tid=tid, regs=regs, xstate=xstate, sigmask=sigset(status.get("SigBlk", "0")),
+            name=task.comm(),
             syscall=syscall, rseq=Rseq(*rseq) if rseq else None,
             sigaltstack=self.state.sigaltstack(), tid_address=self.state.tid_address(),
             robust_list=list(robust) if robust else None,
@@ -310,20 +313,16 @@ class _Saver:
             cpus=parse_cpu_list(cpus) if cpus else None)
 
     def _stop_signal(self, tid: int) -> list[bytes]:
-        """The signal the thread stopped with, when GDB would pass it on resuming.
+        """The signal the thread stopped with, when its tracer would pass it on resuming.
 
-        It has already left the kernel's queue (GDB holds it), so pending
-        signals do not show it; the original would get it on `continue`.
+        It has already left the kernel's queue (the tracer holds it), so
+        pending signals do not show it; the original would get it on resuming.
         """
-        try:
-            si = gdb.parse_and_eval("$_siginfo")
-            raw = si.cast(gdb.lookup_type("unsigned char").array(si.type.sizeof - 1))
-            data = bytes(int(raw[i]) for i in range(si.type.sizeof))
-        except gdb.error:
+        data = self.front.stop_signal(self.inf, tid)
+        if not data:
             return []
         signo = int.from_bytes(data[:4], "little", signed=True)
-        if signo in (SIGTRAP, SIGSTOP) or not settings.signal_passes(signo) or \
-                debuggers_own(data):
+        if signo in (SIGTRAP, SIGSTOP) or debuggers_own(data):
             return []
         self.notes.append(f"thread {tid} stopped with signal {signo}, which GDB would pass: "
                           "it is delivered after a restore")
@@ -364,28 +363,6 @@ class _Saver:
         return info
 
 
-def _inserted_breakpoints(inf: Inferior) -> dict[int, bytes]:
-    """Original bytes under breakpoints GDB keeps in memory while the process is stopped.
-
-    GDB normally lifts its breakpoints when the process stops, so a read of
-    /proc/PID/mem sees the program's code; with 'breakpoint always-inserted'
-    or in non-stop mode it sees int3 instead. GDB's own reads show the
-    original bytes: those go into the image.
-    """
-    # GDB's own breakpoints (shared-library events, longjmp) count too: only
-    # 'maint info breakpoints' lists them.
-    listing = gdb.execute("maintenance info breakpoints", to_string=True)
-    out = {}
-    for addr in {int(a, 16) for a in re.findall(r"\b0x([0-9a-f]{6,16})\b", listing)}:
-        try:
-            original = gdb.selected_inferior().read_memory(addr, 1).tobytes()
-            if inf.read(addr, 1) != original:
-                out[addr] = original
-        except (gdb.error, gdb.MemoryError, CkptError):
-            continue
-    return out
-
-
 def _is_image(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -397,24 +374,3 @@ def _is_image(path: str) -> bool:
 def _dev_ino(m: Mapping) -> tuple[int, int]:
     major, minor = (int(x, 16) for x in m.dev.split(":"))
     return os.makedev(major, minor), m.inode
-
-
-
-def _tid_offset() -> int | None:
-    """offsetof(struct pthread, tid) from libc's descriptor for libthread_db."""
-    try:
-        addr = int(gdb.parse_and_eval("(long)&_thread_db_pthread_tid"))
-        raw = gdb.selected_inferior().read_memory(addr, 12).tobytes()
-    except (gdb.error, gdb.MemoryError):
-        return None
-    bits, count, offset = struct.unpack("<III", raw)
-    return offset if bits == 32 and count == 1 and offset < 4096 else None
-
-
-def _stop_reason() -> str:
-    try:
-        sig = int(gdb.parse_and_eval("$_siginfo.si_signo"))
-    except gdb.error:
-        return ""
-    return {5: "breakpoint or step (SIGTRAP)", 2: "interrupted (SIGINT)",
-            19: "SIGSTOP"}.get(sig, f"signal {sig}")

@@ -1,0 +1,360 @@
+"""A stopped process as the engine works on it: threads, registers, memory, injected calls.
+
+The caller is the tracer of every thread (inside GDB, GDB's own thread is;
+headless, Process.seize makes us the tracer). Memory goes through
+/proc/PID/mem. A system call is injected by pointing rip at a syscall
+instruction already in the process and resuming to its exit with
+PTRACE_SYSCALL: no single-step, so no trap flag is left behind should the
+tracer die, and nothing is written into the process's code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ..errors import CkptError, SaveError
+from ..linux import Prot, Sys, is_syscall_error
+from ..maps import Kind, Mapping, read_mappings
+from ..regs import SYSCALL_INSN, rewind
+from . import ptrace
+from .ptrace import SyscallOp
+
+# Bytes below rsp that the injected calls may use: past the 128-byte red zone.
+_SCRATCH_GAP = 128 + 512
+# A fault (or seccomp's SIGSYS) while running the injected call: the call failed.
+FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGSYS}
+MAX_CAUGHT = 8
+SYSCALL_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+ATTACH_TIMEOUT = 10
+
+
+class Process:
+    """A process whose threads are all stopped under our (or GDB's) ptrace."""
+
+    def __init__(self, pid: int, tids: list[int] | None = None, raise_as=SaveError):
+        self.pid = pid
+        self.raise_as = raise_as
+        self.tids = tids or threads_of(pid)
+        self.current = self.tids[0]
+        # Signals the seize took out of the queue (a signal-delivery stop): given back
+        # at the detach, and saved as pending.
+        self.stop_signals: dict[int, tuple[int, bytes]] = {}
+        self.owned = False               # we seized it (and must let go of it)
+        self._syscall_at: int | None = None
+        self._exclude: list[tuple[int, int]] = []
+        self._mem: int | None = None
+        self._maps: list[Mapping] | None = None
+
+    # -- attaching (headless) ------------------------------------------------
+
+    @classmethod
+    def seize(cls, pid: int, raise_as=SaveError) -> Process:
+        """Seize and stop every thread of pid; threads born meanwhile are caught too."""
+        proc = cls(pid, [pid], raise_as)
+        proc.owned = True
+        seized: list[int] = []
+        try:
+            while True:
+                new = [t for t in threads_of(pid) if t not in seized]
+                if not new:
+                    break
+                for tid in new:
+                    try:
+                        ptrace.seize(tid)
+                    except ptrace.PtraceError as e:
+                        if e.errno == 3:        # ESRCH: the thread ended meanwhile
+                            continue
+                        raise
+                    seized.append(tid)
+                    ptrace.interrupt(tid)
+                    proc._wait_stopped(tid)
+        except ptrace.PtraceError as e:
+            proc.tids = seized
+            proc.release()
+            raise raise_as(f"cannot attach to process {pid}: {e}") from None
+        proc.tids = sorted(seized, key=lambda t: (t != pid, t))
+        proc.current = proc.tids[0]
+        return proc
+
+    def _wait_stopped(self, tid: int) -> None:
+        status = ptrace.wait(tid)
+        if not os.WIFSTOPPED(status):
+            raise self.raise_as(f"thread {tid} ended while being attached")
+        if ptrace.event(status) == ptrace.EVENT_STOP:
+            return
+        # A signal on its way in: it waits for the detach, and the image has it.
+        sig = os.WSTOPSIG(status)
+        self.stop_signals[tid] = (sig, ptrace.getsiginfo(tid) or b"")
+
+    def release(self, stop: bool = False) -> None:
+        """Let go of every thread we seized; with stop, the process stays stopped."""
+        if not self.owned:
+            return
+        self.close()
+        if stop:
+            os.kill(self.pid, signal.SIGSTOP)
+        for tid in self.tids:
+            sig = self.stop_signals.get(tid, (0, b""))[0]
+            try:
+                ptrace.detach(tid, sig)
+            except ptrace.PtraceError:
+                pass        # it ended
+        self.owned = False
+
+    # -- registers -------------------------------------------------------------
+
+    def regs(self, tid: int | None = None) -> dict[str, int]:
+        return self._pt(ptrace.getregs, tid or self.current)
+
+    def set_regs(self, regs: dict[str, int], tid: int | None = None) -> None:
+        self._pt(ptrace.setregs, tid or self.current, regs)
+
+    def xstate(self, tid: int | None = None) -> bytes:
+        return self._pt(ptrace.get_xstate, tid or self.current)
+
+    def set_xstate(self, data: bytes, tid: int | None = None) -> None:
+        self._pt(ptrace.set_xstate, tid or self.current, data)
+
+    def set_sigmask(self, tid: int, mask: int) -> None:
+        self._pt(ptrace.set_sigmask, tid, mask)
+
+    def rseq_config(self, tid: int):
+        return ptrace.rseq_config(tid)
+
+    def peek_siginfo(self, tid: int, shared: bool) -> list[bytes]:
+        try:
+            return ptrace.peek_siginfo(tid, shared)
+        except ptrace.PtraceError:
+            return []
+
+    def robust_list(self, tid: int) -> tuple[int, int] | None:
+        import ctypes
+
+        from ..libc import libc
+        head, length = ctypes.c_uint64(), ctypes.c_size_t()
+        ret = libc().syscall(Sys.get_robust_list, tid, ctypes.byref(head), ctypes.byref(length))
+        return (head.value, length.value) if ret == 0 else None
+
+    def _pt(self, fn, *args):
+        try:
+            return fn(*args)
+        except ptrace.PtraceError as e:
+            raise self.raise_as(str(e)) from None
+
+    # -- memory ------------------------------------------------------------------
+
+    def mem_fd(self) -> int:
+        if self._mem is None:
+            try:
+                self._mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                raise self.raise_as(f"cannot open /proc/{self.pid}/mem: {e.strerror}") from None
+        return self._mem
+
+    def read(self, addr: int, size: int) -> bytes:
+        try:
+            data = os.pread(self.mem_fd(), size, addr)
+        except OSError as e:
+            raise self.raise_as(f"cannot read {size} bytes at {addr:#x}: {e.strerror}") from None
+        if len(data) != size:
+            raise self.raise_as(f"short read of {size} bytes at {addr:#x}")
+        return data
+
+    def write(self, addr: int, data) -> None:
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self.mem_fd(), view[done:], addr + done)
+        except OSError as e:
+            raise self.raise_as(
+                f"cannot write {len(view)} bytes at {addr:#x}: {e.strerror}") from None
+
+    def close(self) -> None:
+        if self._mem is not None:
+            os.close(self._mem)
+            self._mem = None
+
+    def maps(self) -> list[Mapping]:
+        """The mappings as they were when first asked for: injected calls change none."""
+        if self._maps is None:
+            self._maps = read_mappings(self.pid, vmflags=False)
+        return self._maps
+
+    # -- injected system calls -----------------------------------------------------
+
+    def syscall(self, nr: int, *args: int, tid: int | None = None) -> int:
+        """Make a thread (the current one by default) run one system call; returns rax.
+
+        The thread's registers and the siginfo of its stop are put back after,
+        so its debugger sees it as it was, but for a pending syscall restart,
+        which is done here (the thread resumes from a system-call stop now,
+        where the kernel would not do it).
+        """
+        tid = tid or self.current
+        at = self._find_syscall_insn()
+        saved = self.regs(tid)
+        siginfo = ptrace.getsiginfo(tid)
+        regs = dict(saved)
+        # orig_rax = -1: a thread stopped inside a system call would otherwise
+        # have that call restarted by the kernel instead of running ours.
+        regs.update(orig_rax=-1, rip=at, rax=nr)
+        regs.update(zip(SYSCALL_ARG_REGS, (*args, *[0] * (6 - len(args))), strict=True))
+        caught: list[int] = []
+        try:
+            self.set_regs(regs, tid)
+            self._to_syscall_stop(tid, SyscallOp.ENTRY, nr, caught)
+            self._to_syscall_stop(tid, SyscallOp.EXIT, nr, caught)
+            after = self.regs(tid)
+        finally:
+            back = dict(saved)
+            rewind(back)
+            self.set_regs(back, tid)
+            if siginfo is not None:
+                try:
+                    ptrace.setsiginfo(tid, siginfo)
+                except ptrace.PtraceError:
+                    pass
+            for sig in caught:
+                _tgkill(self.pid, tid, sig)
+        if after["rip"] != at + len(SYSCALL_INSN):
+            raise self.raise_as(f"injected system call {_name(nr)} did not complete "
+                                f"(stopped at {after['rip']:#x})")
+        return ptrace.signed(after["rax"])
+
+    def _to_syscall_stop(self, tid: int, want: SyscallOp, nr: int, caught: list[int]) -> None:
+        self._pt(ptrace.syscall, tid, 0)
+        while True:
+            status = ptrace.wait(tid)
+            if not os.WIFSTOPPED(status):
+                raise self.raise_as(f"thread {tid} ended during injected system call "
+                                    f"{_name(nr)}")
+            sig = os.WSTOPSIG(status)
+            if sig in (ptrace.SYSCALL_STOP, signal.SIGTRAP) and not ptrace.event(status):
+                op = self._pt(ptrace.syscall_op, tid)
+                if op == want:
+                    return
+                if op == SyscallOp.SECCOMP:
+                    raise self.raise_as(f"a seccomp filter stopped injected system call "
+                                        f"{_name(nr)}")
+            elif ptrace.event(status) == ptrace.EVENT_STOP:
+                pass                    # a group stop or an interrupt: go on
+            elif sig in FAULTS or len(caught) >= MAX_CAUGHT:
+                raise self.raise_as(f"injected system call {_name(nr)} stopped with signal "
+                                    f"{sig} instead of completing")
+            else:
+                caught.append(sig)      # arrived meanwhile: sent again once done
+            self._pt(ptrace.syscall, tid, 0)
+
+    def syscall_ok(self, nr: int, *args: int, what: str, tid: int | None = None) -> int:
+        ret = self.syscall(nr, *args, tid=tid)
+        if is_syscall_error(ret):
+            raise self.raise_as(f"{what} failed: {os.strerror(-ret)}")
+        return ret
+
+    def stack_scratch(self, size: int, tid: int | None = None) -> int:
+        """An address below a thread's stack pointer for size bytes of input or output."""
+        sp = self.regs(tid)["rsp"]
+        addr = (sp - _SCRATCH_GAP - size) & ~15
+        for m in self.maps():
+            if m.start <= addr and addr + size <= sp <= m.end and m.prot & Prot.WRITE:
+                return addr
+        raise self.raise_as(f"no writable stack below rsp={sp:#x} for an injected call")
+
+    def call_with_output(self, nr: int, args_before: tuple, out_size: int,
+                         args_after: tuple = (), what: str = "",
+                         tid: int | None = None) -> tuple[int, bytes]:
+        """Run a system call that writes out_size bytes to a pointer argument."""
+        addr = self.stack_scratch(out_size, tid)
+        keep = self.read(addr, out_size)
+        try:
+            ret = self.syscall(nr, *args_before, addr, *args_after, tid=tid)
+            out = self.read(addr, out_size)
+        finally:
+            self.write(addr, keep)
+        if is_syscall_error(ret):
+            raise self.raise_as(f"{what or _name(nr)} failed: {os.strerror(-ret)}")
+        return ret, out
+
+    def call_with_input(self, nr: int, args_before: tuple, data: bytes,
+                        args_after: tuple = (), tid: int | None = None) -> int:
+        """Run a system call that reads data from a pointer argument; returns rax."""
+        addr = self.stack_scratch(len(data), tid)
+        keep = self.read(addr, len(data))
+        try:
+            self.write(addr, data)
+            return self.syscall(nr, *args_before, addr, *args_after, tid=tid)
+        finally:
+            self.write(addr, keep)
+
+    def exclude_from_syscall_search(self, ranges: list[tuple[int, int]]) -> None:
+        """Never inject from these ranges (code about to be unmapped)."""
+        self._exclude = list(ranges)
+        self._maps = None       # the address space is about to change
+        at = self._syscall_at
+        if at is not None and any(s <= at < e for s, e in ranges):
+            self._syscall_at = None
+
+    def _find_syscall_insn(self) -> int:
+        if self._syscall_at is not None:
+            return self._syscall_at
+        maps = [m for m in read_mappings(self.pid, vmflags=False)
+                if not any(s < m.end and m.start < e for s, e in self._exclude)]
+        # The vDSO first: it is small and always has one (its fallback paths).
+        order = sorted((m for m in maps if m.prot & Prot.EXEC and m.kind != Kind.VSYSCALL),
+                       key=lambda m: (m.kind != Kind.VDSO, m.size))
+        for m in order:
+            found = self._search(m, SYSCALL_INSN)
+            if found is not None:
+                self._syscall_at = found
+                return found
+        raise self.raise_as("no syscall instruction in the process's code to inject calls with")
+
+    def _search(self, m: Mapping, needle: bytes) -> int | None:
+        step = 1 << 20
+        for start in range(m.start, m.end, step):
+            try:
+                data = os.pread(self.mem_fd(), min(step + len(needle), m.end - start), start)
+            except OSError:
+                continue
+            i = data.find(needle)
+            if i >= 0:
+                return start + i
+        return None
+
+
+def threads_of(pid: int) -> list[int]:
+    """The thread ids of pid from /proc, the leader first."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        raise CkptError(f"process {pid} does not exist") from None
+    return sorted(tids, key=lambda t: (t != pid, t))
+
+
+def wait_state(pid: int, tid: int, states: str, timeout: float = ATTACH_TIMEOUT) -> bool:
+    """Wait until /proc says tid is in one of states (stat's letter); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in states:
+                    return True
+        except OSError:
+            return False
+        time.sleep(0.001)
+    return False
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    from ..libc import libc
+    libc().syscall(Sys.tgkill, pid, tid, sig)
+
+
+def _name(nr: int) -> str:
+    try:
+        return Sys(nr).name
+    except ValueError:
+        return f"syscall {nr}"

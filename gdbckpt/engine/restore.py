@@ -1,0 +1,335 @@
+"""Restore: image -> plan -> the restart stub, driven by our own ptrace, -> the saved process.
+
+Reads and checks the image, starts the stub, asks it what it looks like,
+builds the plan (plan.py) and runs it: stub ops in batches, the rest from
+here (register sets, compressed memory, the last touches once the stub is
+gone). Any failure kills the stub, so no half-restored process is left, and
+names the step that failed. The process is then let go, stopped for a
+debugger to attach, or running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import struct
+import time
+
+from .. import plan as planmod
+from .. import sysv
+from .. import tids as tidsmod
+from .. import vdso as vdsomod
+from ..errors import CkptError, RestoreError
+from ..image import Image
+from ..image import format as fmt
+from ..libc import libc
+from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
+from ..maps import Kind
+from ..procfs import Proc, parse_limits
+from ..stubabi import RET_OFFSET, STUB_OP, StubOpFlags
+from . import xstate as xstatemod
+from .front import Front
+from .process import Process
+from .stub import OpFailed, Stub, op_name
+
+
+@dataclasses.dataclass
+class RestoreResult:
+    pid: int
+    image: Image
+    plan: planmod.Plan
+    warnings: list[str]
+    seconds: float
+    phases: dict[str, float]
+    tids: dict[int, int] = dataclasses.field(default_factory=dict)   # saved tid -> live
+
+
+@dataclasses.dataclass
+class Prepared:
+    """An image opened and checked, and what was found about this host, before the
+    front end gives up anything (GDB kills the process it debugs only after this)."""
+    img: Image
+    files: dict[int, str | None]
+    fds: dict[int, tuple[str, str]]
+    force: bool
+    fill: str
+    vdso_mode: str
+    stdio: dict[int, str]
+    sysv: dict = dataclasses.field(default_factory=dict)
+    same_ids: bool = False
+    t0: float = 0.0
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
+            stdio: dict[int, str] | None = None, force: bool = False,
+            fill: str = "stub") -> Prepared:
+    """Open and check the image, and refuse what this host cannot restore."""
+    t0 = time.perf_counter()
+    img = Image.open(os.path.abspath(path))
+    if verify and fill != "lazy":
+        img.verify_chunks()
+    p = Prepared(img, planmod.check_files(img), planmod.check_fds(img), force, fill, vdso_mode,
+                 stdio or {}, t0=t0)
+    planmod.preflight(img, live_vdso=vdsomod.own_vdso(), live_layout=vdsomod.own_layout(),
+                      xcr0=xstatemod.live_xcr0(), fd_checks=p.fds, force=force, fill=fill,
+                      vdso_mode=vdso_mode)
+    p.phases["read image"] = time.perf_counter() - t0
+    return p
+
+
+def dry_run(p: Prepared) -> RestoreResult:
+    """The plan a restore would run, from a stub of its own that is then killed."""
+    p.sysv = sysv.prepare(p.img.vmas, create=False)
+    ids = [t.tid for t in p.img.threads]
+    p.same_ids = _checkpoint_capable() and not any(_exists(t) for t in ids)
+    stub = Stub.start()
+    try:
+        plan = planmod.build(p.img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
+    finally:
+        stub.kill()
+    return RestoreResult(0, p.img, plan, plan.warnings, time.perf_counter() - p.t0, p.phases)
+
+
+def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
+            new_session: bool = False) -> RestoreResult:
+    """Make the saved process, and let it go: stopped (for a debugger to attach, which
+    then sets the dumpable flag: a non-dumpable process refuses an unprivileged
+    attach) or running on its own (dumpable set here)."""
+    front = front or Front()
+    img, t0, phases = p.img, p.t0, p.phases
+    ids = [t.tid for t in img.threads]
+    want = ids[0] if _checkpoint_capable() and not any(_exists(t) for t in ids) else 0
+    stub = Stub.start(want, new_session=new_session)
+    p.same_ids = bool(want) and stub.pid == want and not any(_exists(t) for t in ids[1:])
+    phases["start stub"] = time.perf_counter() - t0
+    try:
+        p.sysv = sysv.prepare(img.vmas)
+        plan = planmod.build(img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
+        phases["plan"] = time.perf_counter() - t0
+        executor = _Executor(stub, img, plan, front)
+        try:
+            warnings = list(plan.warnings) + executor.run(phases, t0)
+        finally:
+            executor.close()
+        if not stopped:
+            warnings += set_dumpable(stub.proc, img)
+        tids = dict(stub.scratch.tids)
+        stub.release(stopped)
+        phases["process ready"] = time.perf_counter() - t0
+    except BaseException:
+        stub.kill()
+        sysv.remove(p.sysv)
+        raise
+    return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0, phases, tids)
+
+
+def set_dumpable(proc: Process, img: Image) -> list[str]:
+    """The dumpable flag, by a call injected in the restored process."""
+    if img.process.dumpable == 1:
+        return []
+    ret = proc.syscall(Sys.prctl, Prctl.SET_DUMPABLE, img.process.dumpable)
+    if is_syscall_error(ret):
+        return [f"the dumpable flag stays 1: PR_SET_DUMPABLE: {os.strerror(-ret)}"]
+    return []
+
+
+def _live(stub: Stub, p: Prepared) -> planmod.Live:
+    maps = stub.mappings()
+    vdso = next((m for m in maps if m.kind == Kind.VDSO), None)
+    proc = Proc(stub.pid)
+    return planmod.Live(
+        stub_maps=maps, scratch=stub.scratch.base,
+        vdso=stub.proc.read(vdso.start, vdso.size) if vdso else None,
+        fd_limit=stub.fd_limit(), image_path=p.img.path, file_problems=p.files,
+        can_set_exe=_checkpoint_capable(), stub_pid=stub.pid,
+        stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")},
+        stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
+        has_tty=_has_tty(), fd_checks=p.fds, force=p.force,
+        timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
+        sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0())
+
+
+def _has_tty() -> bool:
+    """Whether /dev/tty opens: the restoring session (and so the stub) has a terminal."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+        return True
+    except OSError:
+        return False
+
+
+def _timer_ids_supported() -> bool:
+    return libc().prctl(planmod.PR_TIMER_CREATE_RESTORE_IDS, 2, 0, 0, 0) >= 0
+
+
+def _checkpoint_capable() -> bool:
+    """CAP_SYS_ADMIN (21) or CAP_CHECKPOINT_RESTORE (40): what the exe link, ns_last_pid
+    and clone3's set_tid need."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                caps = int(line.split()[1], 16)
+                return bool(caps >> 21 & 1 or caps >> 40 & 1)
+    return False
+
+
+def _exists(tid: int) -> bool:
+    return os.path.exists(f"/proc/{tid}")
+
+
+class _Executor:
+    def __init__(self, stub: Stub, img: Image, plan: planmod.Plan, front: Front):
+        self.stub = stub
+        self.proc = stub.proc
+        self.img = img
+        self.plan = plan
+        self.front = front
+        self.warnings: list[str] = []
+        self.batch: list[tuple[int, planmod.Op]] = []
+        self._buf = None
+        self._img_fd = None
+
+    def run(self, phases: dict[str, float], t0: float) -> list[str]:
+        tids = self.stub.scratch.tids
+        tids[self.img.threads[0].tid] = self.stub.pid
+        tids[0] = self.stub.pid
+        for i, step in enumerate(self.plan.steps):
+            if step.python:
+                self._flush()
+                self._python_step(i, step)
+            else:
+                self.batch.extend((i, op) for op in step.ops(self.stub.scratch))
+            if isinstance(step, planmod.CloneThread):
+                self._flush()       # later steps need its thread id
+            if isinstance(step, planmod.Registers) and "memory" not in phases:
+                phases["memory"] = time.perf_counter() - t0
+        self._flush()
+        return self.warnings
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        self.front.log(f"running {len(batch)} stub ops")
+        try:
+            ignored, results = self.stub.run(batch)
+        except OpFailed as e:
+            step = self.plan.steps[e.index]
+            raise RestoreError(f"step {e.index} ({step.describe()}) failed: {e}") from None
+        for (index, _), ret in zip(batch, results, strict=False):
+            step = self.plan.steps[index]
+            if isinstance(step, planmod.CloneThread):
+                self.stub.scratch.tids[step.state.tid] = ret
+                self._check_setup(index, step)
+                self.stub.take_thread(ret)
+        for index, op, errno in ignored:
+            self.warnings.append(f"{self.plan.steps[index].describe()}: {op_name(op)}: "
+                                 f"{os.strerror(errno)}")
+
+    def _check_setup(self, index: int, step: planmod.CloneThread) -> None:
+        """The new thread ran its own setup ops: fail on what failed there."""
+        raw = self.proc.read(step.setup_at, STUB_OP.size * len(step.setup_ops))
+        for k, op in enumerate(step.setup_ops):
+            ret = int.from_bytes(raw[k * STUB_OP.size + RET_OFFSET:][:8], "little", signed=True)
+            if is_syscall_error(ret):
+                msg = f"thread {step.state.tid}: {op_name(op)}: {os.strerror(-ret)}"
+                if not op.flags & StubOpFlags.IGNORE_ERROR:
+                    raise RestoreError(f"step {index} ({step.describe()}) failed: {msg}")
+                self.warnings.append(msg)
+
+    def _python_step(self, i: int, step: planmod.Step) -> None:
+        self.front.log(f"step {i}: {step.describe()}")
+        try:
+            if isinstance(step, planmod.WriteChunks):
+                self._write_chunks(step.chunks)
+            elif isinstance(step, planmod.PatchVdso):
+                for patch in step.patches:
+                    self.proc.write(patch.addr, patch.code)
+            elif isinstance(step, planmod.WriteBytes):
+                self.proc.write(step.addr, step.data)
+            elif isinstance(step, planmod.Registers):
+                self._registers(step.state)
+            elif isinstance(step, planmod.PatchTids):
+                self._patch_tids(step)
+            elif isinstance(step, planmod.DropStub):
+                self._drop_stub(step.ranges)
+            elif isinstance(step, planmod.SetExe):
+                self._set_exe(step)
+        except CkptError as e:
+            raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
+
+    def _registers(self, state) -> None:
+        """A thread's mask and register sets, with our own ptrace: general registers,
+        then the extended state laid out for this CPU, at the kernel's full size."""
+        tid = self.stub.scratch.tids[state.tid]
+        self.proc.set_sigmask(tid, state.sigmask)
+        if state.xstate is not None:
+            live = self.proc.xstate(tid)
+            self.proc.set_xstate(xstatemod.merge(state.xstate, live, xstatemod.live_layout()),
+                                 tid)
+        self.proc.set_regs(state.regs, tid)
+
+    def _write_chunks(self, chunks) -> None:
+        """Copy chunks through /proc/PID/mem: raw ones through one reused buffer."""
+        if self._buf is None:
+            self._buf = mmap.mmap(-1, 4 << 20)
+            self._img_fd = os.open(self.img.path, os.O_RDONLY | os.O_CLOEXEC)
+        view = memoryview(self._buf)
+        for c in chunks:
+            if c.codec != fmt.Codec.NONE or c.flags & fmt.ChunkFlags.ZERO:
+                self.proc.write(c.vaddr, self.img.read_chunk(c, self._img_fd))
+                continue
+            for off in range(0, c.size, len(self._buf)):
+                n = min(len(self._buf), c.size - off)
+                try:
+                    got = os.preadv(self._img_fd, [view[:n]], c.offset + off)
+                except OSError as e:
+                    raise RestoreError(f"reading the image failed: {e.strerror}") from None
+                if got != n:
+                    raise RestoreError(f"the image ends inside the chunk at {c.vaddr:#x}")
+                self.proc.write(c.vaddr + off, view[:n])
+
+    def close(self) -> None:
+        if self._img_fd is not None:
+            os.close(self._img_fd)
+            self._img_fd = None
+        if self._buf is not None:
+            self._buf.close()
+            self._buf = None
+
+    def _patch_tids(self, step: planmod.PatchTids) -> None:
+        tids = self.stub.scratch.tids
+        if step.leader_tid_at is not None:
+            now = struct.unpack("<i", self.proc.read(step.leader_tid_at, 4))[0]
+            if now == step.old_pid:
+                self.proc.write(step.leader_tid_at, struct.pack("<i", self.stub.pid))
+            else:
+                self.warnings.append(f"the main thread's descriptor holds tid {now}, not "
+                                     f"{step.old_pid}: left as it is")
+        for ref in step.mutexes:
+            raw = self.proc.read(ref.addr, tidsmod.MUTEX.size)
+            new = tidsmod.patched_mutex(raw, ref, tids[ref.old_tid])
+            if new is not None:
+                self.proc.write(ref.addr, new)
+
+    def _drop_stub(self, ranges: list[tuple[int, int]]) -> None:
+        self.proc.exclude_from_syscall_search(ranges)
+        for start, end in ranges:
+            self.proc.syscall_ok(Sys.munmap, start, end - start,
+                                 what=f"munmap of the stub at {start:#x}")
+
+    def _set_exe(self, step: planmod.SetExe) -> None:
+        """The exe link is a nicety: failing to set it is a warning, never a failed restore."""
+        mm = step.mm_map()
+        try:
+            ret = self.proc.call_with_input(Sys.prctl, (Prctl.SET_MM, PrSetMM.MAP), mm,
+                                            (len(mm),))
+            self.proc.syscall(Sys.close, step.fd)
+        except CkptError as e:
+            self.warnings.append(f"the exe link still names the stub: {e}")
+            return
+        if is_syscall_error(ret):
+            self.warnings.append(f"the exe link still names the stub: PR_SET_MM_EXE_FILE: "
+                                 f"{os.strerror(-ret)}")

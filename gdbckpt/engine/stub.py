@@ -1,0 +1,276 @@
+"""The restart stub under the engine's ptrace: spawn it, run batches of ops in it, let go.
+
+A batch runs by resuming the stub at stub_call (native/stub_entry.S) with
+the ops' address and count in rdi/rsi; it ends in an int3, whose SIGTRAP
+hands control back with the result in rax. The stub is seized with
+PTRACE_O_EXITKILL: should the tracer die half-way, the kernel kills the
+half-made process instead of leaving it behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import select
+import signal
+
+from .. import native
+from ..errors import RestoreError
+from ..linux import is_syscall_error
+from ..maps import Mapping, read_mappings
+from ..plan import Op, Scratch
+from ..procfs import Proc, parse_limits
+from ..stubabi import (
+    RET_OFFSET,
+    STUB_OP,
+    STUB_READY_FD,
+    STUB_SCRATCH_SIZE,
+    STUB_STACK_SIZE,
+    StubOp,
+    StubOpFlags,
+)
+from . import elfsym, ptrace
+from .process import Process, wait_state
+
+# The scratch buffer: paths and structs first, the op array in the last MiB.
+OPS_AREA = 1 << 20
+DATA_AREA = STUB_SCRATCH_SIZE - OPS_AREA
+OPS_PER_RUN = OPS_AREA // STUB_OP.size
+READY_TIMEOUT = 10
+RLIMIT_NOFILE = 7
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+_RESETTABLE = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+TRACE_OPTIONS = ptrace.Opt.TRACESYSGOOD | ptrace.Opt.EXITKILL
+
+
+class OpFailed(Exception):
+    def __init__(self, index: int, op: Op, errno: int):
+        self.index, self.op, self.errno = index, op, errno
+        super().__init__(f"{op_name(op)} failed: {os.strerror(errno)}")
+
+
+def op_name(op: Op) -> str:
+    from ..linux import Sys
+    try:
+        return StubOp(op.nr).name.lower()
+    except ValueError:
+        pass
+    try:
+        return Sys(op.nr).name
+    except ValueError:
+        return f"syscall {op.nr}"
+
+
+@functools.cache
+def _symbols(path: str) -> dict[str, int]:
+    out = {}
+    for name in ("stub_call", "stub_call_trap", "stub_scratch", "stub_stack"):
+        found = elfsym.symbol(path, name)
+        if found is None:
+            raise RestoreError(f"the restart stub {path} lacks {name}: rebuild it "
+                               f"({native.native_hint()})")
+        out[name] = found[0]
+    return out
+
+
+class Stub:
+    """A running stub, seized and stopped; its threads too, once made."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.proc = Process(pid, [pid], RestoreError)
+        self.proc.owned = True
+        sym = _symbols(native.stub_path())
+        self.call_at, self.trap_at = sym["stub_call"], sym["stub_call_trap"]
+        self.stack_top = sym["stub_stack"] + STUB_STACK_SIZE
+        self.scratch = Scratch(sym["stub_scratch"], DATA_AREA)
+        self.ops_at = sym["stub_scratch"] + DATA_AREA
+        self._written = 0
+
+    @classmethod
+    def start(cls, want_pid: int = 0, new_session: bool = False) -> Stub:
+        """Spawn the stub, wait until it is parked on its own stack, seize it."""
+        path = native.stub_path()
+        if not native.stub_built():
+            raise RestoreError(f"the restart stub {path} is not built: {native.native_hint()}")
+        pid = _spawn_parked(path, want_pid, new_session)
+        try:
+            ptrace.seize(pid, TRACE_OPTIONS)
+            ptrace.interrupt(pid)
+            _wait_event_stop(pid)
+            return cls(pid)
+        except (ptrace.PtraceError, RestoreError) as e:
+            _kill_and_reap(pid)
+            raise RestoreError(f"cannot take hold of the restart stub: {e}") from None
+
+    def kill(self) -> None:
+        self.proc.close()
+        _kill_and_reap(self.pid)
+
+    def mappings(self) -> list[Mapping]:
+        return read_mappings(self.pid)
+
+    def fd_limit(self) -> int:
+        """The stub's soft RLIMIT_NOFILE."""
+        for res, soft, _ in parse_limits(Proc(self.pid).limits()):
+            if res == RLIMIT_NOFILE:
+                return min(soft, 1 << 20)
+        return 1024
+
+    def run(self, batch: list[tuple[int, Op]]) -> tuple[list[tuple[int, Op, int]], list[int]]:
+        """Run ops (each tagged with its step index) in the stub's main thread.
+
+        Returns the failures that were marked IGNORE_ERROR and every op's
+        result; raises OpFailed for the first other failure.
+        """
+        self._flush_scratch()
+        ignored = []
+        results: list[int] = []
+        for first in range(0, len(batch), OPS_PER_RUN):
+            part = batch[first:first + OPS_PER_RUN]
+            blob = b"".join(STUB_OP.pack(op.nr, *op.args, *([0] * (6 - len(op.args))),
+                                         int(op.flags), 0) for _, op in part)
+            self.proc.write(self.ops_at, blob)
+            done = self._call(self.ops_at, len(part))
+            out = self.proc.read(self.ops_at, len(blob))
+            for k, (step, op) in enumerate(part[:done + 1]):
+                ret = int.from_bytes(out[k * STUB_OP.size + RET_OFFSET:][:8], "little",
+                                     signed=True)
+                if k == done and done < len(part):
+                    raise OpFailed(step, op, -ret)
+                if is_syscall_error(ret) and op.flags & StubOpFlags.IGNORE_ERROR:
+                    ignored.append((step, op, -ret))
+                results.append(ret)
+        return ignored, results
+
+    def _call(self, ops: int, count: int) -> int:
+        """Resume the stub at stub_call(ops, count) up to its trap; returns rax."""
+        regs = self.proc.regs(self.pid)
+        regs.update(rip=self.call_at, rdi=ops, rsi=count, rsp=self.stack_top, rax=0,
+                    orig_rax=-1)
+        self.proc.set_regs(regs, self.pid)
+        try:
+            ptrace.cont(self.pid)
+            while True:
+                status = ptrace.wait(self.pid)
+                if not os.WIFSTOPPED(status):
+                    how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                           else f"exit {os.WEXITSTATUS(status)}")
+                    raise RestoreError(f"the restart stub ended ({how}) while running ops")
+                sig = os.WSTOPSIG(status)
+                if ptrace.event(status) == ptrace.EVENT_STOP:
+                    ptrace.cont(self.pid)
+                    continue
+                after = self.proc.regs(self.pid)
+                if sig == signal.SIGTRAP and after["rip"] == self.trap_at + 1:
+                    return ptrace.signed(after["rax"])
+                raise RestoreError(f"the restart stub got signal {sig} at "
+                                   f"{after['rip']:#x} while running ops")
+        except ptrace.PtraceError as e:
+            raise RestoreError(f"the restart stub could not run ops: {e}") from None
+
+    def take_thread(self, tid: int) -> None:
+        """Seize a thread the stub made (it was cloned untraced) and stop it."""
+        try:
+            ptrace.seize(tid, TRACE_OPTIONS)
+            ptrace.interrupt(tid)
+            _wait_event_stop(tid)
+        except ptrace.PtraceError as e:
+            raise RestoreError(f"cannot take hold of restored thread {tid}: {e}") from None
+        self.proc.tids.append(tid)
+
+    def release(self, stopped: bool) -> None:
+        """Let the restored process go; stopped leaves it in a job-control stop.
+
+        The leader takes the SIGSTOP first: once it is stopped, the group stop
+        is under way and every other thread stops as soon as it is let go.
+        """
+        self.proc.close()
+        tids = self.proc.tids
+        for tid in tids:
+            try:
+                ptrace.set_options(tid, ptrace.Opt.TRACESYSGOOD)    # no EXITKILL any more
+            except ptrace.PtraceError as e:
+                raise RestoreError(f"cannot let go of thread {tid}: {e}") from None
+        if stopped:
+            # Queued for the process, not given with the detach: that works only from
+            # a signal-delivery stop.
+            os.kill(self.pid, signal.SIGSTOP)
+            ptrace.detach(self.pid)
+            if not wait_state(self.pid, self.pid, "Tt"):
+                raise RestoreError("the restored process did not stop for the debugger")
+        else:
+            ptrace.detach(self.pid)
+        for tid in tids[1:]:
+            ptrace.detach(tid)
+        self.proc.owned = False
+
+    def _flush_scratch(self) -> None:
+        data = self.scratch.data
+        if len(data) > self._written:
+            self.proc.write(self.scratch.base + self._written, data[self._written:])
+            self._written = len(data)
+
+
+def _wait_event_stop(tid: int) -> None:
+    """Wait for the interrupt's stop; a signal arriving first is put back in the queue."""
+    while True:
+        status = ptrace.wait(tid)
+        if not os.WIFSTOPPED(status):
+            raise RestoreError(f"thread {tid} ended while being seized")
+        if ptrace.event(status) == ptrace.EVENT_STOP:
+            return
+        ptrace.cont(tid, os.WSTOPSIG(status))
+        ptrace.interrupt(tid)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False) -> int:
+    """Start the stub with only stdio and its ready pipe; returns once it is parked.
+
+    With want_pid, ask the kernel for that pid (ns_last_pid: CAP_SYS_ADMIN or
+    CAP_CHECKPOINT_RESTORE); the caller checks whether it came.
+    """
+    if want_pid > 1 and not os.path.exists(f"/proc/{want_pid}"):
+        try:
+            with open(NS_LAST_PID, "w") as f:
+                f.write(str(want_pid - 1))
+        except OSError:
+            pass
+    r, w = os.pipe()
+    actions = [(os.POSIX_SPAWN_DUP2, w, STUB_READY_FD)]
+    # Descriptors the front end inherited without close-on-exec must not reach
+    # the restored process.
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in (w, STUB_READY_FD):
+            try:
+                if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
+            except OSError:
+                pass
+    try:
+        # Default dispositions and an empty mask: nothing of the front end's may leak in.
+        pid = os.posix_spawn(path, [path], {}, file_actions=actions, setsigmask=(),
+                             setsigdef=_RESETTABLE, setsid=new_session)
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        raise RestoreError(f"cannot start the restart stub {path}: {e.strerror}") from None
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
+        if not ready or os.read(r, 1) != b"R":
+            _kill_and_reap(pid)
+            raise RestoreError(f"the restart stub did not start within {READY_TIMEOUT} s")
+    finally:
+        os.close(r)
+    return pid
