@@ -9,13 +9,14 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import REPO, Session  # noqa: E402
+from harness import REPO, Session, build_shim  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
 def built():
     """The stub, the helpers and the example programs, built once per run."""
     subprocess.run(["make", "-s", "native", "examples"], cwd=REPO, check=True)
+    build_shim()
 
 
 @pytest.fixture

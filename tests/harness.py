@@ -57,11 +57,34 @@ def uninterrupted(argv: list[str], stdin: str = "/dev/null", timeout: float = 60
                               timeout=timeout).stdout
 
 
+# GDB as it is on hosts with AMX: its own writes of the extended registers fail
+# (tests/shim/no_xstate_write.c). Every GDB the tests start runs with it.
+SHIM_SOURCE = os.path.join(REPO, "tests", "shim", "no_xstate_write.c")
+SHIM = os.path.join(BUILD, "no_xstate_write.so")
+
+
+def build_shim() -> str:
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-o", SHIM, SHIM_SOURCE, "-ldl"],
+                   check=True)
+    return SHIM
+
+
+def gdb_prefix(prefix: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What runs GDB: prefix, then the shim (for GDB, not for what GDB starts)."""
+    return (*prefix, "env", f"LD_PRELOAD={SHIM}")
+
+
+def shimmed_gdb(prefix: tuple[str, ...] = (), timeout: float = 60, **kw) -> Gdb:
+    g = Gdb(prefix=gdb_prefix(prefix), timeout=timeout, **kw)
+    g.cli("unset environment LD_PRELOAD")
+    return g
+
+
 class Session:
-    """One GDB; killed with whatever it runs when the test ends."""
+    """One GDB (with the shim); killed with whatever it runs when the test ends."""
 
     def __init__(self, prefix: tuple[str, ...] = (), timeout: float = 60):
-        self.gdb = Gdb(prefix=prefix, timeout=timeout)
+        self.gdb = shimmed_gdb(prefix, timeout)
 
     def cli(self, command: str, timeout: float | None = None) -> str:
         return self.gdb.cli(command, timeout)
@@ -136,6 +159,16 @@ def wait_for_output(path: str, pattern: str, timeout: float = 30) -> str:
                 return text
         time.sleep(0.02)
     raise AssertionError(f"{path} never showed {pattern!r}")
+
+
+def error_of(session, command: str, timeout: float = 120) -> str:
+    """The one-line error a command must fail with (no traceback)."""
+    import pytest
+    with pytest.raises(MiError) as e:
+        session.cli(command, timeout=timeout)
+    msg = e.value.msg
+    assert "\n" not in msg.strip() and "Traceback" not in msg, msg
+    return msg
 
 
 def read(path: str) -> str:

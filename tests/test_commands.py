@@ -3,20 +3,9 @@
 import os
 import subprocess
 
-import pytest
-from harness import REPO, SYSTEM_PYTHON, example, read, uninterrupted
-
-from gdbckpt.mi import MiError
+from harness import REPO, SYSTEM_PYTHON, error_of, example, read, uninterrupted
 
 GDBINIT = os.path.join(REPO, "gdbinit.py")
-
-
-def error_of(session, command: str) -> str:
-    with pytest.raises(MiError) as e:
-        session.cli(command)
-    msg = e.value.msg
-    assert "\n" not in msg.strip() and "Traceback" not in msg, msg
-    return msg
 
 
 def test_help_lists_subcommands(sessions):

@@ -8,19 +8,10 @@ import threading
 import time
 
 import pytest
-from harness import example
+from harness import error_of, example
 
 from gdbckpt.engine import xstate
 from gdbckpt.image import format as fmt
-from gdbckpt.mi import MiError
-
-
-def error_of(session, command: str, timeout: float = 120) -> str:
-    with pytest.raises(MiError) as e:
-        session.cli(command, timeout=timeout)
-    msg = e.value.msg
-    assert "\n" not in msg.strip() and "Traceback" not in msg, msg
-    return msg
 
 
 @pytest.fixture

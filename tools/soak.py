@@ -25,13 +25,16 @@ from gdbckpt.mi import Gdb  # noqa: E402
 BREAK = {"counter": "compute_step", "threads": "worker_step if id == 1", "clock": "check_clocks"}
 
 
-def soak(rounds: int, program: str = "counter", work: str | None = None, log=print) -> float:
-    """Run the soak; returns seconds per round. Raises AssertionError on a wrong result."""
+def soak(rounds: int, program: str = "counter", work: str | None = None, log=print,
+         make_gdb=Gdb) -> float:
+    """Run the soak; returns seconds per round. Raises AssertionError on a wrong result.
+
+    make_gdb starts each GDB (the tests pass one that runs GDB with their shim)."""
     prog = os.path.join(REPO, "examples", "build", program)
     argv = [prog, str(rounds + 5), "1"]
     work = work or tempfile.mkdtemp(prefix="gdbckpt-soak-")
     out, img = os.path.join(work, "out"), os.path.join(work, "p.img")
-    with Gdb() as g:
+    with make_gdb() as g:
         g.cli(f"file {prog}")
         g.cli(f"break {BREAK[program]}")
         g.cmd(f"-exec-arguments {' '.join(argv[1:])} < /dev/null > {out}")
@@ -42,7 +45,7 @@ def soak(rounds: int, program: str = "counter", work: str | None = None, log=pri
         g.cli("kill")
     t0 = time.perf_counter()
     for n in range(rounds):
-        with Gdb() as g:
+        with make_gdb() as g:
             g.cli("handle SIGUSR2 nostop noprint pass")
             g.cli(f"ckpt restore {img}", timeout=120)
             g.cli(f"break {BREAK[program]}")
@@ -55,7 +58,7 @@ def soak(rounds: int, program: str = "counter", work: str | None = None, log=pri
         if (n + 1) % 20 == 0:
             log(f"round {n + 1}/{rounds}: {(time.perf_counter() - t0) / (n + 1):.2f} s a round")
     per_round = (time.perf_counter() - t0) / max(rounds, 1)
-    with Gdb() as g:
+    with make_gdb() as g:
         g.cli("handle SIGUSR2 nostop noprint pass")
         g.cli(f"ckpt restore {img}", timeout=120)
         g.events.clear()

@@ -1,0 +1,141 @@
+"""The engine, end to end: nothing depends on GDB writing registers, vector state comes
+back bit for bit, and a tracer that dies leaves the process running as if untraced."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from harness import SHIM, error_of, example, read, shimmed_gdb, uninterrupted, wait_for_output
+
+from gdbckpt.engine import xstate
+
+
+def test_the_shim_makes_gdb_fail_as_on_amx_hosts(sessions, tmp_path):
+    """Every GDB of the suite runs with the shim: its own xstate writes fail, as GDB 13's
+    do on AMX hosts, while the engine's (ctypes) pass through."""
+    s = sessions()
+    s.start([example("vectors"), "1"], str(tmp_path / "o"), breakpoint="held")
+    s.cli("delete")
+    msg = error_of(s, "print held()")
+    assert "Couldn't write extended state status: Bad address" in msg, msg
+    pid = s.pid()
+    out = s.cli("python import gdbckpt.engine.ptrace as p; "
+                f"x = p.get_xstate({pid}); p.set_xstate({pid}, x); print('engine wrote', len(x))")
+    assert re.search(r"engine wrote \d+", out), out
+    assert os.path.exists(SHIM)
+
+
+def vector_run(sessions, tmp_path, hit: int) -> tuple[str, str]:
+    """vectors stopped at its hit-th call of held(), saved, killed, restored, finished."""
+    argv = [example("vectors"), "12345"]
+    img, before, after = (str(tmp_path / n) for n in ("v.img", "before", "after"))
+    s = sessions()
+    s.start(argv, before, breakpoint="held")
+    for _ in range(hit - 1):
+        assert s.finish().get("reason") == "breakpoint-hit"
+    s.save(img)
+    s.cli("kill")
+    r = sessions()
+    out = r.restore(img, after)
+    assert "Restored process" in out, out
+    assert "held" in r.cli("bt 1")
+    r.cli("delete")
+    assert r.finish().get("reason") == "exited-normally"
+    return read(before) + read(after), uninterrupted(argv)
+
+
+def test_ymm_x87_and_mxcsr_come_back_bit_for_bit(sessions, tmp_path):
+    got, want = vector_run(sessions, tmp_path, 1)
+    assert got == want
+    if "avx yes" in want:
+        assert "registers intact" in got and "fcw 0xc7f mxcsr 0x7f80" in got
+
+
+def test_avx512_zmm16_31_and_k1_7_come_back_bit_for_bit(sessions, tmp_path):
+    if not xstate.live_xcr0() & 0xE0 == 0xE0:
+        pytest.skip("this CPU has no AVX-512 (XCR0 lacks opmask and zmm state)")
+    got, want = vector_run(sessions, tmp_path, 2)
+    assert "avx512 yes" in want and got == want
+
+
+AMX = "amx_tile" in open("/proc/cpuinfo").read()
+
+
+@pytest.mark.skipif(not AMX, reason="this CPU has no AMX (no amx_tile in /proc/cpuinfo)")
+def test_amx_tiles_and_permission_come_back(sessions, tmp_path):
+    argv = [example("amx"), "99"]
+    img, before, after = (str(tmp_path / n) for n in ("a.img", "before", "after"))
+    s = sessions()
+    s.start(argv, before, breakpoint="held")
+    s.save(img)
+    s.cli("kill")
+    r = sessions()
+    assert "Restored process" in r.restore(img, after)
+    r.cli("delete")
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(before) + read(after) == uninterrupted(argv)
+
+
+# --- a tracer that dies -----------------------------------------------------------------
+
+def gdb_pid(g) -> int:
+    """The pid of GDB itself (the shim runs it through env, which execs it)."""
+    return g.ctl.gdb_process.pid
+
+
+def attached_counter(tmp_path):
+    """A counter running on its own, and a GDB attached to it, stopped."""
+    out = tmp_path / "out"
+    prog = subprocess.Popen([example("counter"), "6", "300"], stdout=open(out, "w"),
+                            stdin=subprocess.DEVNULL)
+    wait_for_output(str(out), r"^step 1 ")
+    g = shimmed_gdb()
+    g.cli(f"attach {prog.pid}")
+    return prog, g, out
+
+
+@pytest.mark.parametrize("when", ["after a save", "after an injected call"])
+def test_process_runs_on_when_gdb_is_killed(tmp_path, when):
+    prog, g, out = attached_counter(tmp_path)
+    try:
+        if when == "after a save":
+            g.cli(f"ckpt save {tmp_path / 'p.img'}", timeout=120)
+        else:
+            g.cli("python from gdbckpt.ingdb.front import stopped_process; "
+                  "print(stopped_process().syscall(39))")     # getpid, injected
+        os.kill(gdb_pid(g), signal.SIGKILL)
+        assert prog.wait(timeout=60) == 0, "the process died with its tracer"
+    finally:
+        prog.kill()
+        g.close()
+    assert read(str(out)) == uninterrupted([example("counter"), "6", "300"])
+
+
+def test_process_runs_on_when_the_batch_tool_is_killed(tmp_path):
+    """Killed while it holds the process (a save that stops at every page it reads)."""
+    out = tmp_path / "out"
+    prog = subprocess.Popen([example("counter"), "6", "300"], stdout=open(out, "w"),
+                            stdin=subprocess.DEVNULL)
+    try:
+        wait_for_output(str(out), r"^step 1 ")
+        batch = subprocess.Popen([os.path.join(os.path.dirname(__file__), "..", ".venv", "bin",
+                                               "gdbckpt-batch"), str(prog.pid), "-o",
+                                  str(tmp_path / "p.img")], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _traced(prog.pid):
+            time.sleep(0.001)
+        batch.kill()
+        batch.wait()
+        assert prog.wait(timeout=60) == 0, "the process died with the batch tool"
+    finally:
+        prog.kill()
+    assert read(str(out)) == uninterrupted([example("counter"), "6", "300"])
+
+
+def _traced(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        return re.search(r"^TracerPid:\s+[1-9]", f.read(), re.M) is not None
