@@ -5,10 +5,10 @@
     gdbckpt-batch info IMG [--json]
     gdbckpt-batch verify IMG [--json]
 
-GDB does the work, driven through GDB/MI (pygdbmi, gdbckpt/mi.py): every
-command waits for its own result, with a timeout, and GDB's stderr is shown
-when something fails. Errors are one line on stderr and an exit code from
-EXIT below; the target process is left as it was.
+The engine does the work itself, with its own ptrace: no GDB is started
+(but for `restore --gdb`, which leaves you in GDB at the saved point).
+Errors are one line on stderr and an exit code from EXIT below; the target
+process is left as it was.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import sys
 import time
 
 from . import __version__
+from .engine.front import Front
 from .errors import CkptError, ImageError
-from .mi import Gdb, MiError, MiTimeout, cli_arg
 from .procfs import Proc
 
 
@@ -39,12 +39,12 @@ class Exit(enum.IntEnum):
     NO_PROCESS = 3      # no such process (or it ended)
     NOT_PERMITTED = 4   # the process may not be traced: permissions, ptrace_scope, a tracer
     BAD_IMAGE = 5       # missing, unreadable, corrupt or foreign image
-    GDB = 6             # GDB failed to start or did not answer in time
+    GDB = 6             # GDB failed to start (restore --gdb)
+    TIMEOUT = 7         # the save or restore took longer than --timeout
     INTERRUPTED = 130
 
 
 EXIT_HELP = "\n".join(f"  {e.value:>3}  {e.name.lower().replace('_', ' ')}" for e in Exit)
-PROGRESS = re.compile(r"\[ckpt-progress\] (\w+) (\d+) (\d+)")
 
 
 class BatchError(Exception):
@@ -53,7 +53,7 @@ class BatchError(Exception):
         self.code, self.detail = code, detail
 
 
-# --- checks before GDB touches anything ------------------------------------
+# --- checks before anything touches the process ------------------------------------
 
 def check_traceable(pid: int) -> str:
     """The process's name, or BatchError saying why it cannot be traced."""
@@ -147,192 +147,198 @@ class Out:
 
     @contextlib.contextmanager
     def progress(self, title: str):
-        """Yields a console callback that drives a prompt_toolkit progress bar."""
+        """Yields a progress(done, total) callback that drives a prompt_toolkit bar."""
         if not self.tty:
-            yield None
+            yield lambda done, total: None
             return
         from prompt_toolkit.shortcuts import ProgressBar
         with ProgressBar(title=title) as pb:
             counter = pb(total=100)
-            state = {"done": 0}
 
-            def on_console(text: str) -> None:
-                m = PROGRESS.search(text)
-                if m:
-                    done, total = int(m.group(2)), max(int(m.group(3)), 1)
-                    step = done * 100 // total - state["done"]
-                    if step > 0:
-                        state["done"] += step
-                        counter.items_completed = state["done"]
-                        pb.invalidate()
-            yield on_console
+            def advance(done: int, total: int) -> None:
+                percent = done * 100 // max(total, 1)
+                if percent > counter.items_completed:
+                    counter.items_completed = percent
+                    pb.invalidate()
+            yield advance
 
 
-# --- GDB -------------------------------------------------------------------------
+# --- the engine -----------------------------------------------------------------------
 
-@contextlib.contextmanager
-def gdb_session(timeout: float):
-    """GDB in a session of its own: a Ctrl-C at the terminal reaches this tool, which
-    finishes the save in progress, not GDB, which would abandon it."""
+class BatchFront(Front):
+    """The engine's front end here: a progress bar, nothing else to tell."""
+
+    def __init__(self, advance):
+        self.advance = advance
+
+    def progress(self, phase: str, total: int):
+        return lambda done, final=False: self.advance(done, total)
+
+
+class Guard:
+    """SIGINT and SIGTERM wait for the save or restore in progress (an image is never
+    left half-written, a process never half-made); --timeout ends it with an error."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.interrupted = False
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.old_alarm = signal.signal(signal.SIGALRM, self._expired)
+        if self.timeout > 0:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        return self
+
+    def __exit__(self, *exc):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.old_alarm)
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+    def _interrupt(self, signum, frame):
+        self.interrupted = True
+
+    def _expired(self, signum, frame):
+        raise BatchError(f"gave up after {self.timeout:.0f} s (--timeout)", Exit.TIMEOUT)
+
+
+def seize(pid: int, name: str):
+    """Attach to every thread of pid and stop it (engine.process.Process.seize)."""
+    from .engine.process import Process
+    from .errors import SaveError
     try:
-        g = Gdb(timeout=timeout, prefix=("setsid",))
-    except (OSError, MiError, MiTimeout) as e:
-        raise BatchError(f"cannot start GDB: {e}", Exit.GDB) from None
-    try:
-        try:
-            g.cli("set ckpt progress on")
-        except (MiError, MiTimeout) as e:
-            raise BatchError(f"gdbckpt did not load in GDB ({e}); run './dev setup'", Exit.GDB,
-                             "".join(g.stderr)) from None
-        yield g
-    finally:
-        g.close()
-
-
-def run_cli(g: Gdb, command: str, timeout: float, code: Exit, on_console=None) -> str:
-    try:
-        return g.cli(command, timeout=timeout, on_console=on_console)
-    except MiError as e:
-        raise BatchError(e.msg, code, e.stderr) from None
-    except MiTimeout as e:
-        raise BatchError(f"GDB did not finish '{command}' in {timeout:.0f} s", Exit.GDB,
-                         str(e)) from None
-
-
-def attach(g: Gdb, pid: int, name: str) -> None:
-    try:
-        g.cmd(f"-target-attach {pid}", timeout=60)
-    except MiError as e:
-        reason = e.msg
+        return Process.seize(pid, SaveError)
+    except SaveError as e:
         if not alive(pid):
             raise BatchError(f"process {pid} ended", Exit.NO_PROCESS) from None
-        if "Operation not permitted" in reason:
+        if "not permitted" in str(e):
             raise BatchError(f"cannot attach to process {pid} ({name}): not permitted "
                              "(permissions, ptrace_scope or another tracer)",
-                             Exit.NOT_PERMITTED, e.stderr) from None
-        if "No such process" in reason:
-            raise BatchError(f"process {pid} ended", Exit.NO_PROCESS) from None
-        raise BatchError(f"cannot attach to process {pid}: {reason}", Exit.GDB,
-                         e.stderr) from None
+                             Exit.NOT_PERMITTED) from None
+        raise BatchError(str(e), Exit.FAILED) from None
 
 
-def _stop_and_detach(g: Gdb, pid: int) -> None:
-    """Leave the process stopped: a SIGSTOP queued before the detach takes effect after."""
-    os.kill(pid, signal.SIGSTOP)
-    g.cmd("-target-detach", timeout=60)
+def save_once(pid: int, name: str, path: str, args, advance, after: str):
+    """Seize, save, then leave the process running, stopped or killed."""
+    from .engine import save as engine_save
+    proc = seize(pid, name)
+    try:
+        result = engine_save.save(proc, path, front=BatchFront(advance), sync=not args.no_sync,
+                                  compress=args.compress, strict=args.strict)
+        if after == "killed":
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        proc.release(stop=after == "stopped")
+    return result
 
-
-# --- commands -------------------------------------------------------------------------
 
 def save(args, out: Out) -> Exit:
     pid = args.pid if args.pid is not None else pick_process()
     name = check_traceable(pid)
     path = args.output or default_image(pid, name)
-    opts = [] if args.no_sync else ["--sync"]
-    opts += ["--compress"] if args.compress else []
-    opts += ["--strict"] if args.strict else []
-    with gdb_session(args.timeout) as g:
-        attach(g, pid, name)
-        try:
-            with out.progress(f"saving {pid} ({name})") as bar:
-                text = run_cli(g, f"ckpt save {' '.join(opts)} {cli_arg(path)}", args.timeout,
-                               Exit.FAILED, bar)
-        except BatchError:
-            with contextlib.suppress(MiError, MiTimeout):
-                g.cmd("-target-detach", timeout=30)
-            raise
-        after = "killed" if args.kill else "stopped" if args.stop else "running"
-        if args.kill:
-            g.cli("kill", timeout=30)
-        elif args.stop:
-            _stop_and_detach(g, pid)
-        else:
-            g.cmd("-target-detach", timeout=30)
-    m = re.search(r"Saved process .* to (.*): .*", text)
-    for note in re.findall(r"ckpt save: note: (.*)", text):
+    after = "killed" if args.kill else "stopped" if args.stop else "running"
+    with Guard(args.timeout) as guard, out.progress(f"saving {pid} ({name})") as advance:
+        r = save_once(pid, name, path, args, advance, after)
+    for note in r.notes:
         out.line(f"note: {note}")
-    out.line(m.group(0) if m else text.strip())
-    out.result({"image": os.path.abspath(path), "pid": pid, "name": name, "process": after})
-    return Exit.OK
+    out.line(f"Saved process {r.pid} ({r.comm}) to {r.path}: {r.threads} thread(s), "
+             f"{r.mappings} mappings, {r.stored / 2**20:.1f} MiB of memory "
+             f"({r.image_size / 2**20:.1f} MiB image) in {r.seconds:.2f} s; it is {after}.")
+    out.result({"image": os.path.abspath(r.path), "pid": pid, "name": name, "process": after,
+                "seconds": round(r.seconds, 4), "notes": r.notes})
+    return Exit.INTERRUPTED if guard.interrupted else Exit.OK
+
+
+def stamped(path: str) -> str:
+    """-o NAME for --every: NAME-TIMESTAMP.EXT, one per save."""
+    root, ext = os.path.splitext(path)
+    return f"{root}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}{ext or '.img'}"
 
 
 def save_every(args, out: Out) -> Exit:
     """Periodic checkpoints of a running process, keeping the newest N images."""
     pid = args.pid if args.pid is not None else pick_process()
     name = check_traceable(pid)
-    stop = {"now": False}
-
-    def request_stop(signum, frame):
-        stop["now"] = True
-
-    old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     kept: list[str] = []
-    try:
-        with gdb_session(args.timeout) as g:
-            while not stop["now"]:
+    with Guard(0) as guard:
+        while not guard.interrupted:
+            if not alive(pid):
+                out.line(f"process {pid} ended; stopping")
+                break
+            path = stamped(args.output) if args.output else default_image(pid, name, fine=True)
+            try:
+                save_once(pid, name, path, args, lambda done, total: None, "running")
+            except BatchError as e:
+                if e.code == Exit.NO_PROCESS or not alive(pid):
+                    out.line(f"process {pid} ended; stopping")
+                    break
+                raise
+            except CkptError:
                 if not alive(pid):
                     out.line(f"process {pid} ended; stopping")
                     break
-                path = args.output or default_image(pid, name, fine=True)
-                if args.output:
-                    root, ext = os.path.splitext(args.output)
-                    path = f"{root}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}{ext or '.img'}"
-                try:
-                    attach(g, pid, name)
-                    run_cli(g, f"ckpt save {'' if args.no_sync else '--sync'} {cli_arg(path)}",
-                            args.timeout, Exit.FAILED)
-                    g.cmd("-target-detach", timeout=30)
-                except BatchError as e:
-                    if e.code == Exit.NO_PROCESS or not alive(pid):
-                        out.line(f"process {pid} ended; stopping")
-                        break
-                    raise
-                kept.append(path)
-                out.line(f"saved {path}")
-                out.result({"image": os.path.abspath(path), "pid": pid})
-                while len(kept) > args.keep:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(kept.pop(0))
-                deadline = time.monotonic() + args.every
-                while not stop["now"] and time.monotonic() < deadline:
-                    if not alive(pid):
-                        break
-                    time.sleep(min(0.1, args.every))
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return Exit.INTERRUPTED if stop["now"] else Exit.OK
+                raise
+            kept.append(path)
+            out.line(f"saved {path}")
+            out.result({"image": os.path.abspath(path), "pid": pid})
+            while len(kept) > args.keep:
+                _remove(kept.pop(0), out)
+            deadline = time.monotonic() + args.every
+            while not guard.interrupted and time.monotonic() < deadline and alive(pid):
+                time.sleep(min(0.1, args.every))
+    return Exit.INTERRUPTED if guard.interrupted else Exit.OK
+
+
+def _remove(path: str, out: Out) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        out.line(f"warning: cannot remove the old image {path}: {e.strerror}")
 
 
 def restore(args, out: Out) -> Exit:
     img = os.path.abspath(args.image)
     _check_image(img)
-    opts = []
-    for name in ("stdin", "stdout", "stderr"):
-        value = getattr(args, name)
-        if value:
-            opts.append(cli_arg(f"--{name}={os.path.abspath(value)}"))
-    if args.vdso != "auto":
-        opts.append(f"--vdso={args.vdso}")
-    if args.force:
-        opts.append("--force")
+    stdio = {fd: os.path.abspath(getattr(args, name))
+             for fd, name in enumerate(("stdin", "stdout", "stderr")) if getattr(args, name)}
     if args.gdb:
-        gdbinit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "gdbinit.py")
-        os.execvp("gdb", ["gdb", "-q", "-x", gdbinit, "-ex",
-                          f"ckpt restore {' '.join(opts)} {cli_arg(img)}"])
-    with gdb_session(args.timeout) as g:
-        with out.progress(f"restoring {os.path.basename(img)}") as bar:
-            command = f"ckpt restore --detach {' '.join(opts)} {cli_arg(img)}"
-            text = run_cli(g, command, args.timeout, Exit.FAILED, bar)
-    m = re.search(r"as process (\d+)", text)
-    if not m:
-        raise BatchError(f"the restore reported no process: {text.strip()}", Exit.FAILED)
-    for warning in re.findall(r"ckpt restore: warning: (.*)", text):
+        return _restore_in_gdb(img, stdio, args)
+    from .engine import restore as engine
+    with Guard(args.timeout) as guard, out.progress(f"restoring {os.path.basename(img)}"):
+        prepared = engine.prepare(img, vdso_mode=args.vdso, stdio=stdio, force=args.force,
+                                  verify=not args.no_verify,
+                                  fill="lazy" if args.lazy else "stub")
+        if args.dry_run:
+            r = engine.dry_run(prepared)
+            print(r.plan.text())
+            return Exit.OK
+        r = engine.restore(prepared, stopped=False, new_session=True)
+    for warning in r.warnings:
         out.line(f"warning: {warning}")
-    out.line(f"restored {img} as process {m.group(1)}")
-    out.result({"image": img, "pid": int(m.group(1))})
-    return Exit.OK
+    out.line(f"restored {img} as process {r.pid} in {r.seconds:.2f} s "
+             f"(vDSO: {r.plan.vdso_mode})")
+    out.result({"image": img, "pid": r.pid, "seconds": round(r.seconds, 4),
+                "warnings": r.warnings, "vdso": r.plan.vdso_mode})
+    return Exit.INTERRUPTED if guard.interrupted else Exit.OK
+
+
+def _restore_in_gdb(img: str, stdio: dict[int, str], args) -> Exit:
+    """Replace this tool with GDB, restoring the image at its prompt."""
+    from .mi import GDBINIT, cli_arg
+    opts = [cli_arg(f"--{('stdin', 'stdout', 'stderr')[fd]}={path}")
+            for fd, path in stdio.items()]
+    opts += [f"--vdso={args.vdso}"] if args.vdso != "auto" else []
+    opts += ["--force"] if args.force else []
+    opts += ["--no-verify"] if args.no_verify else []
+    opts += ["--lazy"] if args.lazy else []
+    try:
+        os.execvp("gdb", ["gdb", "-q", "-x", GDBINIT, "-ex",
+                          f"ckpt restore {' '.join(opts)} {cli_arg(img)}"])
+    except OSError as e:
+        raise BatchError(f"cannot run gdb: {e.strerror}", Exit.GDB) from None
 
 
 def _check_image(path: str):
@@ -409,7 +415,7 @@ def list_processes() -> list[tuple[int, str, int]]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gdbckpt-batch", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Checkpoint a running process by pid, or restore one, through GDB.",
+        description="Checkpoint a running process by pid, or restore one, without GDB.",
         epilog=f"subcommands: restore IMG | info IMG | verify IMG\nexit codes:\n{EXIT_HELP}")
     p.add_argument("pid", nargs="?", type=int, help="the process to save (on a terminal: "
                    "pick one if left out)")
@@ -431,7 +437,8 @@ def parser() -> argparse.ArgumentParser:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for GDB")
+    p.add_argument("--timeout", type=float, default=600,
+                   help="give up a save or restore after this many seconds (default 600)")
     p.add_argument("--version", action="version", version=f"gdbckpt {__version__}")
 
 
@@ -443,9 +450,17 @@ def sub_parser(name: str) -> argparse.ArgumentParser:
                        help="stay in an interactive GDB at the saved point")
         for s in ("stdin", "stdout", "stderr"):
             p.add_argument(f"--{s}", metavar="FILE", help=f"the restored process's {s}")
-        p.add_argument("--vdso", choices=("auto", "move", "patch"), default="auto")
+        p.add_argument("--vdso", choices=("auto", "move", "patch"), default="auto",
+                       help="auto: move this kernel's vDSO into place when it is the saved "
+                       "one, else patch the saved one; move or patch force a way")
         p.add_argument("--force", action="store_true",
                        help="restore even if a saved file is gone or shorter")
+        p.add_argument("--lazy", action="store_true",
+                       help="map memory from the image, read when first touched")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the restore plan without changing anything")
+        p.add_argument("--no-verify", action="store_true",
+                       help="skip checking the memory checksums")
     if name == "info":
         p.add_argument("--brief", action="store_true", help="leave out the mappings")
     _common(p)
@@ -474,18 +489,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(run(args, out))
     except BatchError as e:
         return _fail(e)
+    except ImageError as e:
+        return _fail(BatchError(str(e), Exit.BAD_IMAGE))
     except CkptError as e:
         return _fail(BatchError(str(e), Exit.FAILED))
-    except (MiError, MiTimeout) as e:
-        return _fail(BatchError(f"GDB failed: {e}", Exit.GDB, getattr(e, "stderr", "")))
     except KeyboardInterrupt:
         return _fail(BatchError("interrupted", Exit.INTERRUPTED))
 
 
 def _fail(e: BatchError) -> int:
     print(f"gdbckpt-batch: {e}", file=sys.stderr)
-    if e.detail.strip():
-        print("GDB said:\n" + e.detail.strip()[-4000:], file=sys.stderr)
     return int(e.code)
 
 
