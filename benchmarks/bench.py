@@ -142,7 +142,7 @@ def remove(*paths: str) -> None:
 def time_save(g: Gdb, img: str, mem: Memory, compress: bool = False) -> dict:
     remove(img)
     mem.prepare()
-    return py(g, "import json, gdbckpt.ingdb.dump as d; "
+    return py(g, "import json, gdbckpt.ingdb.save as d; "
                  f"r = d.save({img!r}, compress={compress}); "
                  "print(json.dumps({'seconds': r.seconds, 'phases': r.phases, "
                  "'image': r.image_size, 'stored': r.stored}))")

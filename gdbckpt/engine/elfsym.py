@@ -19,11 +19,19 @@ TID_DESCRIPTOR = "_thread_db_pthread_tid"
 
 
 def symbol(path: str, name: str) -> tuple[int, bool] | None:
-    """(st_value, is the file position-independent) of name in path's symbol tables."""
+    """(st_value, is the file position-independent) of name in path's symbol tables.
+
+    The GNU hash table first: it finds a name without decoding every symbol
+    (libc has 3000; decoding them all costs a save 0.17 s).
+    """
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             pie = elf["e_type"] == "ET_DYN"
+            hashed = elf.get_section_by_name(".gnu.hash")
+            if hasattr(hashed, "get_symbol"):
+                found = hashed.get_symbol(name)
+                return (found["st_value"], pie) if found else None
             for table in (".dynsym", ".symtab"):
                 sec = elf.get_section_by_name(table)
                 if sec is None:
