@@ -220,12 +220,18 @@ def seize(pid: int, name: str):
 
 
 def save_once(pid: int, name: str, path: str, args, advance, after: str):
-    """Seize, save, then leave the process running, stopped or killed."""
+    """Seize, save, then leave the process running, stopped or killed.
+
+    A process that runs on is stopped only while its state is read: its memory
+    comes from a copy-on-write snapshot while it runs (--no-snapshot: stopped
+    throughout).
+    """
     from .engine import save as engine_save
     proc = seize(pid, name)
+    resume = proc.release if after == "running" and not args.no_snapshot else None
     try:
         result = engine_save.save(proc, path, front=BatchFront(advance), sync=not args.no_sync,
-                                  compress=args.compress, strict=args.strict)
+                                  compress=args.compress, strict=args.strict, resume=resume)
         if after == "killed":
             os.kill(pid, signal.SIGKILL)
     finally:
@@ -426,6 +432,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sync", action="store_true",
                    help="skip fsync of the image (on by default: ~1.5 s per GiB here)")
     p.add_argument("--compress", action="store_true", help="compress memory with zstd")
+    p.add_argument("--no-snapshot", action="store_true",
+                   help="keep the process stopped while its memory is read (by default it "
+                   "runs on, its memory read from a copy-on-write snapshot)")
     p.add_argument("--strict", action="store_true",
                    help="refuse processes holding descriptors a restore cannot recreate")
     p.add_argument("--every", type=float, metavar="SECONDS", help="save periodically")

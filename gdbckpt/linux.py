@@ -99,6 +99,7 @@ class Sys(enum.IntEnum):
     setitimer = 38
     getpid = 39
     clone = 56
+    wait4 = 61
     kill = 62
     fcntl = 72
     chdir = 80

@@ -157,6 +157,7 @@ class MemoryDumper:
         self.writer = writer
         self.patches = sorted((patches or {}).items())
         self.stats = DumpStats()
+        self.vm_readv = True
         self.read_seconds = 0.0
         self.scan_seconds = 0.0
         self.write_seconds = 0.0
@@ -172,6 +173,19 @@ class MemoryDumper:
         self.thread = threading.Thread(target=self._write_loop, name="gdbckpt-writer",
                                        daemon=True)
         self.thread.start()
+
+    def switch(self, pid: int) -> None:
+        """Read from another process from now on (a snapshot of the first), through
+        /proc/PID/mem only: process_vm_readv pins pages, and pinning a page a fork
+        shares makes the kernel copy it (GUP unsharing): slower, and memory for
+        nothing."""
+        self.vm_readv = False
+        try:
+            fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SaveError(f"cannot open /proc/{pid}/mem: {e.strerror}") from None
+        os.close(self.fd)
+        self.pid, self.fd = pid, fd
 
     def close(self) -> None:
         """Wait for the writes queued so far; raises what the writer thread failed with.
@@ -247,7 +261,7 @@ class MemoryDumper:
         want = npages * PAGE_SIZE
         local, remote = _Iovec(buf.addr, want), _Iovec(addr, want)
         got = max(0, libc().process_vm_readv(self.pid, ctypes.byref(local), 1,
-                                             ctypes.byref(remote), 1, 0))
+                                             ctypes.byref(remote), 1, 0)) if self.vm_readv else 0
         got -= got % PAGE_SIZE
         if got == want:
             self.stats.read += got

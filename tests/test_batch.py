@@ -69,6 +69,34 @@ def test_running_program_saved_by_pid_killed_and_restored_headless(tmp_path, pro
     assert "grew since the save" in r.stdout
 
 
+@pytest.mark.parametrize("snapshot", [True, False])
+def test_a_save_of_a_busy_process_is_one_instant(tmp_path, snapshot):
+    """mutator rewrites 64 MiB round after round and checks each page: an image whose
+    memory is not one instant, or not the instant of its registers, restores into a
+    program that says TORN. By default the save reads a copy-on-write snapshot while
+    the process runs on; the process is stopped only for a few tens of ms."""
+    argv = [example("mutator"), "64", "12000"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, r"^round 500 ")
+        opts = () if snapshot else ("--no-snapshot",)
+        r = batch(str(p.pid), "-o", img, "--no-sync", "--json", *opts, check=0)
+        result = json.loads(r.stdout.splitlines()[-1])
+        assert result["process"] == "running"
+        assert p.poll() is None
+        children = subprocess.run(["ps", "--ppid", str(p.pid), "-o", "pid="],
+                                  capture_output=True, text=True).stdout
+        assert children.strip() == "", "the snapshot was left behind"
+    finally:
+        p.kill()
+        p.wait()
+    r = batch("restore", img, check=0)
+    pid = int(r.stdout.split("as process ")[1].split()[0])
+    wait_gone(pid)
+    assert open(out).read() == uninterrupted(argv)
+
+
 def test_kill_and_stop_after_a_save(tmp_path):
     out = str(tmp_path / "out")
     p = spawn([example("counter"), "1000", "20"], out)

@@ -42,6 +42,7 @@ class Process:
         # at the detach, and saved as pending.
         self.stop_signals: dict[int, tuple[int, bytes]] = {}
         self.owned = False               # we seized it (and must let go of it)
+        self.children: list[int] = []   # made by an injected clone (snapshot)
         self._syscall_at: int | None = None
         self._exclude: list[tuple[int, int]] = []
         self._mem: int | None = None
@@ -241,12 +242,47 @@ class Process:
                                         f"{_name(nr)}")
             elif ptrace.event(status) == ptrace.EVENT_STOP:
                 pass                    # a group stop or an interrupt: go on
+            elif ptrace.event(status) == ptrace.EVENT_CLONE:
+                self.children.append(self._pt(ptrace.geteventmsg, tid))
             elif sig in FAULTS or len(caught) >= MAX_CAUGHT:
                 raise self.raise_as(f"injected system call {_name(nr)} stopped with signal "
                                     f"{sig} instead of completing")
             else:
                 caught.append(sig)      # arrived meanwhile: sent again once done
             self._pt(ptrace.syscall, tid, 0)
+
+    def snapshot(self) -> int:
+        """A copy-on-write copy of the process's memory, as it is now: a child made by an
+        injected clone, held in its first stop; its pid.
+
+        exit_signal 0: the process gets no SIGCHLD for it, and no wait() but one with
+        __WALL sees it (reap_snapshot makes that one). Should the tracer die, the
+        child is killed (EXITKILL), and were it ever to run, it would only exit.
+        """
+        tid = self.current
+        options = ptrace.Opt.TRACESYSGOOD | ptrace.Opt.TRACECLONE
+        self._pt(ptrace.set_options, tid, options)
+        self.children = []
+        try:
+            ret = self.syscall(Sys.clone, 0, 0, 0, 0, 0, tid=tid)
+        finally:
+            self._pt(ptrace.set_options, tid, ptrace.Opt.TRACESYSGOOD)
+        if is_syscall_error(ret) or not self.children:
+            raise self.raise_as(f"cannot make a copy-on-write snapshot: clone: "
+                                f"{os.strerror(-ret) if ret < 0 else 'no child seen'}")
+        child = self.children[0]
+        status = ptrace.wait(child)
+        if not os.WIFSTOPPED(status):
+            raise self.raise_as("the snapshot of the process ended at once")
+        try:
+            regs = self.regs(child)
+            regs.update(rip=self._find_syscall_insn(), rax=Sys.exit_group, rdi=0, orig_rax=-1)
+            self.set_regs(regs, child)
+            ptrace.set_options(child, ptrace.Opt.EXITKILL)
+        except (CkptError, ptrace.PtraceError):
+            drop_snapshot(child)
+            raise
+        return child
 
     def syscall_ok(self, nr: int, *args: int, what: str, tid: int | None = None) -> int:
         ret = self.syscall(nr, *args, tid=tid)
@@ -323,6 +359,38 @@ class Process:
             if i >= 0:
                 return start + i
         return None
+
+
+def drop_snapshot(child: int) -> None:
+    """Kill a snapshot child and take its end as its tracer (it stays a zombie of the
+    process until reap_snapshot)."""
+    try:
+        os.kill(child, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    while True:
+        try:
+            _, status = os.waitpid(child, ptrace.WALL)
+        except ChildProcessError:
+            return
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            return
+
+
+def reap_snapshot(pid: int, child: int, raise_as=SaveError) -> None:
+    """Make the process reap its snapshot child: an injected wait4 (a pause of about a
+    millisecond); nothing to do if the process has ended."""
+    try:
+        proc = Process.seize(pid, raise_as)
+    except CkptError:
+        return
+    try:
+        proc.syscall(Sys.wait4, child, 0, WALL_FLAG | WNOHANG, 0)
+    finally:
+        proc.release()
+
+
+WALL_FLAG, WNOHANG = 0x40000000, 1
 
 
 def threads_of(pid: int) -> list[int]:

@@ -47,11 +47,13 @@ class Req(enum.IntEnum):
 class Opt(enum.IntFlag):
     NONE = 0
     TRACESYSGOOD = 1
+    TRACECLONE = 8
     EXITKILL = 1 << 20
 
 
 NT_PRSTATUS = 1
 NT_X86_XSTATE = 0x202
+EVENT_CLONE = 3                  # PTRACE_EVENT_CLONE: a child made by clone() with exit_signal
 EVENT_STOP = 128                 # PTRACE_EVENT_STOP: a seized thread's interrupt or group stop
 SYSCALL_STOP = 0x80 | 5          # SIGTRAP | 0x80 with TRACESYSGOOD
 WALL = 0x40000000
@@ -123,6 +125,13 @@ def wait(tid: int) -> int:
 
 def event(status: int) -> int:
     return status >> 16
+
+
+def geteventmsg(tid: int) -> int:
+    """The message of tid's event stop: a new child's pid, for a clone event."""
+    msg = ctypes.c_ulong()
+    _call(Req.GETEVENTMSG, tid, None, ctypes.byref(msg))
+    return msg.value
 
 
 def getregs(tid: int) -> dict[str, int]:

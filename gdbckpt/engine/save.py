@@ -47,7 +47,7 @@ from ..procfs import (
 from . import elfsym
 from . import xstate as xstatemod
 from .front import Front
-from .process import Process
+from .process import Process, drop_snapshot, reap_snapshot
 from .state import StateReader, debuggers_own
 
 
@@ -67,21 +67,29 @@ class SaveResult:
 
 
 def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = False,
-         compress: bool = False, strict: bool = False) -> SaveResult:
-    """Save proc, whose threads are all stopped under our (or the front end's) ptrace."""
+         compress: bool = False, strict: bool = False, resume=None) -> SaveResult:
+    """Save proc, whose threads are all stopped under our (or the front end's) ptrace.
+
+    With resume, the process is stopped only for what must be consistent
+    (registers, mappings, descriptors, shared memory): its private memory is
+    then read from a copy-on-write snapshot (a child made by an injected
+    clone, as Redis's BGSAVE and DMTCP's forked checkpoints do), and
+    resume() is called to let the process run on meanwhile.
+    """
     t0 = time.perf_counter()
     front = front or Front()
     try:
-        return _Saver(proc, path, front, sync, compress, strict).run(t0)
+        return _Saver(proc, path, front, sync, compress, strict, resume).run(t0)
     finally:
         front.changed(proc)
 
 
 class _Saver:
     def __init__(self, inf: Process, path: str, front: Front, sync: bool, compress: bool,
-                 strict: bool):
+                 strict: bool, resume=None):
         self.inf = inf
         self.front = front
+        self.resume = resume
         self.path = path
         self.sync = sync
         self.compress = compress
@@ -114,15 +122,34 @@ class _Saver:
             progress = self.front.progress("save", total)
             if compressor is None:
                 w.reserve(total)
+            # Deleted files' bytes while the process is stopped: it may write them.
+            for f in fds:
+                if f.kind == fdsmod.FdKind.DELETED:
+                    f.data = self._file_data(w, f)
             t1 = time.perf_counter()
             dumper = MemoryDumper(self.inf.pid, w, self.front.inserted_breakpoints(self.inf))
+            child = None
             try:
-                for region in todo:
+                now, later = _split(todo) if self.resume else (todo, [])
+                for region in now:
                     dumper.dump(region)
                     progress(dumper.stats.mapped)
+                if later:
+                    child = self.inf.snapshot()
+                    dumper.switch(child)
+                    phases["stopped"] = time.perf_counter() - t0
+                    self.resume()
+                    for region in later:
+                        dumper.dump(region)
+                        progress(dumper.stats.mapped)
                 progress(dumper.stats.mapped, final=True)
             finally:
-                dumper.close()
+                try:
+                    dumper.close()
+                finally:
+                    if child:
+                        drop_snapshot(child)
+                        reap_snapshot(self.inf.pid, child)
             phases["memory"] = time.perf_counter() - t1
             if dumper.stats.unreadable:
                 self.notes.append(f"{dumper.stats.unreadable // PAGE_SIZE} pages could not be read "
@@ -132,9 +159,6 @@ class _Saver:
             phases["memory: finding zero pages"] = dumper.scan_seconds
             phases["memory: checksums and writing (overlapped)"] = dumper.write_seconds
             t1 = time.perf_counter()
-            for f in fds:
-                if f.kind == fdsmod.FdKind.DELETED:
-                    f.data = self._file_data(w, f)
             w.add_record(fmt.RecordType.PROCESS, process)
             for th in threads:
                 w.add_record(fmt.RecordType.THREAD, th)
@@ -361,6 +385,17 @@ class _Saver:
                 self.notes.append(f"mapping {m.describe()} is made by the kernel and cannot be "
                                   "restored; it is left out")
         return info
+
+
+def _split(todo: list) -> tuple[list, list]:
+    """What must be read while the process is stopped, and what a snapshot can give later:
+    a fork shares shared memory with the process, and has no DONTFORK mappings and
+    zeroes WIPEONFORK ones."""
+    def now(r) -> bool:
+        m = r.mapping
+        return m.shared or m.kind in (Kind.SHMEM, Kind.FILE_SHARED, Kind.VDSO) or \
+            "dc" in m.vmflags or "wf" in m.vmflags
+    return [r for r in todo if now(r)], [r for r in todo if not now(r)]
 
 
 def _is_image(path: str) -> bool:
