@@ -307,10 +307,10 @@ def _remove(path: str, out: Out) -> None:
 
 def restore(args, out: Out) -> Exit:
     img = os.path.abspath(args.image)
-    _check_image(img)
     stdio = {fd: os.path.abspath(getattr(args, name))
              for fd, name in enumerate(("stdin", "stdout", "stderr")) if getattr(args, name)}
     if args.gdb:
+        _check_image(img)
         return _restore_in_gdb(img, stdio, args)
     from .engine import restore as engine
     with Guard(args.timeout) as guard, out.progress(f"restoring {os.path.basename(img)}"):

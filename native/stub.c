@@ -261,10 +261,17 @@ void stub_thread_main(long slot)
 	}
 }
 
+extern char stub_call[], stub_call_trap[];
+
 void stub_main(void)
 {
-	/* Tell gdbckpt that the kernel's stack is no longer in use. */
-	stub_syscall(SYS_write, STUB_READY_FD, (long)"R", 1, 0, 0, 0);
+	/* Tell gdbckpt that the kernel's stack is no longer in use, and where the
+	 * engine's way in and the buffers are (no symbol table to read). */
+	struct { char ready[8]; unsigned long call, trap, scratch, stack; } hello = {
+		"READY", (unsigned long)stub_call, (unsigned long)stub_call_trap,
+		(unsigned long)stub_scratch, (unsigned long)stub_stack,
+	};
+	stub_syscall(SYS_write, STUB_READY_FD, (long)&hello, sizeof hello, 0, 0, 0);
 	stub_syscall(SYS_close, STUB_READY_FD, 0, 0, 0, 0, 0);
 	for (;;) {
 		stub_park();

@@ -44,7 +44,6 @@ from ..procfs import (
     read_sysv_shm,
     sigset,
 )
-from . import elfsym
 from . import xstate as xstatemod
 from .front import Front
 from .process import Process, drop_snapshot, reap_snapshot
@@ -109,7 +108,7 @@ class _Saver:
         phases["maps"] = time.perf_counter() - t0
         files, file_of = self._files(maps)
         threads = self._threads()
-        process = self._process(files, fds)
+        process = self._process(files, fds, threads)
         phases["state"] = time.perf_counter() - t0 - phases["maps"]
         compressor = None
         if self.compress:
@@ -254,7 +253,8 @@ class _Saver:
 
     # -- the process -------------------------------------------------------------
 
-    def _process(self, files: list[FileRef], fds: list[FdInfo]) -> ProcessInfo:
+    def _process(self, files: list[FileRef], fds: list[FdInfo],
+                 threads: list[ThreadState]) -> ProcessInfo:
         stat = self.proc.stat()
         status = self.proc.status()
         mm = {k: stat[k] for k in MM_FIELDS}
@@ -276,8 +276,16 @@ class _Saver:
             itimers=self.state.itimers(), timers=timers,
             no_new_privs=status.get("NoNewPrivs", "0") == "1",
             dumpable=self.state.dumpable(), nice=int(stat["nice"]),
-            not_restored=self._not_restored(fds), tid_offset=elfsym.tid_offset(self.inf),
+            not_restored=self._not_restored(fds), tid_offset=self._tid_offset(threads),
             xcomp_perm=self.state.xcomp_perm())
+
+    def _tid_offset(self, threads: list[ThreadState]) -> int | None:
+        """Where glibc keeps a thread's id, read from libc: needed only where the kernel
+        did not tell a thread's clear-child-tid address (it is &pd->tid)."""
+        if all(t.tid_address for t in threads):
+            return None
+        from . import elfsym  # pyelftools: 20 ms to import
+        return elfsym.tid_offset(self.inf)
 
     def _not_restored(self, fds: list[FdInfo]) -> list[str]:
         out = [f"{fdsmod.describe(f)}: /dev/null instead" for f in fds

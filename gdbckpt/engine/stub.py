@@ -10,10 +10,10 @@ half-made process instead of leaving it behind.
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
 import select
 import signal
+import struct
 
 from .. import native
 from ..errors import RestoreError
@@ -30,7 +30,7 @@ from ..stubabi import (
     StubOp,
     StubOpFlags,
 )
-from . import elfsym, ptrace
+from . import ptrace
 from .process import Process, wait_state
 
 # The scratch buffer: paths and structs first, the op array in the last MiB.
@@ -62,30 +62,22 @@ def op_name(op: Op) -> str:
         return f"syscall {op.nr}"
 
 
-@functools.cache
-def _symbols(path: str) -> dict[str, int]:
-    out = {}
-    for name in ("stub_call", "stub_call_trap", "stub_scratch", "stub_stack"):
-        found = elfsym.symbol(path, name)
-        if found is None:
-            raise RestoreError(f"the restart stub {path} lacks {name}: rebuild it "
-                               f"({native.native_hint()})")
-        out[name] = found[0]
-    return out
+# What the stub writes to its ready pipe: where its way in and its buffers are.
+HELLO = struct.Struct("<8s4Q")
+HELLO_MAGIC = b"READY\0\0\0"
 
 
 class Stub:
     """A running stub, seized and stopped; its threads too, once made."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, hello: bytes):
         self.pid = pid
         self.proc = Process(pid, [pid], RestoreError)
         self.proc.owned = True
-        sym = _symbols(native.stub_path())
-        self.call_at, self.trap_at = sym["stub_call"], sym["stub_call_trap"]
-        self.stack_top = sym["stub_stack"] + STUB_STACK_SIZE
-        self.scratch = Scratch(sym["stub_scratch"], DATA_AREA)
-        self.ops_at = sym["stub_scratch"] + DATA_AREA
+        _, self.call_at, self.trap_at, scratch, stack = HELLO.unpack(hello)
+        self.stack_top = stack + STUB_STACK_SIZE
+        self.scratch = Scratch(scratch, DATA_AREA)
+        self.ops_at = scratch + DATA_AREA
         self._written = 0
 
     @classmethod
@@ -94,12 +86,12 @@ class Stub:
         path = native.stub_path()
         if not native.stub_built():
             raise RestoreError(f"the restart stub {path} is not built: {native.native_hint()}")
-        pid = _spawn_parked(path, want_pid, new_session)
+        pid, hello = _spawn_parked(path, want_pid, new_session)
         try:
             ptrace.seize(pid, TRACE_OPTIONS)
             ptrace.interrupt(pid)
             _wait_event_stop(pid)
-            return cls(pid)
+            return cls(pid, hello)
         except (ptrace.PtraceError, RestoreError) as e:
             _kill_and_reap(pid)
             raise RestoreError(f"cannot take hold of the restart stub: {e}") from None
@@ -233,8 +225,10 @@ def _kill_and_reap(pid: int) -> None:
         pass
 
 
-def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False) -> int:
-    """Start the stub with only stdio and its ready pipe; returns once it is parked.
+def _spawn_parked(path: str, want_pid: int = 0,
+                  new_session: bool = False) -> tuple[int, bytes]:
+    """Start the stub with only stdio and its ready pipe; returns once it is parked, with
+    the pid and what the stub said.
 
     With want_pid, ask the kernel for that pid (ns_last_pid: CAP_SYS_ADMIN or
     CAP_CHECKPOINT_RESTORE); the caller checks whether it came.
@@ -268,9 +262,11 @@ def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False) -> in
     os.close(w)
     try:
         ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
-        if not ready or os.read(r, 1) != b"R":
+        hello = os.read(r, HELLO.size) if ready else b""
+        if len(hello) != HELLO.size or not hello.startswith(HELLO_MAGIC):
             _kill_and_reap(pid)
-            raise RestoreError(f"the restart stub did not start within {READY_TIMEOUT} s")
+            raise RestoreError(f"the restart stub did not start within {READY_TIMEOUT} s "
+                               f"(or is out of date: {native.native_hint()})")
     finally:
         os.close(r)
-    return pid
+    return pid, hello

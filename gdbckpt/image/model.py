@@ -9,6 +9,7 @@ version may add fields; fields with defaults may be missing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -296,10 +297,15 @@ def from_json(typ, data, where: str):
     raise TypeError(f"model type {typ!r} has no JSON decoding")
 
 
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
 def _dataclass_from_json(cls, data, where: str):
     if not isinstance(data, dict):
         raise ImageError(f"{where}: expected an object")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
