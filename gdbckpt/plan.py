@@ -53,6 +53,7 @@ USER_TOP = 0x7FFFFFFFF000
 PRCTL_MM_MAP = struct.Struct("<11QQII")
 SS_ONSTACK = 1
 O_TMPFILE = 0o20200000
+O_NOFOLLOW = 0o400000
 F_SETFD, FD_CLOEXEC = 2, 1
 PR_TIMER_CREATE_RESTORE_IDS = 77
 RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock",
@@ -554,8 +555,10 @@ class RecreateDeleted(Step):
         for img_off, file_off, n in self.copies:
             offs = scratch.put(struct.pack("<qq", img_off, file_off))
             out.append(Op(StubOp.COPY_ALL, (self.image_fd, offs, self.tmp_fd, offs + 8, n)))
-        out.append(Op(StubOp.OPEN_AT, (scratch.cstr(f"/proc/self/fd/{self.tmp_fd}"), self.flags,
-                                       0, self.fd)))
+        # A file opened O_TMPFILE | O_NOFOLLOW (Python's TemporaryFile) keeps those flags
+        # in fdinfo: with them, reopening the new file through /proc fails.
+        out.append(Op(StubOp.OPEN_AT, (scratch.cstr(f"/proc/self/fd/{self.tmp_fd}"),
+                                       self.flags & ~(O_TMPFILE | O_NOFOLLOW), 0, self.fd)))
         out.append(Op(Sys.close, (self.tmp_fd,)))
         return out
 
@@ -592,7 +595,10 @@ class Limits(Step):
         out = [Op(Sys.prlimit64, (0, r.resource, scratch.put(struct.pack("<QQ", r.soft, r.hard)),
                                   0), ign) for r in self.rlimits]
         for t in self.itimers:
-            val = struct.pack("<qqqq", *divmod(t.interval_us, 10**6), *divmod(t.value_us, 10**6))
+            # ITIMER_REAL expired with its SIGALRM still queued reads 0 and re-arms when the
+            # signal is taken: setting 0 would disarm it for good.
+            value = t.value_us or t.interval_us
+            val = struct.pack("<qqqq", *divmod(t.interval_us, 10**6), *divmod(value, 10**6))
             out.append(Op(Sys.setitimer, (t.which, scratch.put(val), 0), ign))
         if self.timers:
             out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 1), ign))

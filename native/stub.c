@@ -185,10 +185,12 @@ static long clone3_parked(long flags, long tls, long tidptr, long slot, long tid
 #define SYS_arch_prctl 158
 #define ARCH_REQ_XCOMP_PERM 0x1023
 
-/* An XSAVE area with nothing in use: restoring a feature from it sets the feature's
- * initial state, which for a dynamic feature (AMX tile data) makes the kernel
- * grow this thread's buffer first. Only then can the saved tiles be written. */
-static unsigned char xsave_init[4096] __attribute__((aligned(64)));
+/* An XSAVE area (standard format, 12 KiB: AMX tile data ends at 11008) whose
+ * header says the features to expand are in use, with zero bytes: restoring
+ * them from it reads tile data, which under XFD makes the kernel grow this
+ * thread's buffer first (a restore of their initial state reads nothing and
+ * would not). Only then can ptrace write the saved tiles. */
+static unsigned char xsave_init[12288] __attribute__((aligned(64)));
 
 static long xcomp(long feature, unsigned long expand)
 {
@@ -197,9 +199,11 @@ static long xcomp(long feature, unsigned long expand)
 		if (r < 0)
 			return r;
 	}
-	if (expand)
+	if (expand) {
+		*(unsigned long *)(xsave_init + 512) = expand;	/* XSTATE_BV */
 		__asm__ volatile("xrstor64 %0" : : "m"(xsave_init), "a"((unsigned)expand),
 				 "d"((unsigned)(expand >> 32)) : "memory");
+	}
 	return 0;
 }
 

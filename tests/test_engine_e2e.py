@@ -1,14 +1,25 @@
 """The engine, end to end: nothing depends on GDB writing registers, vector state comes
 back bit for bit, and a tracer that dies leaves the process running as if untraced."""
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
-from harness import SHIM, error_of, example, read, shimmed_gdb, uninterrupted, wait_for_output
+from harness import (
+    REPO,
+    SHIM,
+    error_of,
+    example,
+    read,
+    shimmed_gdb,
+    uninterrupted,
+    wait_for_output,
+)
 
 from gdbckpt.engine import xstate
 
@@ -139,3 +150,37 @@ def test_process_runs_on_when_the_batch_tool_is_killed(tmp_path):
 def _traced(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as f:
         return re.search(r"^TracerPid:\s+[1-9]", f.read(), re.M) is not None
+
+
+# --- injected calls leave the kernel's own state as it was ------------------------------
+
+BATCH = [sys.executable, "-m", "gdbckpt.batch"]
+
+
+def test_a_thread_in_sigsuspend_keeps_its_real_mask(tmp_path):
+    """In sigsuspend the kernel shows a temporary mask; the image must hold the real one,
+    and the restored program still sleeps in sigsuspend until its signal comes."""
+    argv = [example("suspender"), "8"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    with open(out, "w") as f:
+        p = subprocess.Popen(argv, stdout=f, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_output(out, r"^step 2 ")
+        subprocess.run([*BATCH, str(p.pid), "-o", img, "--kill"], check=True,
+                       capture_output=True, cwd=REPO)
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+    r = subprocess.run([*BATCH, "restore", img, "--json"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout.splitlines()[-1])["pid"]
+    wait_gone(pid)
+    assert read(out) == uninterrupted(argv)
+
+
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
+            "Z" not in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]:
+        time.sleep(0.02)

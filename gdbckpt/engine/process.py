@@ -10,6 +10,7 @@ tracer die, and nothing is written into the process's code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -27,6 +28,22 @@ _SCRATCH_GAP = 128 + 512
 FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGSYS}
 MAX_CAUGHT = 8
 SYSCALL_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+CALL_AND_TRAP = SYSCALL_INSN + b"\xcc"
+# Blocked during an injected call: all but SIGTRAP, which the int3 forces (a blocked one
+# would make the kernel reset the program's SIGTRAP handler to the default).
+ALL_BUT_TRAP = ((1 << 64) - 1) & ~(1 << (signal.SIGTRAP - 1))
+DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM}
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Our own SIGINT, SIGTERM, SIGHUP and SIGALRM wait until the block is done: a
+    process is never left with an injected call's registers, nor half-attached."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 ATTACH_TIMEOUT = 10
 
 
@@ -44,6 +61,7 @@ class Process:
         self.owned = False               # we seized it (and must let go of it)
         self.children: list[int] = []   # made by an injected clone (snapshot)
         self._syscall_at: int | None = None
+        self._site_at: int | None = None
         self._exclude: list[tuple[int, int]] = []
         self._mem: int | None = None
         self._maps: list[Mapping] | None = None
@@ -56,6 +74,11 @@ class Process:
         proc = cls(pid, [pid], raise_as)
         proc.owned = True
         seized: list[int] = []
+        with deferred_signals():
+            return proc._seize_all(seized)
+
+    def _seize_all(self, seized: list[int]) -> Process:
+        proc, pid, raise_as = self, self.pid, self.raise_as
         try:
             while True:
                 new = [t for t in threads_of(pid) if t not in seized]
@@ -71,7 +94,7 @@ class Process:
                     seized.append(tid)
                     ptrace.interrupt(tid)
                     proc._wait_stopped(tid)
-        except ptrace.PtraceError as e:
+        except (ptrace.PtraceError, CkptError) as e:
             proc.tids = seized
             proc.release()
             raise raise_as(f"cannot attach to process {pid}: {e}") from None
@@ -93,6 +116,10 @@ class Process:
         """Let go of every thread we seized; with stop, the process stays stopped."""
         if not self.owned:
             return
+        with deferred_signals():
+            self._release(stop)
+
+    def _release(self, stop: bool) -> None:
         self.close()
         if stop:
             os.kill(self.pid, signal.SIGSTOP)
@@ -117,6 +144,9 @@ class Process:
 
     def set_xstate(self, data: bytes, tid: int | None = None) -> None:
         self._pt(ptrace.set_xstate, tid or self.current, data)
+
+    def sigmask(self, tid: int) -> int:
+        return self._pt(ptrace.get_sigmask, tid)
 
     def set_sigmask(self, tid: int, mask: int) -> None:
         self._pt(ptrace.set_sigmask, tid, mask)
@@ -189,21 +219,101 @@ class Process:
     def syscall(self, nr: int, *args: int, tid: int | None = None) -> int:
         """Make a thread (the current one by default) run one system call; returns rax.
 
-        The thread's registers and the siginfo of its stop are put back after,
-        so its debugger sees it as it was, but for a pending syscall restart,
-        which is done here (the thread resumes from a system-call stop now,
-        where the kernel would not do it).
+        As compel does: `syscall; int3` is written for the moment into the
+        vDSO's ELF header padding (never executed), and the thread resumed
+        there with every signal but SIGTRAP blocked. The int3 ends the call
+        in a signal-delivery stop, inside the kernel's get_signal, as a stop
+        for a signal does: the thread's own registers and the siginfo of its
+        stop go back there, so when it resumes the kernel applies its own
+        rules (an interrupted call restarts, or returns EINTR to a handler)
+        and a signal its tracer passes on keeps its siginfo. No single-step,
+        so no trap flag is left behind should the tracer die.
         """
         tid = tid or self.current
-        at = self._find_syscall_insn()
-        saved = self.regs(tid)
-        siginfo = ptrace.getsiginfo(tid)
-        regs = dict(saved)
-        # orig_rax = -1: a thread stopped inside a system call would otherwise
-        # have that call restarted by the kernel instead of running ours.
-        regs.update(orig_rax=-1, rip=at, rax=nr)
-        regs.update(zip(SYSCALL_ARG_REGS, (*args, *[0] * (6 - len(args))), strict=True))
+        with deferred_signals():
+            if self._pt(ptrace.syscall_op, tid) == SyscallOp.ENTRY:
+                raise self.raise_as(f"thread {tid} is stopped at the entry of a system call "
+                                    "(catch syscall?): step past it first")
+            site = self._site()
+            saved = self.regs(tid)
+            siginfo = ptrace.getsiginfo(tid)
+            mask = self._pt(ptrace.get_sigmask, tid)
+            regs = dict(saved, orig_rax=-1, rax=nr)
+            regs.update(zip(SYSCALL_ARG_REGS, (*args, *[0] * (6 - len(args))), strict=True))
+            if site is None:        # no vDSO: run to the exit stop of a call found in the code
+                regs["rip"] = self._find_syscall_insn()
+                return self._syscall_by_stops(tid, nr, regs, saved, siginfo, mask)
+            regs["rip"] = site
+            original = self.read(site, len(CALL_AND_TRAP))
+            blocked = None
+            try:
+                self.write(site, CALL_AND_TRAP)
+                self._pt(ptrace.set_sigmask, tid, ALL_BUT_TRAP)
+                blocked = self._pt(ptrace.get_sigmask, tid)
+                self.set_regs(regs, tid)
+                self._pt(ptrace.cont, tid, 0)
+                after = self._to_trap(tid, site + len(CALL_AND_TRAP), nr)
+            finally:
+                self.write(site, original)
+                self._put_back(tid, saved, siginfo, mask, blocked)
+        return ptrace.signed(after["rax"])
+
+    def _put_back(self, tid: int, regs: dict, siginfo: bytes | None, mask: int,
+                  blocked: int | None = None) -> None:
+        """The thread as its tracer left it: registers, the stop's siginfo, its mask.
+
+        A thread in sigsuspend, ppoll or pselect had a temporary mask: the
+        kernel put the real one back as the thread left that call for ours,
+        and that one stays (the call restarts with its own again).
+        """
+        self.set_regs(regs, tid)
+        if siginfo is not None:
+            try:
+                ptrace.setsiginfo(tid, siginfo)
+            except ptrace.PtraceError:
+                pass
+        now = self._pt(ptrace.get_sigmask, tid)
+        self._pt(ptrace.set_sigmask, tid, mask if blocked is None or now == blocked else now)
+
+    def _to_trap(self, tid: int, trap: int, nr: int) -> dict[str, int]:
+        """Wait for the int3 after the injected call; returns the registers there."""
+        while True:
+            status = ptrace.wait(tid)
+            if not os.WIFSTOPPED(status):
+                raise self.raise_as(f"thread {tid} ended during injected system call "
+                                    f"{_name(nr)}")
+            sig, event = os.WSTOPSIG(status), ptrace.event(status)
+            if event == ptrace.EVENT_CLONE:
+                self.children.append(self._pt(ptrace.geteventmsg, tid))
+            elif sig == signal.SIGTRAP and not event:
+                regs = self.regs(tid)
+                if regs["rip"] == trap:
+                    return regs
+                raise self.raise_as(f"injected system call {_name(nr)} stopped at "
+                                    f"{regs['rip']:#x}, not at its trap")
+            elif event != ptrace.EVENT_STOP:
+                raise self.raise_as(f"injected system call {_name(nr)} stopped with signal "
+                                    f"{sig} instead of completing")
+            self._pt(ptrace.cont, tid, 0)
+
+    def _site(self) -> int | None:
+        """Where `syscall; int3` may be written for a moment: the vDSO's e_ident padding."""
+        if self._site_at is None:
+            self._site_at = 0
+            vdso = next((m for m in self.maps() if m.kind == Kind.VDSO), None)
+            if vdso is not None:
+                head = self.read(vdso.start, 16)
+                if head[:4] == b"\x7fELF" and head[9:9 + len(CALL_AND_TRAP)] == bytes(3):
+                    self._site_at = vdso.start + 9
+        return self._site_at or None
+
+    def _syscall_by_stops(self, tid: int, nr: int, regs: dict, saved: dict,
+                          siginfo: bytes | None, mask: int) -> int:
+        """The same with PTRACE_SYSCALL, where there is no vDSO to write the trap into: the
+        thread then rests at the call's exit stop, where the kernel makes no syscall
+        restart, so that is done here (regs.rewind)."""
         caught: list[int] = []
+        at = regs["rip"]
         try:
             self.set_regs(regs, tid)
             self._to_syscall_stop(tid, SyscallOp.ENTRY, nr, caught)
@@ -212,12 +322,7 @@ class Process:
         finally:
             back = dict(saved)
             rewind(back)
-            self.set_regs(back, tid)
-            if siginfo is not None:
-                try:
-                    ptrace.setsiginfo(tid, siginfo)
-                except ptrace.PtraceError:
-                    pass
+            self._put_back(tid, back, siginfo, mask)
             for sig in caught:
                 _tgkill(self.pid, tid, sig)
         if after["rip"] != at + len(SYSCALL_INSN):
@@ -329,6 +434,7 @@ class Process:
         """Never inject from these ranges (code about to be unmapped)."""
         self._exclude = list(ranges)
         self._maps = None       # the address space is about to change
+        self._site_at = None
         at = self._syscall_at
         if at is not None and any(s <= at < e for s, e in ranges):
             self._syscall_at = None

@@ -185,6 +185,12 @@ def peek_siginfo(tid: int, shared: bool) -> list[bytes]:
         out += [buf.raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(n)]
 
 
+def get_sigmask(tid: int) -> int:
+    data = ctypes.c_uint64()
+    _call(Req.GETSIGMASK, tid, ctypes.c_void_p(8), ctypes.byref(data))
+    return data.value
+
+
 def set_sigmask(tid: int, mask: int) -> None:
     data = ctypes.c_uint64(mask & MASK64)
     _call(Req.SETSIGMASK, tid, ctypes.c_void_p(8), ctypes.byref(data))

@@ -335,11 +335,14 @@ class _Saver:
         rseq = self.inf.rseq_config(tid)
         robust = self.inf.robust_list(tid)
         cpus = status.get("Cpus_allowed_list")
+        altstack, tid_address = self.state.sigaltstack(), self.state.tid_address()
+        # Only now: a thread in sigsuspend, ppoll or pselect had a temporary mask, and
+        # the kernel put its own back as the thread left that call for the injected ones.
+        mask = self.inf.sigmask(tid)
         return ThreadState(
-            tid=tid, regs=regs, xstate=xstate, sigmask=sigset(status.get("SigBlk", "0")),
-            name=task.comm(),
+            tid=tid, regs=regs, xstate=xstate, sigmask=mask, name=task.comm(),
             syscall=syscall, rseq=Rseq(*rseq) if rseq else None,
-            sigaltstack=self.state.sigaltstack(), tid_address=self.state.tid_address(),
+            sigaltstack=altstack, tid_address=tid_address,
             robust_list=list(robust) if robust else None,
             pending=self.state.pending(tid) + self._stop_signal(tid),
             cpus=parse_cpu_list(cpus) if cpus else None)

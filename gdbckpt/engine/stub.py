@@ -31,7 +31,7 @@ from ..stubabi import (
     StubOpFlags,
 )
 from . import ptrace
-from .process import Process, wait_state
+from .process import Process, deferred_signals, wait_state
 
 # The scratch buffer: paths and structs first, the op array in the last MiB.
 OPS_AREA = 1 << 20
@@ -86,15 +86,16 @@ class Stub:
         path = native.stub_path()
         if not native.stub_built():
             raise RestoreError(f"the restart stub {path} is not built: {native.native_hint()}")
-        pid, hello = _spawn_parked(path, want_pid, new_session)
-        try:
-            ptrace.seize(pid, TRACE_OPTIONS)
-            ptrace.interrupt(pid)
-            _wait_event_stop(pid)
-            return cls(pid, hello)
-        except (ptrace.PtraceError, RestoreError) as e:
-            _kill_and_reap(pid)
-            raise RestoreError(f"cannot take hold of the restart stub: {e}") from None
+        with deferred_signals():
+            pid, hello = _spawn_parked(path, want_pid, new_session)
+            try:
+                ptrace.seize(pid, TRACE_OPTIONS)
+                ptrace.interrupt(pid)
+                _wait_event_stop(pid)
+                return cls(pid, hello)
+            except (ptrace.PtraceError, RestoreError) as e:
+                _kill_and_reap(pid)
+                raise RestoreError(f"cannot take hold of the restart stub: {e}") from None
 
     def kill(self) -> None:
         self.proc.close()
@@ -178,6 +179,10 @@ class Stub:
         The leader takes the SIGSTOP first: once it is stopped, the group stop
         is under way and every other thread stops as soon as it is let go.
         """
+        with deferred_signals():
+            self._release(stopped)
+
+    def _release(self, stopped: bool) -> None:
         self.proc.close()
         tids = self.proc.tids
         for tid in tids:
@@ -252,8 +257,9 @@ def _spawn_parked(path: str, want_pid: int = 0,
             except OSError:
                 pass
     try:
-        # Default dispositions and an empty mask: nothing of the front end's may leak in.
-        pid = os.posix_spawn(path, [path], {}, file_actions=actions, setsigmask=(),
+        # Default dispositions, and every signal blocked (a terminal's SIGWINCH or SIGINT
+        # would stop the traced stub half-way); the restore sets the saved masks.
+        pid = os.posix_spawn(path, [path], {}, file_actions=actions, setsigmask=_RESETTABLE,
                              setsigdef=_RESETTABLE, setsid=new_session)
     except OSError as e:
         os.close(r)
