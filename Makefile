@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 		echo "python3-venv is missing: ./dev installs it (as root)" >&2; exit 1; }
 	$(PYTHON_FOR_GDB) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q --config-settings editable_mode=compat -e '.[test]'
 	touch $@
 
 native:
@@ -46,6 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff check gdbckpt tests benchmarks gdbinit.py examples
 
 bench: setup
+	$(VPY) benchmarks/headless.py
 	$(VPY) benchmarks/bench.py
 
 # Outside `make test`: long runs whose results the README records.
