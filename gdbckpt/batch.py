@@ -315,6 +315,7 @@ def restore(args, out: Out) -> Exit:
     from .engine import restore as engine
     with Guard(args.timeout) as guard, out.progress(f"restoring {os.path.basename(img)}"):
         prepared = engine.prepare(img, vdso_mode=args.vdso, stdio=stdio, force=args.force,
+                                  clocks=args.clocks,
                                   verify=not args.no_verify,
                                   fill="lazy" if args.lazy else "stub")
         if args.dry_run:
@@ -340,6 +341,7 @@ def _restore_in_gdb(img: str, stdio: dict[int, str], args) -> Exit:
     opts += ["--force"] if args.force else []
     opts += ["--no-verify"] if args.no_verify else []
     opts += ["--lazy"] if args.lazy else []
+    opts += [f"--clocks={args.clocks}"] if args.clocks != "continue" else []
     try:
         os.execvp("gdb", ["gdb", "-q", "-x", GDBINIT, "-ex",
                           f"ckpt restore {' '.join(opts)} {cli_arg(img)}"])
@@ -464,6 +466,9 @@ def sub_parser(name: str) -> argparse.ArgumentParser:
                        "one, else patch the saved one; move or patch force a way")
         p.add_argument("--force", action="store_true",
                        help="restore even if a saved file is gone or shorter")
+        p.add_argument("--clocks", choices=("continue", "host"), default="continue",
+                       help="continue: monotonic and boot-time clocks go on from their saved "
+                       "values (a time namespace, where permitted); host: the host's")
         p.add_argument("--lazy", action="store_true",
                        help="map memory from the image, read when first touched")
         p.add_argument("--dry-run", action="store_true",

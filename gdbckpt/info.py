@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+from . import clocks as clockmod
 from . import vdso as vdsomod
 from .image import format as fmt
 from .image.model import to_json
@@ -52,6 +53,7 @@ def text(img: Image, *, mappings: bool = True) -> str:
         *([f"           patched proxy of an earlier kernel's vDSO at {_range(img.vdso.proxy)} "
            f"(gdbckpt mark at {_range(img.vdso.mark)})"] if img.vdso.proxy else []),
         f"           a restore here would {mode}: {why}",
+        *_clock_lines(p),
         f"Signals:   {len(p.sigactions)} handlers set"
         + (f" ({', '.join(str(a.sig) for a in p.sigactions)})" if p.sigactions else ""),
         f"Threads:   {len(img.threads)}",
@@ -124,6 +126,17 @@ def _fd_restore(f) -> str:
             FdKind.TTY: "this session's terminal"}[kind]
 
 
+def _clock_lines(p) -> list[str]:
+    c = p.clocks
+    _, note, _ = clockmod.plan_for(c, "continue")
+    if c is None:
+        return [f"Clocks:    {note}"]
+    return [f"Clocks:    monotonic {clockmod.seconds(c.monotonic_ns)}, boottime "
+            f"{clockmod.seconds(c.boottime_ns)} at the save (time namespace offsets "
+            f"{clockmod.seconds(c.offset_monotonic_ns)}, {clockmod.seconds(c.offset_boottime_ns)})",
+            f"           a restore here: {note}"]
+
+
 def _range(r) -> str:
     return f"{r[0]:#x}-{r[1]:#x}" if r else "none"
 
@@ -136,6 +149,7 @@ def as_json(img: Image) -> dict:
         "threads": [to_json(t) for t in img.threads], "vmas": [to_json(v) for v in img.vmas],
         "files": [to_json(f) for f in img.files], "vdso": to_json(img.vdso),
         "vdso_restore": {"mode": mode, "why": why}, "fds": [to_json(f) for f in img.fds],
+        "clocks_restore": clockmod.plan_for(img.process.clocks, "continue")[1],
         "notes": img.notes,
         "chunks": [{"vaddr": c.vaddr, "size": c.size, "offset": c.offset, "stored": c.stored,
                     "flags": c.flags.name or "NONE", "codec": c.codec.name,

@@ -125,11 +125,13 @@ class Sys(enum.IntEnum):
     exit_group = 231
     tgkill = 234
     openat = 257
+    unshare = 272
     set_robust_list = 273
     get_robust_list = 274
     dup3 = 292
     rt_tgsigqueueinfo = 297
     prlimit64 = 302
+    setns = 308
     copy_file_range = 326
     rseq = 334
     clone3 = 435

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import struct
 
+from . import clocks as clockmod
 from . import fds as fdsmod
 from . import fileid
 from . import tids as tidsmod
@@ -111,6 +112,34 @@ class Step:
 
     # Done by GDB's side rather than by stub ops.
     python = False
+
+
+@dataclasses.dataclass
+class TimeNamespace(Step):
+    """Enter a new time namespace whose offsets make CLOCK_MONOTONIC and CLOCK_BOOTTIME
+    go on from the saved values. The stub, single-threaded still, makes it, sets the
+    offsets (only possible before anyone is in it) and joins it itself."""
+    monotonic_ns: int = 0
+    boottime_ns: int = 0
+    fd: int = 0
+
+    def describe(self):
+        return (f"enter a time namespace: monotonic offset {self.monotonic_ns / 1e9:+.3f} s, "
+                f"boottime offset {self.boottime_ns / 1e9:+.3f} s")
+
+    def ops(self, scratch):
+        text = clockmod.offsets_file(self.monotonic_ns, self.boottime_ns)
+        return [
+            Op(Sys.unshare, (clockmod.CLONE_NEWTIME,)),
+            Op(StubOp.OPEN_AT, (scratch.cstr("/proc/self/timens_offsets"),
+                                int(OpenFlag.WRONLY | OpenFlag.CLOEXEC), 0, self.fd)),
+            Op(Sys.write, (self.fd, scratch.put(text), len(text))),
+            Op(Sys.close, (self.fd,)),
+            Op(StubOp.OPEN_AT, (scratch.cstr("/proc/self/ns/time_for_children"),
+                                int(OpenFlag.RDONLY | OpenFlag.CLOEXEC), 0, self.fd)),
+            Op(Sys.setns, (self.fd, clockmod.CLONE_NEWTIME)),
+            Op(Sys.close, (self.fd,)),
+        ]
 
 
 @dataclasses.dataclass
@@ -738,6 +767,7 @@ class Live:
     sysv: dict = dataclasses.field(default_factory=dict)   # saved shmid -> sysv.Segment
     same_ids: bool = False          # the stub has the saved pid and threads get their tids
     xcr0: int | None = None         # the XSAVE components this CPU enables
+    time_offsets: tuple[int, int] | None = None   # a time namespace's (monotonic, boottime)
     stub_nice: int = 0
 
 
@@ -859,6 +889,10 @@ class _Builder:
                          vdso_mode=self.vdso_mode)
         self._check_collisions()
         self.mode = mode
+        if self.live.time_offsets is not None:
+            mono, boot = self.live.time_offsets
+            self.steps.append(TimeNamespace(monotonic_ns=mono, boottime_ns=boot,
+                                            fd=self.fds.take()))
         temp = self._park_specials()
         self.shift = temp
         self._clear_stub()

@@ -16,6 +16,7 @@ import os
 import struct
 import time
 
+from .. import clocks as clockmod
 from .. import plan as planmod
 from .. import sysv
 from .. import tids as tidsmod
@@ -58,14 +59,22 @@ class Prepared:
     stdio: dict[int, str]
     sysv: dict = dataclasses.field(default_factory=dict)
     same_ids: bool = False
+    time_offsets: tuple[int, int] | None = None
+    clocks_note: str = ""
+    clocks_back: bool = False
     t0: float = 0.0
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
             stdio: dict[int, str] | None = None, force: bool = False,
-            fill: str = "stub") -> Prepared:
-    """Open and check the image, and refuse what this host cannot restore."""
+            fill: str = "stub", clocks: str = "continue") -> Prepared:
+    """Open and check the image, and refuse what this host cannot restore.
+
+    clocks: "continue" puts the process in a time namespace where its monotonic
+    and boot-time clocks go on from the saved values, where that is permitted;
+    "host" leaves them the host's.
+    """
     t0 = time.perf_counter()
     img = Image.open(os.path.abspath(path))
     if verify and fill != "lazy":
@@ -75,6 +84,7 @@ def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
     planmod.preflight(img, live_vdso=vdsomod.own_vdso(), live_layout=vdsomod.own_layout(),
                       xcr0=xstatemod.live_xcr0(), fd_checks=p.fds, force=force, fill=fill,
                       vdso_mode=vdso_mode)
+    p.time_offsets, p.clocks_note, p.clocks_back = clockmod.plan_for(img.process.clocks, clocks)
     p.phases["read image"] = time.perf_counter() - t0
     return p
 
@@ -115,6 +125,8 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
             executor.close()
         if not stopped:
             warnings += set_dumpable(stub.proc, img)
+        if p.clocks_back:
+            warnings.append(f"clocks: {p.clocks_note}")
         tids = dict(stub.scratch.tids)
         stub.release(stopped)
         phases["process ready"] = time.perf_counter() - t0
@@ -148,7 +160,15 @@ def _live(stub: Stub, p: Prepared) -> planmod.Live:
         stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
         has_tty=_has_tty(), fd_checks=p.fds, force=p.force,
         timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
-        sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0())
+        sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),
+        time_offsets=_time_offsets(p))
+
+
+def _time_offsets(p: Prepared) -> tuple[int, int] | None:
+    """Computed again just before the stub uses them: time went by since prepare()."""
+    if p.time_offsets is None:
+        return None
+    return clockmod.continuing(p.img.process.clocks)
 
 
 def _has_tty() -> bool:

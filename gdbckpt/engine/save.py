@@ -14,6 +14,7 @@ import os
 import time
 
 from .. import __version__, fileid
+from .. import clocks as clockmod
 from .. import fds as fdsmod
 from .. import regs as regsmod
 from .. import vdso as vdsomod
@@ -277,7 +278,7 @@ class _Saver:
             no_new_privs=status.get("NoNewPrivs", "0") == "1",
             dumpable=self.state.dumpable(), nice=int(stat["nice"]),
             not_restored=self._not_restored(fds), tid_offset=self._tid_offset(threads),
-            xcomp_perm=self.state.xcomp_perm())
+            xcomp_perm=self.state.xcomp_perm(), clocks=clockmod.of_process(self.inf.pid))
 
     def _tid_offset(self, threads: list[ThreadState]) -> int | None:
         """Where glibc keeps a thread's id, read from libc: needed only where the kernel

@@ -158,6 +158,17 @@ class ProcessInfo:
     not_restored: list[str] = dataclasses.field(default_factory=list)
     tid_offset: int | None = None   # offsetof(struct pthread, tid), from libc
     xcomp_perm: int = 0         # ARCH_GET_XCOMP_PERM: XSAVE components the process may use
+    clocks: ClockState | None = None
+
+
+@dataclasses.dataclass
+class ClockState:
+    """CLOCK_MONOTONIC and CLOCK_BOOTTIME as the process saw them at the save, and the
+    offsets of the time namespace it ran in (against the host's clocks)."""
+    monotonic_ns: int
+    boottime_ns: int
+    offset_monotonic_ns: int = 0
+    offset_boottime_ns: int = 0
 
 
 @dataclasses.dataclass

@@ -132,7 +132,8 @@ class CkptRestore(gdb.Command):
     """Restore a saved process, stopped where it was saved.
 
 Usage: ckpt restore [--dry-run] [--no-verify] [--force] [--detach] [--lazy]
-                    [--vdso=auto|move|patch] [--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG
+                    [--vdso=auto|move|patch] [--clocks=continue|host]
+                    [--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG
 
 IMG is an image written by 'ckpt save'. A process being debugged now is
 replaced (GDB asks first). The restored process has the program's symbols
@@ -153,10 +154,14 @@ session's terminal; pipes and sockets get /dev/null.
 --dry-run    print the restore plan without changing anything.
 --no-verify  skip checking the memory checksums (default: 'set ckpt verify').
 --vdso=MODE  auto (default): move this kernel's vDSO into place when it is the
-             saved one, else patch the saved one; move or patch force a way."""
+             saved one, else patch the saved one; move or patch force a way.
+--clocks=continue|host  continue (default, where permitted): CLOCK_MONOTONIC and
+             CLOCK_BOOTTIME go on from their saved values, in a time namespace, so
+             they never run backwards after a reboot or on another host; host:
+             the host's clocks (they may jump back; the restore says by how much)."""
 
     USAGE = ("ckpt restore [--dry-run] [--no-verify] [--force] [--detach] [--lazy] "
-             "[--vdso=auto|move|patch] "
+             "[--vdso=auto|move|patch] [--clocks=continue|host] "
              "[--stdin=FILE] [--stdout=FILE] [--stderr=FILE] IMG")
 
     def __init__(self):
@@ -167,7 +172,8 @@ session's terminal; pipes and sockets get /dev/null.
         from . import restore
         opts, words = parse_args(arg, self.USAGE,
                                  flags=("dry-run", "no-verify", "force", "detach", "lazy"),
-                                 choices={"vdso": ("auto", "move", "patch")},
+                                 choices={"vdso": ("auto", "move", "patch"),
+                                          "clocks": ("continue", "host")},
                                  values=("stdin", "stdout", "stderr"))
         path = one_path(words, self.USAGE)
         stdio = {fd: str(opts[name]) for fd, name in enumerate(("stdin", "stdout", "stderr"))
@@ -175,6 +181,7 @@ session's terminal; pipes and sockets get /dev/null.
         if 0 in stdio and not os.access(stdio[0], os.R_OK):
             raise UsageError(f"--stdin: cannot read '{stdio[0]}'")
         r = restore.restore(path, vdso_mode=str(opts.get("vdso", "auto")),
+                            clocks=str(opts.get("clocks", "continue")),
                             dry_run=bool(opts.get("dry-run")), stdio=stdio,
                             force=bool(opts.get("force")), detach=bool(opts.get("detach")),
                             lazy=bool(opts.get("lazy")),

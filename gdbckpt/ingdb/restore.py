@@ -24,7 +24,7 @@ from .front import GdbFront
 def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
             verify: bool | None = None, stdio: dict[int, str] | None = None,
             force: bool = False, detach: bool = False, lazy: bool = False,
-            from_tty: bool = False) -> engine.RestoreResult:
+            from_tty: bool = False, clocks: str = "continue") -> engine.RestoreResult:
     """Restore the image at path; with detach, let it run on its own in a new session.
 
     lazy maps memory from the image instead of copying it (pages arrive when
@@ -33,6 +33,7 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
     """
     fill = "lazy" if lazy else settings.value("fill-method")
     prepared = engine.prepare(path, vdso_mode=vdso_mode, stdio=stdio, force=force, fill=fill,
+                              clocks=clocks,
                               verify=settings.get("verify") if verify is None else verify)
     if dry_run:
         return engine.dry_run(prepared)
