@@ -5,6 +5,8 @@ headers for x86-64.
 """
 
 import enum
+import functools
+import re
 import struct
 
 PAGE_SIZE = 4096
@@ -213,9 +215,23 @@ KERNEL_SIGACTION = struct.Struct("<QQQQ")
 STACK_T = struct.Struct("<QiiQ")
 
 
+UNISTD = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
+
+
+@functools.cache
+def _syscall_table() -> dict[int, str]:
+    """Every system call's name, from the kernel's headers where they are installed."""
+    try:
+        with open(UNISTD) as f:
+            return {int(m.group(2)): m.group(1)
+                    for m in re.finditer(r"#define __NR_(\w+) (\d+)", f.read())}
+    except OSError:
+        return {}
+
+
 def sysname(nr: int) -> str:
     """A system call's name, for messages."""
     try:
         return Sys(nr).name
     except ValueError:
-        return f"syscall {nr}"
+        return _syscall_table().get(nr, f"syscall {nr}")

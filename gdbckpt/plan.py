@@ -63,6 +63,7 @@ RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile
 # SETTLS PARENT_SETTID CHILD_CLEARTID), and UNTRACED (see CloneThread).
 CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000
                       | 0x200000 | 0x800000)
+TID_POINTER_FLAGS = 0x100000 | 0x200000      # PARENT_SETTID, CHILD_CLEARTID
 
 
 @dataclasses.dataclass
@@ -680,11 +681,11 @@ class CloneThread(Step):
                         for o in self.setup_ops)
         self.setup_at = scratch.put(blob)
         n = len(self.setup_ops)
+        flags = CLONE_THREAD_FLAGS if self.tid_ptr else CLONE_THREAD_FLAGS & ~TID_POINTER_FLAGS
         if self.same_tid:
-            return [Op(StubOp.CLONE3, (CLONE_THREAD_FLAGS, self.tls, self.tid_ptr, self.slot,
+            return [Op(StubOp.CLONE3, (flags, self.tls, self.tid_ptr, self.slot,
                                        self.state.tid, self.setup_at << 16 | n))]
-        return [Op(StubOp.CLONE, (CLONE_THREAD_FLAGS, self.tls, self.tid_ptr, self.slot,
-                                  self.setup_at, n))]
+        return [Op(StubOp.CLONE, (flags, self.tls, self.tid_ptr, self.slot, self.setup_at, n))]
 
 
 @dataclasses.dataclass
@@ -1237,9 +1238,9 @@ class _Builder:
         # The leader blocks every signal first: the threads it makes inherit that.
         self.steps.append(ThreadKernelState(state=leader, xcomp_perm=self._xcomp_perm()))
         for slot, t in enumerate(others):
-            ptr = t.tid_address or self._tid_field(t)
-            if ptr is None:
-                raise RestoreError(f"thread {t.tid}: where glibc keeps its id is unknown")
+            # No clear-child-tid address and no glibc to say where its thread ids are
+            # (Go, musl): the thread is made without them, as its runtime made it.
+            ptr = t.tid_address or self._tid_field(t) or 0
             self.steps.append(CloneThread(state=t, slot=slot, tid_ptr=ptr, same_tid=same,
                                           setup=ThreadKernelState(state=t, thread=t.tid)))
         self._limits()

@@ -3,7 +3,10 @@
 import os
 import subprocess
 
+import pytest
 from harness import REPO, SYSTEM_PYTHON, error_of, example, read, uninterrupted
+
+from gdbckpt.mi import MiError
 
 GDBINIT = os.path.join(REPO, "gdbinit.py")
 
@@ -117,3 +120,27 @@ def test_failed_restore_kills_the_stub_and_keeps_gdb_usable(sessions, tmp_path):
     assert r.pid() == 0
     assert "gdbckpt-stub" not in r.children()
     assert "No symbol" not in r.cli("print 1 + 1")
+
+
+def test_ckpt_alone_and_show_ckpt_say_something(sessions):
+    s = sessions()
+    assert "ckpt save -- " in s.cli("ckpt")
+    shown = s.cli("show ckpt")
+    for setting in ("traceback", "flushes the image", "checksum", "progress", "copies memory"):
+        assert setting in shown, shown
+    assert "Undefined ckpt command" in error_of(s, "ckpt frobnicate")
+
+
+def test_debug_on_shows_the_traceback_of_an_internal_error(sessions, tmp_path):
+    s = sessions()
+    s.cli("python import gdbckpt.info as i; i.text = None")   # a bug, on purpose
+    img = tmp_path / "x.img"
+    s.start([example("counter"), "3", "1"], str(tmp_path / "o"), breakpoint="compute_step")
+    s.save(str(img))
+    assert "set ckpt debug on" in error_of(s, f"ckpt info {img}")
+    s.cli("set ckpt debug on")
+    s.gdb.stderr.clear()
+    with pytest.raises(MiError) as e:
+        s.cli(f"ckpt info {img}")
+    assert "internal error: TypeError" in e.value.msg
+    assert "Traceback" in "".join(s.gdb.stderr) + e.value.stderr

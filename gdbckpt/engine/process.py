@@ -16,7 +16,7 @@ import signal
 import time
 
 from ..errors import CkptError, SaveError
-from ..linux import Prot, Sys, is_syscall_error
+from ..linux import Prot, Sys, is_syscall_error, sysname
 from ..maps import Kind, Mapping, read_mappings
 from ..regs import SYSCALL_INSN, rewind
 from . import ptrace
@@ -528,7 +528,4 @@ def _tgkill(pid: int, tid: int, sig: int) -> None:
 
 
 def _name(nr: int) -> str:
-    try:
-        return Sys(nr).name
-    except ValueError:
-        return f"syscall {nr}"
+    return sysname(nr)

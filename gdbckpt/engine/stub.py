@@ -51,15 +51,12 @@ class OpFailed(Exception):
 
 
 def op_name(op: Op) -> str:
-    from ..linux import Sys
+    from ..linux import sysname
     try:
         return StubOp(op.nr).name.lower()
     except ValueError:
         pass
-    try:
-        return Sys(op.nr).name
-    except ValueError:
-        return f"syscall {op.nr}"
+    return sysname(op.nr)
 
 
 # What the stub writes to its ready pipe: where its way in and its buffers are.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import traceback
 
 import gdb
 
@@ -28,10 +29,12 @@ def _guard(name: str):
             except gdb.GdbError:
                 raise
             except Exception as e:
+                hint = " ('set ckpt debug on' shows the traceback)"
                 if settings.get("debug"):
-                    raise
-                raise gdb.GdbError(f"{name}: internal error: {type(e).__name__}: {e} "
-                                   "('set ckpt debug on' shows the traceback)") from None
+                    gdb.write(traceback.format_exc(), gdb.STDERR)
+                    hint = ""
+                raise gdb.GdbError(f"{name}: internal error: {type(e).__name__}: {e}{hint}") \
+                    from None
         return invoke
     return deco
 
@@ -92,6 +95,11 @@ class CkptPrefix(gdb.Command):
 
     def __init__(self):
         super().__init__("ckpt", gdb.COMMAND_RUNNING, gdb.COMPLETE_NONE, True)
+
+    def invoke(self, arg, from_tty):
+        if arg.strip():
+            raise gdb.GdbError(f'Undefined ckpt command: "{arg.strip()}".  Try "help ckpt".')
+        gdb.execute("help ckpt", from_tty)
 
 
 class CkptSave(gdb.Command):
@@ -218,10 +226,12 @@ mappings."""
     def invoke(self, arg, from_tty):
         opts, words = parse_args(arg, self.USAGE, flags=("json", "brief"))
         img = Image.open(one_path(words, self.USAGE))
-        if opts.get("json"):
-            gdb.write(json.dumps(infomod.as_json(img), indent=1) + "\n")
-        else:
-            gdb.write(infomod.text(img, mappings=not opts.get("brief")) + "\n")
+        text = json.dumps(infomod.as_json(img), indent=1) if opts.get("json") else \
+            infomod.text(img, mappings=not opts.get("brief"))
+        # JSON is for programs: never held at GDB's --Type <RET> for more-- prompt.
+        with settings.temporarily(pagination="off" if opts.get("json") else
+                                  gdb.parameter("pagination") and "on" or "off"):
+            gdb.write(text + "\n")
 
 
 class CkptVerify(gdb.Command):

@@ -10,7 +10,18 @@ import gdb
 class _Prefix(gdb.Command):
     def __init__(self, cmd: str, doc: str):
         self.__doc__ = doc
+        self.cmd = cmd
         super().__init__(cmd, gdb.COMMAND_SUPPORT, gdb.COMPLETE_NONE, True)
+
+    def invoke(self, arg, from_tty):
+        if arg.strip():
+            raise gdb.GdbError(f'Undefined {self.cmd} command: "{arg.strip()}".  '
+                               f'Try "help {self.cmd}".')
+        if self.cmd.startswith("show"):
+            for name in _settings:          # what GDB's own `show PREFIX` does
+                gdb.execute(f"show ckpt {name}", from_tty)
+        else:
+            gdb.execute(f"help {self.cmd}", from_tty)
 
 
 class BoolSetting(gdb.Parameter):
