@@ -9,10 +9,12 @@ compare the two files joined with the output of an uninterrupted run.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 
 from gdbckpt.mi import Gdb, MiError
@@ -159,6 +161,32 @@ def wait_for_output(path: str, pattern: str, timeout: float = 30) -> str:
                 return text
         time.sleep(0.02)
     raise AssertionError(f"{path} never showed {pattern!r}")
+
+
+BATCH = [sys.executable, "-m", "gdbckpt.batch"]
+
+
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    """Until pid has ended (or is a zombie)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} is still running")
+
+
+def batch_restore(img: str, *opts: str, prefix=()) -> subprocess.CompletedProcess:
+    """gdbckpt-batch restore IMG, and wait until the restored process has finished."""
+    r = subprocess.run([*prefix, *BATCH, "restore", img, "--json", *opts],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    wait_gone(json.loads(r.stdout.splitlines()[-1])["pid"])
+    return r
 
 
 def error_of(session, command: str, timeout: float = 120) -> str:

@@ -5,13 +5,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from harness import NOBODY, REPO, example, uninterrupted, wait_for_output
-
-BATCH = [sys.executable, "-m", "gdbckpt.batch"]
+from harness import (
+    BATCH,
+    NOBODY,
+    REPO,
+    batch_restore,
+    example,
+    uninterrupted,
+    wait_for_output,
+    wait_gone,
+)
 
 
 def batch(*args, prefix=(), timeout=120, check=None):
@@ -26,19 +32,6 @@ def spawn(argv, out, **kw):
     with open(out, "w") as f:
         return subprocess.Popen(argv, stdout=f, stdin=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, **kw)
-
-
-def wait_gone(pid: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except FileNotFoundError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} is still running")
 
 
 def one_line_error(r, code):
@@ -62,9 +55,7 @@ def test_running_program_saved_by_pid_killed_and_restored_headless(tmp_path, pro
     finally:
         p.kill()
         p.wait()
-    r = batch("restore", img, check=0)
-    pid = int(r.stdout.split("as process ")[1].split()[0])
-    wait_gone(pid)
+    r = batch_restore(img)
     assert open(out).read() == uninterrupted(argv)
     assert "grew since the save" in r.stdout
 
@@ -91,9 +82,7 @@ def test_a_save_of_a_busy_process_is_one_instant(tmp_path, snapshot):
     finally:
         p.kill()
         p.wait()
-    r = batch("restore", img, check=0)
-    pid = int(r.stdout.split("as process ")[1].split()[0])
-    wait_gone(pid)
+    batch_restore(img)
     assert open(out).read() == uninterrupted(argv)
 
 

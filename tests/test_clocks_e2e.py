@@ -5,17 +5,14 @@ whose clocks read as if the machine had booted 30 s ago (unshare --time).
 """
 
 import json
-import os
 import subprocess
-import sys
 import time
 
 import pytest
-from harness import REPO, example, read, uninterrupted, wait_for_output
+from harness import BATCH, REPO, batch_restore, example, read, uninterrupted, wait_for_output
 
 from gdbckpt import clocks
 
-BATCH = [sys.executable, "-m", "gdbckpt.batch"]
 ARGV = [example("clock"), "30", "40"]
 
 
@@ -45,22 +42,10 @@ def saved_running(tmp_path, img: str) -> str:
     return out
 
 
-def restore_headless(img: str, *opts: str, prefix=()) -> subprocess.CompletedProcess:
-    r = subprocess.run([*prefix, *BATCH, "restore", img, "--json", *opts],
-                       capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    pid = json.loads(r.stdout.splitlines()[-1])["pid"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
-            "Z" not in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]:
-        time.sleep(0.02)
-    return r
-
-
 def test_headless_restore_after_a_reboot_keeps_the_clocks_going_on(tmp_path):
     img = str(tmp_path / "c.img")
     out = saved_running(tmp_path, img)
-    r = restore_headless(img, prefix=booted_30s_ago())
+    r = batch_restore(img, prefix=booted_30s_ago())
     assert "jumps back" not in r.stdout
     assert read(out) == uninterrupted(ARGV)     # every step's clocks ok: none went back
 
@@ -70,7 +55,7 @@ def test_with_the_hosts_clocks_the_program_sees_them_go_back(tmp_path):
     and the program does see it (so the test above does test something)."""
     img = str(tmp_path / "c.img")
     out = saved_running(tmp_path, img)
-    r = restore_headless(img, "--clocks=host", prefix=booted_30s_ago())
+    r = batch_restore(img, "--clocks=host", prefix=booted_30s_ago())
     assert "CLOCK_MONOTONIC jumps back by" in r.stdout
     assert "clocks WRONG" in read(out)
 
@@ -97,7 +82,7 @@ def test_in_gdb_at_a_breakpoint_and_saved_again_from_the_namespace(sessions, tmp
     r.save(img2)
     r.cli("kill")
     after2 = str(tmp_path / "after2")
-    restore_headless(img2, "--stdout", after2)
+    batch_restore(img2, "--stdout", after2)
     assert read(before) + read(after) + read(after2) == uninterrupted(ARGV)
 
 

@@ -1,18 +1,18 @@
 """The engine, end to end: nothing depends on GDB writing registers, vector state comes
 back bit for bit, and a tracer that dies leaves the process running as if untraced."""
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from harness import (
+    BATCH,
     REPO,
     SHIM,
+    batch_restore,
     error_of,
     example,
     read,
@@ -154,9 +154,6 @@ def _traced(pid: int) -> bool:
 
 # --- injected calls leave the kernel's own state as it was ------------------------------
 
-BATCH = [sys.executable, "-m", "gdbckpt.batch"]
-
-
 def test_a_thread_in_sigsuspend_keeps_its_real_mask(tmp_path):
     """In sigsuspend the kernel shows a temporary mask; the image must hold the real one,
     and the restored program still sleeps in sigsuspend until its signal comes."""
@@ -171,16 +168,5 @@ def test_a_thread_in_sigsuspend_keeps_its_real_mask(tmp_path):
         p.wait(timeout=30)
     finally:
         p.kill()
-    r = subprocess.run([*BATCH, "restore", img, "--json"], capture_output=True, text=True,
-                       cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    pid = json.loads(r.stdout.splitlines()[-1])["pid"]
-    wait_gone(pid)
+    batch_restore(img)
     assert read(out) == uninterrupted(argv)
-
-
-def wait_gone(pid: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
-            "Z" not in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]:
-        time.sleep(0.02)
