@@ -111,7 +111,7 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
     img, t0, phases = p.img, p.t0, p.phases
     ids = [t.tid for t in img.threads]
     want = ids[0] if _checkpoint_capable() and not any(_exists(t) for t in ids) else 0
-    stub = Stub.start(want, new_session=new_session)
+    stub = _start_stub(want, new_session)
     p.same_ids = bool(want) and stub.pid == want and not any(_exists(t) for t in ids[1:])
     phases["start stub"] = time.perf_counter() - t0
     try:
@@ -135,6 +135,22 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
         sysv.remove(p.sysv)
         raise
     return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0, phases, tids)
+
+
+PID_TRIES = 5
+
+
+def _start_stub(want: int, new_session: bool) -> Stub:
+    """The stub, with pid want if it can be had: on a busy machine another process may
+    take the pid between ns_last_pid and the spawn, so a few tries; then any pid."""
+    for _ in range(PID_TRIES if want else 1):
+        stub = Stub.start(want, new_session=new_session)
+        if not want or stub.pid == want:
+            return stub
+        stub.kill()
+        if _exists(want):
+            break           # taken for good: go on with a new pid
+    return Stub.start(0, new_session=new_session)
 
 
 def set_dumpable(proc: Process, img: Image) -> list[str]:
