@@ -10,6 +10,7 @@ chunks, register sets, and the last touches once the stub is gone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import struct
 
@@ -85,6 +86,7 @@ class Scratch:
         self.size = size
         self.data = bytearray()
         self.tids: dict[int, int] = {}
+        self.setups: dict[int, tuple[int, list[Op]]] = {}   # saved tid -> its setup ops
 
     def put(self, data: bytes) -> int:
         self.data.extend(bytes(-len(self.data) % 16))
@@ -100,22 +102,20 @@ class Scratch:
 
 # --- steps -------------------------------------------------------------------
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Step:
-    """One thing the restore does. ops() gives the stub's system calls for it."""
+    """One thing the restore does: data, frozen. encode() gives the stub's system calls
+    for it; steps marked python the engine carries out itself."""
     thread: int = 0            # the saved tid of the thread that runs it; 0 = the leader
 
     def describe(self) -> str:
         raise NotImplementedError
 
-    def ops(self, scratch: Scratch) -> list[Op]:
-        return []
-
-    # Done by GDB's side rather than by stub ops.
+    # Done by the engine itself rather than by stub ops.
     python = False
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TimeNamespace(Step):
     """Enter a new time namespace whose offsets make CLOCK_MONOTONIC and CLOCK_BOOTTIME
     go on from the saved values. The stub, single-threaded still, makes it, sets the
@@ -128,22 +128,8 @@ class TimeNamespace(Step):
         return (f"enter a time namespace: monotonic offset {self.monotonic_ns / 1e9:+.3f} s, "
                 f"boottime offset {self.boottime_ns / 1e9:+.3f} s")
 
-    def ops(self, scratch):
-        text = clockmod.offsets_file(self.monotonic_ns, self.boottime_ns)
-        return [
-            Op(Sys.unshare, (clockmod.CLONE_NEWTIME,)),
-            Op(StubOp.OPEN_AT, (scratch.cstr("/proc/self/timens_offsets"),
-                                int(OpenFlag.WRONLY | OpenFlag.CLOEXEC), 0, self.fd)),
-            Op(Sys.write, (self.fd, scratch.put(text), len(text))),
-            Op(Sys.close, (self.fd,)),
-            Op(StubOp.OPEN_AT, (scratch.cstr("/proc/self/ns/time_for_children"),
-                                int(OpenFlag.RDONLY | OpenFlag.CLOEXEC), 0, self.fd)),
-            Op(Sys.setns, (self.fd, clockmod.CLONE_NEWTIME)),
-            Op(Sys.close, (self.fd,)),
-        ]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MoveMapping(Step):
     src: int = 0
     size: int = 0
@@ -153,12 +139,8 @@ class MoveMapping(Step):
     def describe(self):
         return f"move {self.name} {self.src:#x} -> {self.dst:#x} ({self.size:#x} bytes)"
 
-    def ops(self, scratch):
-        flags = Mremap.MAYMOVE | Mremap.FIXED
-        return [Op(Sys.mremap, (self.src, self.size, self.size, int(flags), self.dst))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Unmap(Step):
     start: int = 0
     size: int = 0
@@ -167,11 +149,8 @@ class Unmap(Step):
     def describe(self):
         return f"unmap {self.start:#x}-{self.start + self.size:#x} ({self.why})"
 
-    def ops(self, scratch):
-        return [Op(Sys.munmap, (self.start, self.size))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class OpenFile(Step):
     path: str = ""
     flags: int = 0
@@ -183,23 +162,16 @@ class OpenFile(Step):
     def describe(self):
         return f"open {self.path} as fd {self.fd} ({self.why})"
 
-    def ops(self, scratch):
-        flags = self.flags | (OpenFlag.CLOEXEC if self.cloexec else 0)
-        return [Op(StubOp.OPEN_AT, (scratch.cstr(self.path), int(flags), self.mode, self.fd))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SetCloexec(Step):
     fd: int = 0
 
     def describe(self):
         return f"fd {self.fd}: close-on-exec"
 
-    def ops(self, scratch):
-        return [Op(Sys.fcntl, (self.fd, F_SETFD, FD_CLOEXEC))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DupFd(Step):
     fd: int = 0
     to: int = 0
@@ -207,22 +179,16 @@ class DupFd(Step):
     def describe(self):
         return f"duplicate fd {self.fd} as fd {self.to}"
 
-    def ops(self, scratch):
-        return [Op(Sys.dup3, (self.fd, self.to, 0))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CloseFd(Step):
     fd: int = 0
 
     def describe(self):
         return f"close fd {self.fd}"
 
-    def ops(self, scratch):
-        return [Op(Sys.close, (self.fd,))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Map(Step):
     """Create a mapping at its saved address, writable until it is filled (or, when
     nothing is to be filled, with its saved protection at once: a large PROT_NONE
@@ -241,25 +207,8 @@ class Map(Step):
         extra = f" [{self.note}]" if self.note else ""
         return f"map {v.start:#x}-{v.end:#x} {src} {v.path or ''}{extra}".rstrip()
 
-    def ops(self, scratch):
-        v = self.vma
-        prot = Prot.READ | Prot.WRITE
-        flags = MapFlag.FIXED_NOREPLACE | (MapFlag.SHARED if self.shared else MapFlag.PRIVATE)
-        if self.fd < 0:
-            flags |= MapFlag.ANONYMOUS
-        if self.growsdown:
-            flags |= MapFlag.GROWSDOWN
-        if "nr" in v.vmflags:
-            flags |= MapFlag.NORESERVE
-        if self.shared and self.fd >= 0 and not v.prot & Prot.WRITE:
-            prot = Prot.READ       # the file may be open read-only
-        if self.final:
-            prot = Prot(v.prot)
-        off = v.offset if self.fd >= 0 else 0
-        return [Op(Sys.mmap, (v.start, v.end - v.start, int(prot), int(flags), self.fd, off))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Fill(Step):
     """Copy stored pages into place: the stub reads them from the image (pread)."""
     image_fd: int = 0
@@ -270,11 +219,8 @@ class Fill(Step):
         first = self.runs[0][0]
         return f"fill {total:#x} bytes from the image at {first:#x} ({len(self.runs)} reads)"
 
-    def ops(self, scratch):
-        return [Op(StubOp.PREAD_ALL, (self.image_fd, a, n, off)) for a, n, off in self.runs]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MapImage(Fill):
     """Lazy restore: map stored pages straight from the image, privately (copied on write).
 
@@ -287,13 +233,8 @@ class MapImage(Fill):
         first = self.runs[0][0]
         return f"map {total:#x} bytes of the image at {first:#x} ({len(self.runs)} mappings)"
 
-    def ops(self, scratch):
-        prot = int(Prot.READ | Prot.WRITE)
-        flags = int(MapFlag.PRIVATE | MapFlag.FIXED)
-        return [Op(Sys.mmap, (a, n, prot, flags, self.image_fd, off)) for a, n, off in self.runs]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class WriteChunks(Step):
     """Pages GDB's side writes through /proc/PID/mem: compressed or zeroed chunks."""
     chunks: list[Chunk] = dataclasses.field(default_factory=list)
@@ -306,7 +247,7 @@ class WriteChunks(Step):
         return f"write {total:#x} bytes at {self.chunks[0].vaddr:#x} ({', '.join(sorted(kinds))})"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PatchVdso(Step):
     """Jumps from the saved vDSO's functions into the live vDSO."""
     patches: list = dataclasses.field(default_factory=list)    # vdso.Patch
@@ -317,7 +258,7 @@ class PatchVdso(Step):
             f"{p.names[0]} at {p.addr:#x} -> {p.how}" for p in self.patches)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class WriteBytes(Step):
     addr: int = 0
     data: bytes = b""
@@ -328,7 +269,7 @@ class WriteBytes(Step):
         return f"write {self.what} at {self.addr:#x} ({len(self.data)} bytes)"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ShmAttach(Step):
     shmid: int = 0
     addr: int = 0
@@ -337,22 +278,16 @@ class ShmAttach(Step):
     def describe(self):
         return f"attach SysV segment {self.shmid} (saved as {self.saved_id}) at {self.addr:#x}"
 
-    def ops(self, scratch):
-        return [Op(Sys.shmat, (self.shmid, self.addr, 0))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ShmRemove(Step):
     shmid: int = 0
 
     def describe(self):
         return f"mark SysV segment {self.shmid} removed (gone once detached, as it was)"
 
-    def ops(self, scratch):
-        return [Op(Sys.shmctl, (self.shmid, 0, 0))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Remap(Step):
     """Another view of a shared mapping: mremap with old size 0 duplicates it."""
     src: int = 0
@@ -362,12 +297,8 @@ class Remap(Step):
     def describe(self):
         return f"map {self.dst:#x}-{self.dst + self.size:#x} as a view of {self.src:#x}"
 
-    def ops(self, scratch):
-        flags = Mremap.MAYMOVE | Mremap.FIXED
-        return [Op(Sys.mremap, (self.src, 0, self.size, int(flags), self.dst))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Protect(Step):
     start: int = 0
     size: int = 0
@@ -376,11 +307,8 @@ class Protect(Step):
     def describe(self):
         return f"protect {self.start:#x}-{self.start + self.size:#x} {Prot(self.prot).perms()}"
 
-    def ops(self, scratch):
-        return [Op(Sys.mprotect, (self.start, self.size, self.prot))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Advise(Step):
     start: int = 0
     size: int = 0
@@ -393,16 +321,8 @@ class Advise(Step):
             parts.append(f"name [anon:{self.name}]")
         return f"{', '.join(parts)} at {self.start:#x}"
 
-    def ops(self, scratch):
-        out = [Op(Sys.madvise, (self.start, self.size, a), StubOpFlags.IGNORE_ERROR)
-               for a in self.advice]
-        if self.name is not None:
-            out.append(Op(Sys.prctl, (Prctl.SET_VMA, PR_SET_VMA_ANON_NAME, self.start, self.size,
-                                      scratch.cstr(self.name)), StubOpFlags.IGNORE_ERROR))
-        return out
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SetMM(Step):
     """code/data/brk/stack/arg/env bounds and the auxv, in one PR_SET_MM_MAP."""
     fields: tuple[int, ...] = ()
@@ -411,13 +331,8 @@ class SetMM(Step):
     def describe(self):
         return "set mm bounds, brk and auxv (PR_SET_MM_MAP)"
 
-    def ops(self, scratch):
-        auxv_at = scratch.put(self.auxv)
-        mm = PRCTL_MM_MAP.pack(*self.fields, auxv_at, len(self.auxv), 0xFFFFFFFF)
-        return [Op(Sys.prctl, (Prctl.SET_MM, PrSetMM.MAP, scratch.put(mm), len(mm), 0))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ProcessAttrs(Step):
     """cwd, umask, personality and name: each a warning, not a failure, if refused."""
     cwd: str = ""
@@ -429,16 +344,8 @@ class ProcessAttrs(Step):
         return (f"cwd {self.cwd}, umask {self.umask:03o}, personality {self.personality:#x}, "
                 f"name {self.comm!r}")
 
-    def ops(self, scratch):
-        ign = StubOpFlags.IGNORE_ERROR
-        name = os.fsencode(self.comm)[:15] + b"\0"
-        return [Op(Sys.chdir, (scratch.cstr(self.cwd),), ign),
-                Op(Sys.umask, (self.umask,), ign),
-                Op(Sys.personality, (self.personality,), ign),
-                Op(Sys.prctl, (Prctl.SET_NAME, scratch.put(name)), ign)]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SigActions(Step):
     """Every signal's disposition: the saved ones, the default for the rest.
 
@@ -451,21 +358,8 @@ class SigActions(Step):
         set_ = ", ".join(str(a.sig) for a in self.actions) or "none"
         return f"signal dispositions: handlers or SIG_IGN for {set_}, default for the others"
 
-    def ops(self, scratch):
-        saved = {a.sig: a for a in self.actions}
-        default = scratch.put(KERNEL_SIGACTION.pack(0, 0, 0, 0))
-        out = []
-        for sig in range(1, NSIG + 1):
-            if sig in (SIGKILL, SIGSTOP):
-                continue
-            a = saved.get(sig)
-            act = scratch.put(KERNEL_SIGACTION.pack(a.handler, a.flags, a.restorer, a.mask)) \
-                if a else default
-            out.append(Op(Sys.rt_sigaction, (sig, act, 0, 8)))
-        return out
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ThreadKernelState(Step):
     """What the kernel keeps per thread: rseq, alt stack, robust list, tid address, mask,
     and room for dynamic XSAVE features (AMX tiles) it had in use."""
@@ -490,47 +384,8 @@ class ThreadKernelState(Step):
         from .engine.xstate import DYNAMIC
         return self.state.xstate.in_use & DYNAMIC if self.state.xstate else 0
 
-    def ops(self, scratch):
-        t = self.state
-        out = []
-        # Before anything else: a thread without the room cannot take its tile state back.
-        for feature in range(64) if self.xcomp_perm else ():
-            if self.xcomp_perm >> feature & 1:
-                out.append(Op(StubOp.XCOMP, (feature, 0),
-                              StubOpFlags.NONE if self._expand() else StubOpFlags.IGNORE_ERROR))
-        if self._expand():
-            out.append(Op(StubOp.XCOMP, (0, self._expand())))
-        if t.rseq:
-            out.append(Op(Sys.rseq, (t.rseq.addr, t.rseq.size, 0, t.rseq.sig)))
-        if t.sigaltstack:
-            s = t.sigaltstack
-            out.append(Op(Sys.sigaltstack, (scratch.put(STACK_T.pack(
-                s.sp, s.flags & ~SS_ONSTACK, 0, s.size)), 0)))
-        if t.robust_list:
-            out.append(Op(Sys.set_robust_list, tuple(t.robust_list)))
-        if t.tid_address is not None:
-            out.append(Op(Sys.set_tid_address, (t.tid_address,)))
-        if t.cpus:
-            mask = sum(1 << c for c in t.cpus).to_bytes(-(-(max(t.cpus) + 1) // 64) * 8, "little")
-            out.append(Op(Sys.sched_setaffinity, (0, len(mask), scratch.put(mask)),
-                          StubOpFlags.IGNORE_ERROR))
-        if self.thread and t.name:
-            name = os.fsencode(t.name)[:15] + b"\0"
-            out.append(Op(Sys.prctl, (Prctl.SET_NAME, scratch.put(name)),
-                          StubOpFlags.IGNORE_ERROR))
-        # Everything blocked until the registers are the program's: a signal
-        # queued now must not run a handler on the stub's stack. The saved
-        # mask is set with PTRACE_SETSIGMASK together with the registers.
-        out.append(Op(Sys.rt_sigprocmask, (SIG_SETMASK, scratch.put(struct.pack("<q", -1)),
-                                           0, 8)))
-        # Its own pending signals, queued by itself: the kernel lets no other
-        # thread queue a siginfo that says kill() or tgkill() sent it.
-        for si in t.pending:
-            out.append(Op(StubOp.QUEUE_SELF, (struct.unpack_from("<i", si)[0], scratch.put(si))))
-        return out
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class QueueSignals(Step):
     """Signals that were pending for the whole process, queued again with their siginfo.
 
@@ -545,13 +400,8 @@ class QueueSignals(Step):
         sigs = [struct.unpack_from("<i", si)[0] for si in self.shared]
         return f"queue process-wide pending signals {', '.join(map(str, sigs))}"
 
-    def ops(self, scratch):
-        return [Op(Sys.rt_sigqueueinfo, (self.tgid, struct.unpack_from("<i", si)[0],
-                                         scratch.put(si)))
-                for si in self.shared]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Seek(Step):
     fd: int = 0
     pos: int = 0
@@ -559,11 +409,8 @@ class Seek(Step):
     def describe(self):
         return f"fd {self.fd}: offset {self.pos}"
 
-    def ops(self, scratch):
-        return [Op(Sys.lseek, (self.fd, self.pos, 0))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RecreateDeleted(Step):
     """A deleted file that was open: a new unlinked file with the saved bytes."""
     fd: int = 0
@@ -578,22 +425,8 @@ class RecreateDeleted(Step):
         total = sum(n for _, _, n in self.copies)
         return f"fd {self.fd}: recreate deleted {self.target} ({total} bytes) in {self.directory}"
 
-    def ops(self, scratch):
-        tmpfile = OpenFlag.RDWR | O_TMPFILE
-        out = [Op(StubOp.OPEN_AT, (scratch.cstr(self.directory), int(tmpfile | OpenFlag.CLOEXEC),
-                                   0o600, self.tmp_fd))]
-        for img_off, file_off, n in self.copies:
-            offs = scratch.put(struct.pack("<qq", img_off, file_off))
-            out.append(Op(StubOp.COPY_ALL, (self.image_fd, offs, self.tmp_fd, offs + 8, n)))
-        # A file opened O_TMPFILE | O_NOFOLLOW (Python's TemporaryFile) keeps those flags
-        # in fdinfo: with them, reopening the new file through /proc fails.
-        out.append(Op(StubOp.OPEN_AT, (scratch.cstr(f"/proc/self/fd/{self.tmp_fd}"),
-                                       self.flags & ~(O_TMPFILE | O_NOFOLLOW), 0, self.fd)))
-        out.append(Op(Sys.close, (self.tmp_fd,)))
-        return out
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Limits(Step):
     """Resource limits, interval and POSIX timers, nice, no_new_privs."""
     rlimits: list = dataclasses.field(default_factory=list)      # model.Rlimit
@@ -620,36 +453,8 @@ class Limits(Step):
             parts.append("no_new_privs")
         return "; ".join(parts) or "no limits to set"
 
-    def ops(self, scratch):
-        ign = StubOpFlags.IGNORE_ERROR
-        out = [Op(Sys.prlimit64, (0, r.resource, scratch.put(struct.pack("<QQ", r.soft, r.hard)),
-                                  0), ign) for r in self.rlimits]
-        for t in self.itimers:
-            # ITIMER_REAL expired with its SIGALRM still queued reads 0 and re-arms when the
-            # signal is taken: setting 0 would disarm it for good.
-            value = t.value_us or t.interval_us
-            val = struct.pack("<qqqq", *divmod(t.interval_us, 10**6), *divmod(value, 10**6))
-            out.append(Op(Sys.setitimer, (t.which, scratch.put(val), 0), ign))
-        if self.timers:
-            out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 1), ign))
-            for t in self.timers:
-                tid = scratch.tids.get(t.tid, 0)
-                sev = struct.pack("<Qiii", t.value & (1 << 64) - 1, t.signo, t.notify,
-                                  tid).ljust(64, b"\0")
-                idp = scratch.put(struct.pack("<i", t.id))
-                out.append(Op(Sys.timer_create, (t.clock, scratch.put(sev), idp), ign))
-                its = struct.pack("<qqqq", *divmod(t.interval_ns, 10**9),
-                                  *divmod(t.remaining_ns, 10**9))
-                out.append(Op(Sys.timer_settime, (t.id, 0, scratch.put(its), 0), ign))
-            out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 0), ign))
-        if self.nice is not None:
-            out.append(Op(Sys.setpriority, (0, 0, self.nice), ign))
-        if self.no_new_privs:
-            out.append(Op(Sys.prctl, (Prctl.SET_NO_NEW_PRIVS, 1, 0, 0, 0), ign))
-        return out
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CloneThread(Step):
     """A thread of the saved process, made by the stub. It runs its own setup ops (what
     the kernel keeps per thread), then parks on a stack of its own in the stub.
@@ -662,8 +467,6 @@ class CloneThread(Step):
     tid_ptr: int = 0           # &pd->tid: the kernel writes the new tid there, clears it at exit
     same_tid: bool = False     # ask for the saved tid (clone3 set_tid)
     setup: ThreadKernelState = None
-    setup_at: int = 0          # where its setup ops lie in the scratch buffer (set by ops())
-    setup_ops: list = dataclasses.field(default_factory=list)
 
     def describe(self):
         how = f"with tid {self.state.tid}" if self.same_tid else "with a new tid"
@@ -675,20 +478,8 @@ class CloneThread(Step):
         from .regs import get
         return get(self.state.regs, "fs_base")
 
-    def ops(self, scratch):
-        self.setup_ops = self.setup.ops(scratch)
-        blob = b"".join(STUB_OP.pack(o.nr, *o.args, *[0] * (6 - len(o.args)), int(o.flags), 0)
-                        for o in self.setup_ops)
-        self.setup_at = scratch.put(blob)
-        n = len(self.setup_ops)
-        flags = CLONE_THREAD_FLAGS if self.tid_ptr else CLONE_THREAD_FLAGS & ~TID_POINTER_FLAGS
-        if self.same_tid:
-            return [Op(StubOp.CLONE3, (flags, self.tls, self.tid_ptr, self.slot,
-                                       self.state.tid, self.setup_at << 16 | n))]
-        return [Op(StubOp.CLONE, (flags, self.tls, self.tid_ptr, self.slot, self.setup_at, n))]
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PatchTids(Step):
     """Thread ids glibc keeps in memory: the main thread's descriptor and held mutexes."""
     leader_tid_at: int | None = None     # &pd->tid of the main thread
@@ -706,7 +497,7 @@ class PatchTids(Step):
         return "patch thread ids: " + ("; ".join(parts) or "nothing held")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Registers(Step):
     state: ThreadState = None
     python = True
@@ -716,7 +507,7 @@ class Registers(Step):
         return f"thread {self.state.tid}: registers, rip {get(self.state.regs, 'rip'):#x}"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DropStub(Step):
     """Remove the stub's own mappings, by a system call injected in the restored code."""
     ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)
@@ -726,7 +517,7 @@ class DropStub(Step):
         return "unmap the restart stub: " + ", ".join(f"{s:#x}-{e:#x}" for s, e in self.ranges)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SetExe(Step):
     """Point /proc/PID/exe at the program (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
 
@@ -1324,3 +1115,271 @@ def check_fds(img: Image) -> dict[int, tuple[str, str]]:
     """How each saved regular file or directory descriptor's file looks now."""
     return {f.fd: fdsmod.check_file(f) for f in img.fds
             if f.kind in (fdsmod.FdKind.FILE.value, fdsmod.FdKind.DIR.value)}
+
+
+# --- the encoder: stub ops from a step and what the restore has learnt so far ---
+
+@functools.singledispatch
+def encode(step: Step, scratch: Scratch) -> list[Op]:
+    """The stub ops that carry out step (none for steps the engine does itself).
+
+    scratch is the encoder's state: the bytes the ops point to, the thread ids
+    learnt as the restore goes, and where each new thread's own setup ops lie.
+    """
+    return []
+
+
+@encode.register
+def _time_namespace(step: TimeNamespace, scratch: Scratch) -> list[Op]:
+        text = clockmod.offsets_file(step.monotonic_ns, step.boottime_ns)
+        return [
+            Op(Sys.unshare, (clockmod.CLONE_NEWTIME,)),
+            Op(StubOp.OPEN_AT, (scratch.cstr("/proc/self/timens_offsets"),
+                                int(OpenFlag.WRONLY | OpenFlag.CLOEXEC), 0, step.fd)),
+            Op(Sys.write, (step.fd, scratch.put(text), len(text))),
+            Op(Sys.close, (step.fd,)),
+            Op(StubOp.OPEN_AT, (scratch.cstr("/proc/self/ns/time_for_children"),
+                                int(OpenFlag.RDONLY | OpenFlag.CLOEXEC), 0, step.fd)),
+            Op(Sys.setns, (step.fd, clockmod.CLONE_NEWTIME)),
+            Op(Sys.close, (step.fd,)),
+        ]
+
+
+@encode.register
+def _move_mapping(step: MoveMapping, scratch: Scratch) -> list[Op]:
+        flags = Mremap.MAYMOVE | Mremap.FIXED
+        return [Op(Sys.mremap, (step.src, step.size, step.size, int(flags), step.dst))]
+
+
+@encode.register
+def _unmap(step: Unmap, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.munmap, (step.start, step.size))]
+
+
+@encode.register
+def _open_file(step: OpenFile, scratch: Scratch) -> list[Op]:
+        flags = step.flags | (OpenFlag.CLOEXEC if step.cloexec else 0)
+        return [Op(StubOp.OPEN_AT, (scratch.cstr(step.path), int(flags), step.mode, step.fd))]
+
+
+@encode.register
+def _set_cloexec(step: SetCloexec, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.fcntl, (step.fd, F_SETFD, FD_CLOEXEC))]
+
+
+@encode.register
+def _dup_fd(step: DupFd, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.dup3, (step.fd, step.to, 0))]
+
+
+@encode.register
+def _close_fd(step: CloseFd, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.close, (step.fd,))]
+
+
+@encode.register
+def _map(step: Map, scratch: Scratch) -> list[Op]:
+        v = step.vma
+        prot = Prot.READ | Prot.WRITE
+        flags = MapFlag.FIXED_NOREPLACE | (MapFlag.SHARED if step.shared else MapFlag.PRIVATE)
+        if step.fd < 0:
+            flags |= MapFlag.ANONYMOUS
+        if step.growsdown:
+            flags |= MapFlag.GROWSDOWN
+        if "nr" in v.vmflags:
+            flags |= MapFlag.NORESERVE
+        if step.shared and step.fd >= 0 and not v.prot & Prot.WRITE:
+            prot = Prot.READ       # the file may be open read-only
+        if step.final:
+            prot = Prot(v.prot)
+        off = v.offset if step.fd >= 0 else 0
+        return [Op(Sys.mmap, (v.start, v.end - v.start, int(prot), int(flags), step.fd, off))]
+
+
+@encode.register
+def _map_image(step: MapImage, scratch: Scratch) -> list[Op]:
+    prot = int(Prot.READ | Prot.WRITE)
+    flags = int(MapFlag.PRIVATE | MapFlag.FIXED)
+    return [Op(Sys.mmap, (a, n, prot, flags, step.image_fd, off)) for a, n, off in step.runs]
+
+
+@encode.register
+def _fill(step: Fill, scratch: Scratch) -> list[Op]:
+        return [Op(StubOp.PREAD_ALL, (step.image_fd, a, n, off)) for a, n, off in step.runs]
+
+
+@encode.register
+def _shm_attach(step: ShmAttach, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.shmat, (step.shmid, step.addr, 0))]
+
+
+@encode.register
+def _shm_remove(step: ShmRemove, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.shmctl, (step.shmid, 0, 0))]
+
+
+@encode.register
+def _remap(step: Remap, scratch: Scratch) -> list[Op]:
+        flags = Mremap.MAYMOVE | Mremap.FIXED
+        return [Op(Sys.mremap, (step.src, 0, step.size, int(flags), step.dst))]
+
+
+@encode.register
+def _protect(step: Protect, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.mprotect, (step.start, step.size, step.prot))]
+
+
+@encode.register
+def _advise(step: Advise, scratch: Scratch) -> list[Op]:
+        out = [Op(Sys.madvise, (step.start, step.size, a), StubOpFlags.IGNORE_ERROR)
+               for a in step.advice]
+        if step.name is not None:
+            out.append(Op(Sys.prctl, (Prctl.SET_VMA, PR_SET_VMA_ANON_NAME, step.start, step.size,
+                                      scratch.cstr(step.name)), StubOpFlags.IGNORE_ERROR))
+        return out
+
+
+@encode.register
+def _set_m_m(step: SetMM, scratch: Scratch) -> list[Op]:
+        auxv_at = scratch.put(step.auxv)
+        mm = PRCTL_MM_MAP.pack(*step.fields, auxv_at, len(step.auxv), 0xFFFFFFFF)
+        return [Op(Sys.prctl, (Prctl.SET_MM, PrSetMM.MAP, scratch.put(mm), len(mm), 0))]
+
+
+@encode.register
+def _process_attrs(step: ProcessAttrs, scratch: Scratch) -> list[Op]:
+        ign = StubOpFlags.IGNORE_ERROR
+        name = os.fsencode(step.comm)[:15] + b"\0"
+        return [Op(Sys.chdir, (scratch.cstr(step.cwd),), ign),
+                Op(Sys.umask, (step.umask,), ign),
+                Op(Sys.personality, (step.personality,), ign),
+                Op(Sys.prctl, (Prctl.SET_NAME, scratch.put(name)), ign)]
+
+
+@encode.register
+def _sig_actions(step: SigActions, scratch: Scratch) -> list[Op]:
+        saved = {a.sig: a for a in step.actions}
+        default = scratch.put(KERNEL_SIGACTION.pack(0, 0, 0, 0))
+        out = []
+        for sig in range(1, NSIG + 1):
+            if sig in (SIGKILL, SIGSTOP):
+                continue
+            a = saved.get(sig)
+            act = scratch.put(KERNEL_SIGACTION.pack(a.handler, a.flags, a.restorer, a.mask)) \
+                if a else default
+            out.append(Op(Sys.rt_sigaction, (sig, act, 0, 8)))
+        return out
+
+
+@encode.register
+def _thread_kernel_state(step: ThreadKernelState, scratch: Scratch) -> list[Op]:
+        t = step.state
+        out = []
+        # Before anything else: a thread without the room cannot take its tile state back.
+        for feature in range(64) if step.xcomp_perm else ():
+            if step.xcomp_perm >> feature & 1:
+                out.append(Op(StubOp.XCOMP, (feature, 0),
+                              StubOpFlags.NONE if step._expand() else StubOpFlags.IGNORE_ERROR))
+        if step._expand():
+            out.append(Op(StubOp.XCOMP, (0, step._expand())))
+        if t.rseq:
+            out.append(Op(Sys.rseq, (t.rseq.addr, t.rseq.size, 0, t.rseq.sig)))
+        if t.sigaltstack:
+            s = t.sigaltstack
+            out.append(Op(Sys.sigaltstack, (scratch.put(STACK_T.pack(
+                s.sp, s.flags & ~SS_ONSTACK, 0, s.size)), 0)))
+        if t.robust_list:
+            out.append(Op(Sys.set_robust_list, tuple(t.robust_list)))
+        if t.tid_address is not None:
+            out.append(Op(Sys.set_tid_address, (t.tid_address,)))
+        if t.cpus:
+            mask = sum(1 << c for c in t.cpus).to_bytes(-(-(max(t.cpus) + 1) // 64) * 8, "little")
+            out.append(Op(Sys.sched_setaffinity, (0, len(mask), scratch.put(mask)),
+                          StubOpFlags.IGNORE_ERROR))
+        if step.thread and t.name:
+            name = os.fsencode(t.name)[:15] + b"\0"
+            out.append(Op(Sys.prctl, (Prctl.SET_NAME, scratch.put(name)),
+                          StubOpFlags.IGNORE_ERROR))
+        # Everything blocked until the registers are the program's: a signal
+        # queued now must not run a handler on the stub's stack. The saved
+        # mask is set with PTRACE_SETSIGMASK together with the registers.
+        out.append(Op(Sys.rt_sigprocmask, (SIG_SETMASK, scratch.put(struct.pack("<q", -1)),
+                                           0, 8)))
+        # Its own pending signals, queued by itself: the kernel lets no other
+        # thread queue a siginfo that says kill() or tgkill() sent it.
+        for si in t.pending:
+            out.append(Op(StubOp.QUEUE_SELF, (struct.unpack_from("<i", si)[0], scratch.put(si))))
+        return out
+
+
+@encode.register
+def _queue_signals(step: QueueSignals, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.rt_sigqueueinfo, (step.tgid, struct.unpack_from("<i", si)[0],
+                                         scratch.put(si)))
+                for si in step.shared]
+
+
+@encode.register
+def _seek(step: Seek, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.lseek, (step.fd, step.pos, 0))]
+
+
+@encode.register
+def _recreate_deleted(step: RecreateDeleted, scratch: Scratch) -> list[Op]:
+        tmpfile = OpenFlag.RDWR | O_TMPFILE
+        out = [Op(StubOp.OPEN_AT, (scratch.cstr(step.directory), int(tmpfile | OpenFlag.CLOEXEC),
+                                   0o600, step.tmp_fd))]
+        for img_off, file_off, n in step.copies:
+            offs = scratch.put(struct.pack("<qq", img_off, file_off))
+            out.append(Op(StubOp.COPY_ALL, (step.image_fd, offs, step.tmp_fd, offs + 8, n)))
+        # A file opened O_TMPFILE | O_NOFOLLOW (Python's TemporaryFile) keeps those flags
+        # in fdinfo: with them, reopening the new file through /proc fails.
+        out.append(Op(StubOp.OPEN_AT, (scratch.cstr(f"/proc/self/fd/{step.tmp_fd}"),
+                                       step.flags & ~(O_TMPFILE | O_NOFOLLOW), 0, step.fd)))
+        out.append(Op(Sys.close, (step.tmp_fd,)))
+        return out
+
+
+@encode.register
+def _limits(step: Limits, scratch: Scratch) -> list[Op]:
+        ign = StubOpFlags.IGNORE_ERROR
+        out = [Op(Sys.prlimit64, (0, r.resource, scratch.put(struct.pack("<QQ", r.soft, r.hard)),
+                                  0), ign) for r in step.rlimits]
+        for t in step.itimers:
+            # ITIMER_REAL expired with its SIGALRM still queued reads 0 and re-arms when the
+            # signal is taken: setting 0 would disarm it for good.
+            value = t.value_us or t.interval_us
+            val = struct.pack("<qqqq", *divmod(t.interval_us, 10**6), *divmod(value, 10**6))
+            out.append(Op(Sys.setitimer, (t.which, scratch.put(val), 0), ign))
+        if step.timers:
+            out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 1), ign))
+            for t in step.timers:
+                tid = scratch.tids.get(t.tid, 0)
+                sev = struct.pack("<Qiii", t.value & (1 << 64) - 1, t.signo, t.notify,
+                                  tid).ljust(64, b"\0")
+                idp = scratch.put(struct.pack("<i", t.id))
+                out.append(Op(Sys.timer_create, (t.clock, scratch.put(sev), idp), ign))
+                its = struct.pack("<qqqq", *divmod(t.interval_ns, 10**9),
+                                  *divmod(t.remaining_ns, 10**9))
+                out.append(Op(Sys.timer_settime, (t.id, 0, scratch.put(its), 0), ign))
+            out.append(Op(Sys.prctl, (PR_TIMER_CREATE_RESTORE_IDS, 0), ign))
+        if step.nice is not None:
+            out.append(Op(Sys.setpriority, (0, 0, step.nice), ign))
+        if step.no_new_privs:
+            out.append(Op(Sys.prctl, (Prctl.SET_NO_NEW_PRIVS, 1, 0, 0, 0), ign))
+        return out
+
+
+@encode.register
+def _clone_thread(step: CloneThread, scratch: Scratch) -> list[Op]:
+        setup = encode(step.setup, scratch)
+        blob = b"".join(STUB_OP.pack(o.nr, *o.args, *[0] * (6 - len(o.args)), int(o.flags), 0)
+                        for o in setup)
+        at = scratch.put(blob)
+        scratch.setups[step.state.tid] = (at, setup)      # the executor checks their results
+        n = len(setup)
+        flags = CLONE_THREAD_FLAGS if step.tid_ptr else CLONE_THREAD_FLAGS & ~TID_POINTER_FLAGS
+        if step.same_tid:
+            return [Op(StubOp.CLONE3, (flags, step.tls, step.tid_ptr, step.slot,
+                                       step.state.tid, at << 16 | n))]
+        return [Op(StubOp.CLONE, (flags, step.tls, step.tid_ptr, step.slot, at, n))]

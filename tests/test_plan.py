@@ -303,7 +303,7 @@ def test_every_step_makes_its_ops(img):
     p = plan.build(img, live(img, can_set_exe=True))
     scratch = plan.Scratch(0x100000003000)
     for s in p.steps:
-        ops = s.ops(scratch)
+        ops = plan.encode(s, scratch)
         assert s.python or ops, s.describe()
         assert all(isinstance(a, int) for op in ops for a in op.args), s.describe()
 
@@ -321,7 +321,7 @@ def test_stdio_redirection(img, tmp_path, monkeypatch):
     assert stdio[1].flags == OpenFlag.WRONLY | OpenFlag.CREAT | OpenFlag.TRUNC
     (dup,) = steps_of(p, plan.DupFd)
     assert (dup.fd, dup.to) == (1, 2)
-    (op,) = stdio[1].ops(plan.Scratch(0x100000003000))
+    (op,) = plan.encode(stdio[1], plan.Scratch(0x100000003000))
     assert not op.args[1] & OpenFlag.CLOEXEC and op.args[3] == 1
     assert p.steps.index(dup) > p.steps.index(stdio[1])
 

@@ -236,7 +236,7 @@ class _Executor:
                 self._flush()
                 self._python_step(i, step)
             else:
-                self.batch.extend((i, op) for op in step.ops(self.stub.scratch))
+                self.batch.extend((i, op) for op in planmod.encode(step, self.stub.scratch))
             if isinstance(step, planmod.CloneThread):
                 self._flush()       # later steps need its thread id
             if isinstance(step, planmod.Registers) and "memory" not in phases:
@@ -266,8 +266,9 @@ class _Executor:
 
     def _check_setup(self, index: int, step: planmod.CloneThread) -> None:
         """The new thread ran its own setup ops: fail on what failed there."""
-        raw = self.proc.read(step.setup_at, STUB_OP.size * len(step.setup_ops))
-        for k, op in enumerate(step.setup_ops):
+        at, setup = self.stub.scratch.setups[step.state.tid]
+        raw = self.proc.read(at, STUB_OP.size * len(setup))
+        for k, op in enumerate(setup):
             ret = int.from_bytes(raw[k * STUB_OP.size + RET_OFFSET:][:8], "little", signed=True)
             if is_syscall_error(ret):
                 msg = f"thread {step.state.tid}: {op_name(op)}: {os.strerror(-ret)}"
