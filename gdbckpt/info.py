@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 from . import clocks as clockmod
+from . import creds as credsmod
 from . import vdso as vdsomod
 from .image import format as fmt
 from .image.model import to_json
@@ -41,7 +42,8 @@ def text(img: Image, *, mappings: bool = True) -> str:
         + (f", stopped by {p.stopped_by}" if p.stopped_by else ""),
         f"Kernel:    {p.kernel.get('release', '?')} {p.kernel.get('machine', '?')} on "
         f"{p.kernel.get('hostname', '?')}",
-        f"Process:   pid {p.pid} '{p.comm}', uid {p.uid}, gid {p.gid}",
+        f"Process:   pid {p.pid} '{p.comm}', "
+        + (credsmod.describe(p.creds) if p.creds else f"uid {p.uid}, gid {p.gid}"),
         f"Program:   {p.exe}",
         f"Command:   {' '.join(p.cmdline)}",
         f"Cwd:       {p.cwd}",
@@ -109,7 +111,8 @@ def text(img: Image, *, mappings: bool = True) -> str:
 ALWAYS_LOST = (
     "contents of pipes and sockets, and their peers",
     "child processes, ptrace relations, SysV semaphores and message queues, file locks",
-    "credentials and capabilities (the restored process has the restoring user's), "
+    "credentials and capabilities when the restorer is not root (the process then runs "
+    "with the restorer's, who must be the saved user), "
     "namespaces, cgroups, seccomp filters, scheduling policy",
     "the pid and thread ids, unless the restore may choose them (root, or "
     "CAP_CHECKPOINT_RESTORE, and the old ids free)",

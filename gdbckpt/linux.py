@@ -107,7 +107,13 @@ class Sys(enum.IntEnum):
     chdir = 80
     fchdir = 81
     umask = 95
+    setgroups = 116
     getrlimit = 97
+    setresuid = 117
+    setresgid = 119
+    setfsuid = 122
+    setfsgid = 123
+    capset = 126
     rt_sigqueueinfo = 129
     sigaltstack = 131
     personality = 135
@@ -155,7 +161,9 @@ class Prctl(enum.IntEnum):
     SET_PDEATHSIG = 1
     GET_DUMPABLE = 3
     SET_DUMPABLE = 4
+    SET_KEEPCAPS = 8
     SET_NAME = 15
+    GET_SECUREBITS = 27
     GET_NAME = 16
     SET_MM = 35
     GET_TID_ADDRESS = 40

@@ -22,7 +22,7 @@ from . import vdso as vdsomod
 from .engine import xstate as xstatemod
 from .errors import RestoreError
 from .image import format as fmt
-from .image.model import SigAction, ThreadState, Vma
+from .image.model import Credentials, SigAction, ThreadState, Vma
 from .image.reader import Chunk, Image
 from .linux import (
     KERNEL_SIGACTION,
@@ -508,6 +508,18 @@ class Registers(Step):
 
 
 @dataclasses.dataclass(frozen=True)
+class TakeCredentials(Step):
+    """Every thread takes on the saved process's credentials (root restoring another
+    user's image): last, once nothing that needs privilege is left to do."""
+    creds: Credentials = None
+    python = True
+
+    def describe(self):
+        from .creds import describe
+        return f"every thread becomes {describe(self.creds)}"
+
+
+@dataclasses.dataclass(frozen=True)
 class DropStub(Step):
     """Remove the stub's own mappings, by a system call injected in the restored code."""
     ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)
@@ -560,6 +572,7 @@ class Live:
     same_ids: bool = False          # the stub has the saved pid and threads get their tids
     xcr0: int | None = None         # the XSAVE components this CPU enables
     time_offsets: tuple[int, int] | None = None   # a time namespace's (monotonic, boottime)
+    take_creds: bool = False        # the process must become the saved user (root restores)
     stub_nice: int = 0
 
 
@@ -1046,6 +1059,8 @@ class _Builder:
         if self.exe_fd is not None:
             self.steps.append(SetExe(fd=self.exe_fd, path=self.img.process.exe,
                                      fields=self.mm_fields))
+        if self.live.take_creds:
+            self.steps.append(TakeCredentials(creds=self.img.process.creds))
 
     def _xcomp_perm(self) -> int:
         """The dynamic XSAVE features the process was permitted, that must be asked for."""

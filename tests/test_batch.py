@@ -290,3 +290,38 @@ def test_every_without_a_name_below_a_second_and_a_ctrl_c(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
     for img in images:
         batch("verify", img, check=0)
+
+
+def test_root_restoring_a_users_image_gets_a_process_running_as_that_user(shared_dir):
+    """Credentials come back: root restoring nobody's image does not run nobody's code as
+    root; and nobody may not restore root's image."""
+    argv = [example("counter"), "40", "20"]
+    out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
+    p = subprocess.Popen([*NOBODY, *argv], stdout=open(out, "w"), stdin=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        wait_for_output(out, r"^step 3 ")
+        batch(str(p.pid), "-o", img, "--kill", prefix=NOBODY, check=0)
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+    r = batch("restore", img, "--json", check=0)
+    pid = json.loads(r.stdout.splitlines()[-1])["pid"]
+    with open(f"/proc/{pid}/status") as f:
+        status = f.read()
+    assert "\nUid:\t65534\t65534\t65534\t65534\n" in status, status
+    assert "\nCapEff:\t0000000000000000\n" in status
+    wait_gone(pid)
+    assert open(out).read() == uninterrupted(argv)
+    # The other way round: refused before anything runs, naming the user.
+    mine = os.path.join(shared_dir, "root.img")
+    q = spawn(argv, os.path.join(shared_dir, "out2"))
+    try:
+        wait_for_output(os.path.join(shared_dir, "out2"), r"^step 1 ")
+        batch(str(q.pid), "-o", mine, "--no-sync", check=0)
+    finally:
+        q.kill()
+        q.wait()
+    os.chmod(mine, 0o644)
+    msg = one_line_error(batch("restore", mine, prefix=NOBODY), 1)
+    assert "ran as uid 0/0/0 (root)" in msg and "only root or that user" in msg

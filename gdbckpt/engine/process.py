@@ -430,6 +430,16 @@ class Process:
         finally:
             self.write(addr, keep)
 
+    def call_with_data(self, nr: int, args, data: bytes, tid: int | None = None) -> int:
+        """Run a system call whose arguments point into data: args(address) gives them."""
+        addr = self.stack_scratch(len(data), tid)
+        keep = self.read(addr, len(data))
+        try:
+            self.write(addr, data)
+            return self.syscall(nr, *args(addr), tid=tid)
+        finally:
+            self.write(addr, keep)
+
     def exclude_from_syscall_search(self, ranges: list[tuple[int, int]]) -> None:
         """Never inject from these ranges (code about to be unmapped)."""
         self._exclude = list(ranges)

@@ -17,6 +17,7 @@ import struct
 import time
 
 from .. import clocks as clockmod
+from .. import creds as credsmod
 from .. import plan as planmod
 from .. import sysv
 from .. import tids as tidsmod
@@ -25,7 +26,7 @@ from ..errors import CkptError, RestoreError
 from ..image import Image
 from ..image import format as fmt
 from ..libc import libc
-from ..linux import Prctl, PrSetMM, Sys, is_syscall_error
+from ..linux import Prctl, PrSetMM, Sys, is_syscall_error, sysname
 from ..maps import Kind
 from ..procfs import Proc, parse_limits
 from ..stubabi import RET_OFFSET, STUB_OP, StubOpFlags
@@ -44,6 +45,7 @@ class RestoreResult:
     seconds: float
     phases: dict[str, float]
     tids: dict[int, int] = dataclasses.field(default_factory=dict)   # saved tid -> live
+    creds_taken: bool = False        # the process became the saved user
 
 
 @dataclasses.dataclass
@@ -62,6 +64,7 @@ class Prepared:
     time_offsets: tuple[int, int] | None = None
     clocks_note: str = ""
     clocks_back: bool = False
+    take_creds: bool = False
     t0: float = 0.0
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -85,6 +88,7 @@ def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
                       xcr0=xstatemod.live_xcr0(), fd_checks=p.fds, force=force, fill=fill,
                       vdso_mode=vdso_mode)
     p.time_offsets, p.clocks_note, p.clocks_back = clockmod.plan_for(img.process.clocks, clocks)
+    p.take_creds = credsmod.check(img.process.creds, credsmod.own())
     p.phases["read image"] = time.perf_counter() - t0
     return p
 
@@ -124,7 +128,7 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
         finally:
             executor.close()
         if not stopped:
-            warnings += set_dumpable(stub.proc, img)
+            warnings += set_dumpable(stub.proc, img, p.take_creds)
         if p.clocks_back:
             warnings.append(f"clocks: {p.clocks_note}")
         tids = dict(stub.scratch.tids)
@@ -134,7 +138,8 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
         stub.kill()
         sysv.remove(p.sysv)
         raise
-    return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0, phases, tids)
+    return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0, phases, tids,
+                         p.take_creds)
 
 
 PID_TRIES = 5
@@ -153,9 +158,10 @@ def _start_stub(want: int, new_session: bool) -> Stub:
     return Stub.start(0, new_session=new_session)
 
 
-def set_dumpable(proc: Process, img: Image) -> list[str]:
-    """The dumpable flag, by a call injected in the restored process."""
-    if img.process.dumpable == 1:
+def set_dumpable(proc: Process, img: Image, creds_taken: bool = False) -> list[str]:
+    """The dumpable flag, by a call injected in the restored process (a change of
+    credentials has reset it)."""
+    if img.process.dumpable == 1 and not creds_taken:
         return []
     ret = proc.syscall(Sys.prctl, Prctl.SET_DUMPABLE, img.process.dumpable)
     if is_syscall_error(ret):
@@ -177,7 +183,7 @@ def _live(stub: Stub, p: Prepared) -> planmod.Live:
         has_tty=_has_tty(), fd_checks=p.fds, force=p.force,
         timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
         sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),
-        time_offsets=_time_offsets(p))
+        time_offsets=_time_offsets(p), take_creds=p.take_creds)
 
 
 def _time_offsets(p: Prepared) -> tuple[int, int] | None:
@@ -294,6 +300,8 @@ class _Executor:
                 self._drop_stub(step.ranges)
             elif isinstance(step, planmod.SetExe):
                 self._set_exe(step)
+            elif isinstance(step, planmod.TakeCredentials):
+                self._take_credentials(step.creds)
         except CkptError as e:
             raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
 
@@ -356,6 +364,19 @@ class _Executor:
         for start, end in ranges:
             self.proc.syscall_ok(Sys.munmap, start, end - start,
                                  what=f"munmap of the stub at {start:#x}")
+
+    def _take_credentials(self, creds) -> None:
+        """Each thread makes the calls itself (credentials are per thread), the leader
+        last; any that fails fails the restore: never more than the saved process had."""
+        tids = sorted(set(self.stub.scratch.tids.values()), key=lambda t: t == self.stub.pid)
+        for tid in tids:
+            for nr, args, data in credsmod.calls(creds):
+                if data is None:
+                    ret = self.proc.syscall(nr, *args, tid=tid)
+                else:
+                    ret = self.proc.call_with_data(nr, args, data, tid=tid)
+                if is_syscall_error(ret):
+                    raise RestoreError(f"thread {tid}: {sysname(nr)}: {os.strerror(-ret)}")
 
     def _set_exe(self, step: planmod.SetExe) -> None:
         """The exe link is a nicety: failing to set it is a warning, never a failed restore."""

@@ -15,6 +15,7 @@ import time
 
 from .. import __version__, fileid
 from .. import clocks as clockmod
+from .. import creds as credsmod
 from .. import fds as fdsmod
 from .. import regs as regsmod
 from .. import vdso as vdsomod
@@ -278,7 +279,9 @@ class _Saver:
             no_new_privs=status.get("NoNewPrivs", "0") == "1",
             dumpable=self.state.dumpable(), nice=int(stat["nice"]),
             not_restored=self._not_restored(fds), tid_offset=self._tid_offset(threads),
-            xcomp_perm=self.state.xcomp_perm(), clocks=clockmod.of_process(self.inf.pid))
+            xcomp_perm=self.state.xcomp_perm(), clocks=clockmod.of_process(self.inf.pid),
+            creds=dataclasses.replace(credsmod.from_status(status),
+                                      securebits=self.state.securebits()))
 
     def _tid_offset(self, threads: list[ThreadState]) -> int | None:
         """Where glibc keeps a thread's id, read from libc: needed only where the kernel

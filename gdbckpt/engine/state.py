@@ -98,6 +98,10 @@ class StateReader:
             return 0
         return struct.unpack("<Q", raw)[0]
 
+    def securebits(self) -> int:
+        return self.inf.syscall_ok(Sys.prctl, Prctl.GET_SECUREBITS,
+                                   what="prctl(PR_GET_SECUREBITS)")
+
     def dumpable(self) -> int:
         return self.inf.syscall_ok(Sys.prctl, Prctl.GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
 

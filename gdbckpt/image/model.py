@@ -159,6 +159,22 @@ class ProcessInfo:
     tid_offset: int | None = None   # offsetof(struct pthread, tid), from libc
     xcomp_perm: int = 0         # ARCH_GET_XCOMP_PERM: XSAVE components the process may use
     clocks: ClockState | None = None
+    creds: Credentials | None = None
+
+
+@dataclasses.dataclass
+class Credentials:
+    """Who the process ran as: /proc/PID/status's Uid, Gid (real, effective, saved, fs),
+    Groups and capability sets, and its securebits."""
+    uids: list[int]
+    gids: list[int]
+    groups: list[int] = dataclasses.field(default_factory=list)
+    inheritable: int = 0
+    permitted: int = 0
+    effective: int = 0
+    bounding: int = 0
+    ambient: int = 0
+    securebits: int = 0
 
 
 @dataclasses.dataclass

@@ -91,7 +91,7 @@ def _attach(r: engine.RestoreResult) -> list[str]:
                    RestoreError)
     proc.current = r.pid
     try:
-        warnings += engine.set_dumpable(proc, img)
+        warnings += engine.set_dumpable(proc, img, r.creds_taken)
     finally:
         proc.close()
         GdbFront().changed(proc)

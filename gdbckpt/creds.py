@@ -1,0 +1,112 @@
+"""Credentials: who the saved process ran as, and taking that on again at a restore.
+
+A restore must never give the process more than the saved one had, nor more
+than the restorer has. Root restoring a user's image gets a process running
+as that user; anyone else may restore only an image of their own
+credentials. Plain Python: the engine makes the system calls (in every
+thread: on Linux credentials belong to each thread).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from .errors import RestoreError
+from .image.model import Credentials
+from .linux import Prctl, Sys
+
+CAP_LAST = 40                  # CAP_CHECKPOINT_RESTORE, the highest this kernel knows
+ALL_CAPS = (1 << (CAP_LAST + 1)) - 1
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
+CAP_V3 = 0x20080522
+CAP_HEADER = struct.Struct("<Ii")
+CAP_DATA = struct.Struct("<III")         # effective, permitted, inheritable (32 caps each)
+
+
+def from_status(status: dict[str, str]) -> Credentials:
+    """Credentials from /proc/PID/status fields."""
+    def caps(name: str) -> int:
+        return int(status.get(name, "0"), 16)
+    return Credentials(
+        uids=[int(x) for x in status["Uid"].split()], gids=[int(x) for x in status["Gid"].split()],
+        groups=sorted(int(x) for x in status.get("Groups", "").split()),
+        inheritable=caps("CapInh"), permitted=caps("CapPrm"), effective=caps("CapEff"),
+        bounding=caps("CapBnd"), ambient=caps("CapAmb"))
+
+
+def own() -> Credentials:
+    with open("/proc/self/status") as f:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    return from_status(status)
+
+
+def describe(c: Credentials) -> str:
+    caps = f", capabilities {c.effective:#x}" if c.effective else ""
+    return (f"uid {'/'.join(map(str, c.uids[:3]))} ({_user(c.uids[0])}), gid "
+            f"{'/'.join(map(str, c.gids[:3]))}, groups {c.groups or 'none'}{caps}")
+
+
+def _user(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "no such user here"
+
+
+def check(saved: Credentials | None, mine: Credentials) -> bool:
+    """Whether the restore must take the saved credentials on (root restoring another's
+    image); refuses a restorer who cannot."""
+    if saved is None:
+        return False
+    if _same(saved, mine):
+        return False
+    if mine.uids[1] == 0 and mine.effective & (1 << 7) and mine.effective & (1 << 6):
+        return True      # root, with CAP_SETUID and CAP_SETGID: the process becomes the user
+    if saved.uids[:3] != mine.uids[:3] or saved.gids[:3] != mine.gids[:3]:
+        raise RestoreError(f"the saved process ran as {describe(saved)}; only root or that "
+                           "user can restore it")
+    return False         # the same user: the process runs with the restorer's credentials
+
+
+def _same(a: Credentials, b: Credentials) -> bool:
+    return (a.uids, a.gids, a.groups, a.permitted, a.effective, a.inheritable, a.bounding,
+            a.ambient, a.securebits) == (b.uids, b.gids, b.groups, b.permitted, b.effective,
+                                         b.inheritable, b.bounding, b.ambient, b.securebits)
+
+
+def calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
+    """The system calls, in order, that make a root thread take on c: (nr, args, None),
+    or (nr, a function of the address where data lies giving the args, data)."""
+    out: list[tuple[int, object, bytes | None]] = []
+    groups = struct.pack(f"<{len(c.groups)}I", *c.groups) if c.groups else b"\0" * 4
+    out.append((Sys.setgroups, lambda at: (len(c.groups), at), groups))
+    for cap in range(CAP_LAST + 1):
+        if not c.bounding >> cap & 1:
+            out.append((Sys.prctl, (PR_CAPBSET_DROP, cap), None))
+    keep = bool(c.permitted) and c.uids[1] != 0
+    if c.securebits or keep:
+        out.append((Sys.prctl, (PR_SET_SECUREBITS, c.securebits | (0x10 if keep else 0)), None))
+    r, e, s, fs = (c.gids + [c.gids[0]] * 4)[:4]
+    out.append((Sys.setresgid, (r, e, s), None))
+    out.append((Sys.setfsgid, (fs,), None))
+    r, e, s, fs = (c.uids + [c.uids[0]] * 4)[:4]
+    out.append((Sys.setresuid, (r, e, s), None))
+    out.append((Sys.setfsuid, (fs,), None))
+    data = b"".join(CAP_DATA.pack(c.effective >> k & 0xFFFFFFFF, c.permitted >> k & 0xFFFFFFFF,
+                                  c.inheritable >> k & 0xFFFFFFFF) for k in (0, 32))
+    out.append((Sys.capset, lambda at: (at, at + CAP_HEADER.size),
+                CAP_HEADER.pack(CAP_V3, 0) + data))
+    for cap in range(CAP_LAST + 1):
+        if c.ambient >> cap & 1:
+            out.append((Sys.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap), None))
+    if keep and not c.securebits & 0x10:
+        out.append((Sys.prctl, (Prctl.SET_KEEPCAPS, 0), None))
+    return out
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
