@@ -141,6 +141,10 @@ def check_file(f: FdInfo) -> tuple[str, str]:
         st = os.stat(f.target)
     except OSError as e:
         return "gone", f"fd {f.fd}: {f.target}: {e.strerror}"
+    want = stat.S_ISDIR if f.kind == FdKind.DIR.value else stat.S_ISREG
+    if not want(st.st_mode):
+        # Never opened as it is now: a FIFO would block the restore, a device do anything.
+        return "gone", f"fd {f.fd}: {f.target} is no longer a {f.kind}"
     if f.kind == FdKind.DIR.value:
         return "ok", ""
     if f.pos > st.st_size and f.size is not None and f.pos <= f.size:
@@ -150,6 +154,20 @@ def check_file(f: FdInfo) -> tuple[str, str]:
         grew = "grew" if f.size is not None and st.st_size > f.size else "changed"
         return "changed", f"fd {f.fd}: {f.target} {grew} since the save"
     return "ok", ""
+
+
+def device_problem(path: str) -> str | None:
+    """Why a saved device path must not be opened (an image is untrusted): it must be a
+    character device under /dev, named without '..', as a save records one."""
+    if not path.startswith("/dev/") or ".." in path.split("/"):
+        return f"{path} is not a device path"
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if not stat.S_ISCHR(st.st_mode):
+        return f"{path} is not a character device"
+    return None
 
 
 def describe(f: FdInfo) -> str:

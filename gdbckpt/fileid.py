@@ -8,7 +8,9 @@ info`, not for matching: a copy of the same library on another host matches.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import stat
 import struct
 
 import xxhash
@@ -24,6 +26,19 @@ NOTE_HEADER = struct.Struct("<III")
 PT_NOTE, NT_GNU_BUILD_ID = 4, 3
 
 
+def open_regular(path: str):
+    """A regular file opened for reading, never blocking: a FIFO or a device named where
+    a file was (in an image from someone else, say) is refused, not opened and waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def build_id(path: str) -> str | None:
     """The GNU build-id of a 64-bit little-endian ELF file as hex, or None.
 
@@ -32,7 +47,7 @@ def build_id(path: str) -> str | None:
     takes tens of milliseconds for libc alone.
     """
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return elf_build_id(lambda off, n: (f.seek(off), f.read(n))[1])
     except OSError:
         return None
@@ -73,7 +88,7 @@ def _find_build_id(notes: bytes) -> str | None:
 
 def content_hash(path: str) -> str:
     h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while block := f.read(_HASH_BLOCK):
             h.update(block)
     return h.hexdigest()
@@ -101,6 +116,8 @@ def check(ref: FileRef) -> str | None:
         st = os.stat(ref.path)
     except OSError as e:
         return f"{ref.path}: {e.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{ref.path}: not a regular file now"
     if st.st_size != ref.size:
         return f"{ref.path}: size is {st.st_size}, was {ref.size}"
     if ref.build_id is not None:

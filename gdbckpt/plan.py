@@ -971,6 +971,10 @@ class _Builder:
                                               copies=copies, target=path))
             self.steps.append(Seek(fd=f.fd, pos=f.pos))
         elif kind == fdsmod.FdKind.CHARDEV:
+            problem = fdsmod.device_problem(f.target)
+            if problem:
+                self.warnings.append(f"{fdsmod.describe(f)}: {problem}: /dev/null in its place")
+                return self._null(f)
             self.steps.append(OpenFile(path=f.target, flags=fdsmod.reopen_flags(f), fd=f.fd,
                                        cloexec=False, why=f"saved fd {f.fd}"))
         elif kind == fdsmod.FdKind.TTY:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from gdbckpt.image import format as fmt
 from gdbckpt.mi import Gdb, MiError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,6 +188,32 @@ def batch_restore(img: str, *opts: str, prefix=()) -> subprocess.CompletedProces
     assert r.returncode == 0, r.stderr
     wait_gone(json.loads(r.stdout.splitlines()[-1])["pid"])
     return r
+
+
+def rewrite_record(path: str, rtype, edit) -> str:
+    """A copy of the image with one JSON record changed and every checksum made right."""
+    data = bytearray(open(path, "rb").read())
+    magic, ver, nrec, meta_off, meta_len, size, _, _ = fmt.TRAILER.unpack_from(
+        data, len(data) - fmt.TRAILER_SIZE)
+    meta, pos, records = bytes(data[meta_off:meta_off + meta_len]), 0, []
+    while pos < len(meta):
+        t, fl, ln, _ = fmt.RECORD_HEADER.unpack_from(meta, pos)
+        payload = meta[pos + fmt.RECORD_HEADER.size:pos + fmt.RECORD_HEADER.size + ln]
+        if t == rtype:
+            payload = json.dumps(edit(json.loads(payload))).encode()
+        records.append(fmt.RECORD_HEADER.pack(t, fl, len(payload), fmt.checksum(payload))
+                       + payload)
+        pos += fmt.RECORD_HEADER.size + ln
+    meta = b"".join(records)
+    head = bytes(data[:fmt.HEADER_SIZE])
+    size = meta_off + len(meta) + fmt.TRAILER_SIZE
+    trailer = fmt.TRAILER.pack(magic, ver, nrec, meta_off, len(meta), size,
+                               fmt.checksum(head + meta), 0)
+    out = path + ".edited.img"
+    with open(out, "wb") as f:
+        f.write(bytes(data[:meta_off]) + meta + trailer + fmt.checksum(trailer).to_bytes(8,
+                                                                                          "little"))
+    return out
 
 
 def error_of(session, command: str, timeout: float = 120) -> str:

@@ -14,10 +14,13 @@ from harness import (
     REPO,
     batch_restore,
     example,
+    rewrite_record,
     uninterrupted,
     wait_for_output,
     wait_gone,
 )
+
+from gdbckpt.image import format as fmt
 
 
 def batch(*args, prefix=(), timeout=120, check=None):
@@ -325,3 +328,31 @@ def test_root_restoring_a_users_image_gets_a_process_running_as_that_user(shared
     os.chmod(mine, 0o644)
     msg = one_line_error(batch("restore", mine, prefix=NOBODY), 1)
     assert "ran as uid 0/0/0 (root)" in msg and "only root or that user" in msg
+
+
+def test_paths_in_an_image_are_never_opened_blindly(tmp_path):
+    """A FIFO where a saved file was, or a 'device' entry that names another path, must
+    not hang or open anything: the dry run answers at once."""
+    inp = tmp_path / "input"
+    inp.write_text("x\n" * 10)
+    argv = [example("counter"), "100", "20"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    with open(inp) as stdin, open(out, "w") as f:
+        p = subprocess.Popen(argv, stdout=f, stdin=stdin, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_output(out, r"^step 1 ")
+        batch(str(p.pid), "-o", img, "--no-sync", check=0)
+    finally:
+        p.kill()
+        p.wait()
+    os.unlink(inp)
+    os.mkfifo(inp)
+    r = batch("restore", "--dry-run", img, timeout=30)
+    assert r.returncode == 1 and "no longer a file" in r.stderr, r.stderr
+
+    def to_etc(fds):
+        fds["fds"][0]["kind"], fds["fds"][0]["target"] = "chardev", "/dev/../etc/shadow"
+        return fds
+    forged = rewrite_record(img, fmt.RecordType.FDS, to_etc)
+    r = batch("restore", "--dry-run", forged, timeout=30, check=0)
+    assert "not a device path: /dev/null in its place" in r.stdout

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from harness import error_of, example
+from harness import error_of, example, rewrite_record
 
 from gdbckpt.engine import xstate
 from gdbckpt.image import format as fmt
@@ -23,32 +23,6 @@ def image(sessions, tmp_path):
     s.save(img)
     s.cli("kill")
     return img
-
-
-def rewrite_record(path: str, rtype: fmt.RecordType, edit) -> str:
-    """A copy of the image with one JSON record changed and every checksum made right."""
-    data = bytearray(open(path, "rb").read())
-    magic, ver, nrec, meta_off, meta_len, size, _, _ = fmt.TRAILER.unpack_from(
-        data, len(data) - fmt.TRAILER_SIZE)
-    meta, pos, records = bytes(data[meta_off:meta_off + meta_len]), 0, []
-    while pos < len(meta):
-        t, fl, ln, _ = fmt.RECORD_HEADER.unpack_from(meta, pos)
-        payload = meta[pos + fmt.RECORD_HEADER.size:pos + fmt.RECORD_HEADER.size + ln]
-        if t == rtype:
-            payload = json.dumps(edit(json.loads(payload))).encode()
-        records.append(fmt.RECORD_HEADER.pack(t, fl, len(payload), fmt.checksum(payload))
-                       + payload)
-        pos += fmt.RECORD_HEADER.size + ln
-    meta = b"".join(records)
-    head = bytes(data[:fmt.HEADER_SIZE])
-    size = meta_off + len(meta) + fmt.TRAILER_SIZE
-    trailer = fmt.TRAILER.pack(magic, ver, nrec, meta_off, len(meta), size,
-                               fmt.checksum(head + meta), 0)
-    out = path + ".edited.img"
-    with open(out, "wb") as f:
-        f.write(bytes(data[:meta_off]) + meta + trailer + fmt.checksum(trailer).to_bytes(8,
-                                                                                          "little"))
-    return out
 
 
 def test_refusals_name_the_problem(sessions, tmp_path, image):
