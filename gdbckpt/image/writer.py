@@ -44,6 +44,45 @@ def _exchange(a: str, b: str) -> bool:
     return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
 
 
+STALE_AFTER = 60      # seconds: a temporary file older than this, of a saver that is gone
+
+
+def _retire(old: str, new: str) -> None:
+    """Remove the old image once the new one is on disk, not before: until then a crash
+    (a power cut) may leave the new one's blocks unwritten, and the old one must survive.
+    A detached job does it (the saver may exit first): the new image's data and the
+    directory flushed, then the old image removed."""
+    import subprocess
+    script = 'sync --data "$1" && sync "$2" && rm -f "$3"'
+    try:
+        subprocess.Popen(["sh", "-c", script, "gdbckpt-retire", new, os.path.dirname(new), old],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError:
+        pass        # the old image stays at its temporary name: removed by a later save
+
+
+def _remove_stale(directory: str, base: str) -> None:
+    """Temporary files of savers that died (or old images kept after a crash) for this
+    image: removed once their saver is gone and they are a minute old."""
+    prefix = f".{base}.tmp-"
+    try:
+        names = [n for n in os.listdir(directory or ".") if n.startswith(prefix)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        pid = name[len(prefix):].split("-", 1)[0]
+        path = os.path.join(directory, name)
+        try:
+            if (pid.isdigit() and os.path.exists(f"/proc/{pid}")) or \
+                    now - os.lstat(path).st_ctime < STALE_AFTER:     # ctime: renamed
+                continue
+            os.unlink(path)
+        except OSError:
+            continue
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -69,6 +108,7 @@ class ImageWriter:
         d, base = os.path.split(self.path)
         if os.path.isdir(self.path):
             raise SaveError(f"'{path}' is a directory; give a file name for the image")
+        _remove_stale(d, base)
         self.tmp = os.path.join(d, f".{base}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
         try:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -159,9 +199,11 @@ class ImageWriter:
         except OSError as e:
             raise SaveError(f"cannot finish '{self.path}': {e.strerror}") from None
         self.committed = True
-        if old:
+        if old and self.sync:
             # Freeing a large old image takes as long as writing one: not while the user waits.
             threading.Thread(target=_unlink_quietly, args=(old,), daemon=True).start()
+        elif old:
+            _retire(old, self.path)
         return self.path
 
     def _replace(self) -> str | None:
@@ -170,7 +212,7 @@ class ImageWriter:
         Over an existing image, an exchange (renameat2 RENAME_EXCHANGE) rather than a
         rename: ext4 flushes a file renamed over another before the rename returns
         (auto_da_alloc), 0.3-0.6 s for 512 MiB here; the old image then ends up at the
-        temporary name and is freed in the background.
+        temporary name, and is removed once the new one is on disk (_retire).
         """
         if os.path.exists(self.path) and _exchange(self.tmp, self.path):
             return self.tmp
