@@ -573,6 +573,8 @@ class Live:
     xcr0: int | None = None         # the XSAVE components this CPU enables
     time_offsets: tuple[int, int] | None = None   # a time namespace's (monotonic, boottime)
     take_creds: bool = False        # the process must become the saved user (root restores)
+    image_fd: int | None = None     # where the stub holds the image it was handed (the open
+                                    # file that was checked), if it was
     stub_nice: int = 0
 
 
@@ -676,7 +678,8 @@ class _Builder:
         self.fill = fill
         self.steps: list[Step] = []
         self.warnings: list[str] = []
-        self.fds = _FdAlloc(live.fd_limit, {f.fd for f in img.fds})
+        self.fds = _FdAlloc(live.fd_limit, {f.fd for f in img.fds} | (
+            {live.image_fd} if live.image_fd is not None else set()))
         self.stub = [m for m in live.stub_maps if m.kind not in SPECIAL_KINDS
                      and m.kind != Kind.VSYSCALL and m.path != "[stack]"]
         self.live_special = {m.kind: m for m in live.stub_maps if m.kind in SPECIAL_KINDS}
@@ -701,9 +704,11 @@ class _Builder:
         temp = self._park_specials()
         self.shift = temp
         self._clear_stub()
-        image_fd = self.fds.take()
-        self.steps.append(OpenFile(path=self.live.image_path, flags=OpenFlag.RDONLY, fd=image_fd,
-                                   why="the image"))
+        image_fd = self.live.image_fd
+        if image_fd is None:       # a stub that was not handed the image opens it by path
+            image_fd = self.fds.take()
+            self.steps.append(OpenFile(path=self.live.image_path, flags=OpenFlag.RDONLY,
+                                       fd=image_fd, why="the image"))
         file_fds = self._open_files()
         # Opened early: later steps may lower RLIMIT_NOFILE below the fd chosen.
         self.exe_fd = self._open_exe()

@@ -65,3 +65,42 @@ def test_lazy_refuses_a_compressed_image_and_keeps_the_process(sessions, tmp_pat
         s.cli(f"ckpt restore --lazy {img}")
     assert "compressed" in e.value.msg and "without --lazy" in e.value.msg
     assert s.pid() == pid, "a refused restore must not have replaced the process"
+
+
+def test_lazy_refuses_an_image_others_may_write(sessions, tmp_path):
+    argv = [example("counter"), "5", "1"]
+    img = str(tmp_path / "p.img")
+    save(sessions, argv, str(tmp_path / "before"), img, "compute_step")
+    os.chmod(img, 0o666)
+    r = sessions()
+    with pytest.raises(MiError) as e:
+        r.cli(f"ckpt restore --lazy {img}", timeout=120)
+    assert "may be written by others" in e.value.msg and "mode 666" in e.value.msg
+    assert r.pid() == 0
+
+
+def test_what_is_restored_is_what_was_checked(tmp_path):
+    """An image swapped for another between the check and the restore: the stub reads the
+    file that was opened and checked, never the path again."""
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from harness import BATCH, wait_for_output, wait_gone
+
+    from gdbckpt.engine import restore as engine
+    images, outs = [], []
+    for steps in ("30", "40"):
+        out, img = str(tmp_path / f"out{steps}"), str(tmp_path / f"p{steps}.img")
+        with open(out, "w") as f:
+            p = subprocess.Popen([example("counter"), steps, "20"], stdout=f,
+                                 stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_output(out, r"^step 2 ")
+        subprocess.run([*BATCH, str(p.pid), "-o", img, "--kill", "--no-sync"], check=True,
+                       capture_output=True)
+        p.wait()
+        images.append(img)
+        outs.append(out)
+    prepared = engine.prepare(images[0], stdio={0: "/dev/null"})
+    os.replace(images[1], images[0])          # the path now names the other image
+    r = engine.restore(prepared, stopped=False, new_session=True)
+    wait_gone(r.pid)
+    assert read(outs[0]) == uninterrupted([example("counter"), "30", "20"])

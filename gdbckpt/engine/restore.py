@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
+import resource
 import struct
 import time
 
@@ -80,6 +81,8 @@ def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
     """
     t0 = time.perf_counter()
     img = Image.open(os.path.abspath(path))
+    if fill == "lazy":
+        _check_lazy(img)
     if verify and fill != "lazy":
         img.verify_chunks()
     p = Prepared(img, planmod.check_files(img), planmod.check_fds(img), force, fill, vdso_mode,
@@ -93,12 +96,23 @@ def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
     return p
 
 
+def _check_lazy(img: Image) -> None:
+    """A lazy restore maps the image into the process, copy-on-write: a file anyone else
+    could write would change the running process under it."""
+    st = os.fstat(img.fd)
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        raise RestoreError(f"--lazy maps the image into the process, and '{img.path}' may be "
+                           f"written by others (owner uid {st.st_uid}, mode "
+                           f"{st.st_mode & 0o777:o}): restore without --lazy, or from a copy "
+                           "only you can write")
+
+
 def dry_run(p: Prepared) -> RestoreResult:
     """The plan a restore would run, from a stub of its own that is then killed."""
     p.sysv = sysv.prepare(p.img.vmas, create=False)
     ids = [t.tid for t in p.img.threads]
     p.same_ids = _checkpoint_capable() and not any(_exists(t) for t in ids)
-    stub = Stub.start()
+    stub = Stub.start(hand=_image_hand(p.img))
     try:
         plan = planmod.build(p.img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
     finally:
@@ -115,7 +129,7 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
     img, t0, phases = p.img, p.t0, p.phases
     ids = [t.tid for t in img.threads]
     want = ids[0] if _checkpoint_capable() and not any(_exists(t) for t in ids) else 0
-    stub = _start_stub(want, new_session)
+    stub = _start_stub(want, new_session, _image_hand(img))
     p.same_ids = bool(want) and stub.pid == want and not any(_exists(t) for t in ids[1:])
     phases["start stub"] = time.perf_counter() - t0
     try:
@@ -145,17 +159,28 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
 PID_TRIES = 5
 
 
-def _start_stub(want: int, new_session: bool) -> Stub:
+def _image_hand(img: Image) -> tuple[int, int]:
+    """The image's open file, and the number the stub holds it at: the highest below the
+    fd limit (which the stub inherits) that no saved descriptor uses."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    number = min(soft, 1 << 20) - 1
+    taken = {f.fd for f in img.fds}
+    while number in taken:
+        number -= 1
+    return img.fd, number
+
+
+def _start_stub(want: int, new_session: bool, hand: tuple[int, int]) -> Stub:
     """The stub, with pid want if it can be had: on a busy machine another process may
     take the pid between ns_last_pid and the spawn, so a few tries; then any pid."""
     for _ in range(PID_TRIES if want else 1):
-        stub = Stub.start(want, new_session=new_session)
+        stub = Stub.start(want, new_session=new_session, hand=hand)
         if not want or stub.pid == want:
             return stub
         stub.kill()
         if _exists(want):
             break           # taken for good: go on with a new pid
-    return Stub.start(0, new_session=new_session)
+    return Stub.start(0, new_session=new_session, hand=hand)
 
 
 def set_dumpable(proc: Process, img: Image, creds_taken: bool = False) -> list[str]:
@@ -178,12 +203,13 @@ def _live(stub: Stub, p: Prepared) -> planmod.Live:
         vdso=stub.proc.read(vdso.start, vdso.size) if vdso else None,
         fd_limit=stub.fd_limit(), image_path=p.img.path, file_problems=p.files,
         can_set_exe=_checkpoint_capable(), stub_pid=stub.pid,
-        stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")},
+        stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")} - {stub.image_fd},
         stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
         has_tty=_has_tty(), fd_checks=p.fds, force=p.force,
         timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
         sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),
-        time_offsets=_time_offsets(p), take_creds=p.take_creds)
+        time_offsets=_time_offsets(p), take_creds=p.take_creds,
+        image_fd=stub.image_fd)
 
 
 def _time_offsets(p: Prepared) -> tuple[int, int] | None:
@@ -320,7 +346,7 @@ class _Executor:
         """Copy chunks through /proc/PID/mem: raw ones through one reused buffer."""
         if self._buf is None:
             self._buf = mmap.mmap(-1, 4 << 20)
-            self._img_fd = os.open(self.img.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._img_fd = os.dup(self.img.fd)
         view = memoryview(self._buf)
         for c in chunks:
             if c.codec != fmt.Codec.NONE or c.flags & fmt.ChunkFlags.ZERO:

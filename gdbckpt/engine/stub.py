@@ -78,18 +78,24 @@ class Stub:
         self._written = 0
 
     @classmethod
-    def start(cls, want_pid: int = 0, new_session: bool = False) -> Stub:
-        """Spawn the stub, wait until it is parked on its own stack, seize it."""
+    def start(cls, want_pid: int = 0, new_session: bool = False,
+              hand: tuple[int, int] | None = None) -> Stub:
+        """Spawn the stub, wait until it is parked on its own stack, seize it.
+
+        hand: (our fd, its number in the stub): an open file the stub starts with.
+        """
         path = native.stub_path()
         if not native.stub_built():
             raise RestoreError(f"the restart stub {path} is not built: {native.native_hint()}")
         with deferred_signals():
-            pid, hello = _spawn_parked(path, want_pid, new_session)
+            pid, hello = _spawn_parked(path, want_pid, new_session, hand)
             try:
                 ptrace.seize(pid, TRACE_OPTIONS)
                 ptrace.interrupt(pid)
                 _wait_event_stop(pid)
-                return cls(pid, hello)
+                stub = cls(pid, hello)
+                stub.image_fd = hand[1] if hand else None
+                return stub
             except (ptrace.PtraceError, RestoreError) as e:
                 _kill_and_reap(pid)
                 raise RestoreError(f"cannot take hold of the restart stub: {e}") from None
@@ -227,8 +233,8 @@ def _kill_and_reap(pid: int) -> None:
         pass
 
 
-def _spawn_parked(path: str, want_pid: int = 0,
-                  new_session: bool = False) -> tuple[int, bytes]:
+def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False,
+                  hand: tuple[int, int] | None = None) -> tuple[int, bytes]:
     """Start the stub with only stdio and its ready pipe; returns once it is parked, with
     the pid and what the stub said.
 
@@ -242,12 +248,14 @@ def _spawn_parked(path: str, want_pid: int = 0,
         except OSError:
             pass
     r, w = os.pipe()
-    actions = [(os.POSIX_SPAWN_DUP2, w, STUB_READY_FD)]
+    # The handed file first: it may sit at STUB_READY_FD's number in this process.
+    actions = [(os.POSIX_SPAWN_DUP2, *hand)] if hand is not None else []
+    actions.append((os.POSIX_SPAWN_DUP2, w, STUB_READY_FD))
     # Descriptors the front end inherited without close-on-exec must not reach
     # the restored process.
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2 and fd not in (w, STUB_READY_FD):
+        if fd > 2 and fd not in (w, STUB_READY_FD) and (hand is None or fd != hand[1]):
             try:
                 if not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
                     actions.append((os.POSIX_SPAWN_CLOSE, fd))

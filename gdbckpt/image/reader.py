@@ -11,6 +11,7 @@ import bisect
 import dataclasses
 import os
 import stat
+import weakref
 
 from ..engine.ptrace import USER_REGS
 from ..errors import ImageError
@@ -60,6 +61,9 @@ class Image:
     fds: list[FdInfo]
     notes: list[str]
     _starts: list[int] | None = dataclasses.field(default=None, repr=False)
+    # The one open file everything is read from (and a restore's stub inherits): what was
+    # checked is what is restored, whatever happens to the path meanwhile.
+    fd: int = dataclasses.field(default=-1, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: str) -> Image:
@@ -94,16 +98,10 @@ class Image:
         """The chunk's memory bytes, checked and decompressed."""
         if chunk.flags & fmt.ChunkFlags.ZERO:
             return bytes(chunk.size)
-        own = fd is None
-        if own:
-            fd = _open(self.path)
         try:
-            raw = os.pread(fd, chunk.span, chunk.offset)
+            raw = os.pread(self.fd if fd is None else fd, chunk.span, chunk.offset)
         except OSError as e:
             raise ImageError(f"'{self.path}' cannot be read: {e.strerror}") from None
-        finally:
-            if own:
-                os.close(fd)
         if len(raw) != chunk.span or fmt.checksum(raw) != chunk.csum:
             raise ImageError(f"'{self.path}': chunk at {chunk.vaddr:#x} (image offset "
                              f"{chunk.offset:#x}) is corrupt: checksum mismatch")
@@ -114,18 +112,14 @@ class Image:
 
     def verify_chunks(self, progress=None) -> int:
         """Check every chunk's checksum; returns the bytes checked."""
-        fd = _open(self.path)
         total = 0
-        try:
-            for c in self.table:
-                if c.flags & fmt.ChunkFlags.ZERO:
-                    continue
-                self._check_span(fd, c)
-                total += c.span
-                if progress:
-                    progress(total)
-        finally:
-            os.close(fd)
+        for c in self.table:
+            if c.flags & fmt.ChunkFlags.ZERO:
+                continue
+            self._check_span(self.fd, c)
+            total += c.span
+            if progress:
+                progress(total)
         return total
 
     def _check_span(self, fd: int, c: Chunk) -> None:
@@ -148,7 +142,8 @@ class Image:
 
 def _open(path: str) -> int:
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # Never blocking: a FIFO given as an image is refused, not waited on.
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as e:
         raise ImageError(f"cannot open '{path}': {e.strerror}") from None
 
@@ -201,19 +196,23 @@ class _Loader:
             trailer = os.pread(fd, fmt.TRAILER_SIZE, size - fmt.TRAILER_SIZE)
             nrec, meta_off, meta_len, image_csum = self._check_trailer(trailer, size)
             meta = os.pread(fd, meta_len, meta_off)
+            if len(meta) != meta_len:
+                raise self.fail("is truncated in its metadata")
+            if fmt.checksum(header + meta) != image_csum:
+                # Name the record that is wrong when there is one.
+                self._records(meta, nrec)
+                raise self.fail("is corrupt: whole-image checksum mismatch (header or metadata)")
+            records = self._records(meta, nrec)
+            img = self._build(records, size, meta_off)
         except OSError as e:
-            raise self.fail(f"cannot be read: {e.strerror}") from None
-        finally:
             os.close(fd)
-        if len(meta) != meta_len:
-            raise self.fail("is truncated in its metadata")
-        if fmt.checksum(header + meta) != image_csum:
-            # Name the record that is wrong when there is one.
-            self._records(meta, nrec)
-            raise self.fail("is corrupt: whole-image checksum mismatch (header or metadata)")
-        records = self._records(meta, nrec)
-        img = self._build(records, size, meta_off)
+            raise self.fail(f"cannot be read: {e.strerror}") from None
+        except BaseException:
+            os.close(fd)
+            raise
         img.version, img.flags, img.created_ns = version, fmt.ImageFlags(flags), created
+        img.fd = fd
+        weakref.finalize(img, os.close, fd)
         return img
 
     def _check_header(self, header: bytes) -> tuple[int, int, int]:
