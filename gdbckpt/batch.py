@@ -382,21 +382,46 @@ def verify(args, out: Out) -> Exit:
 
 
 def pick_process() -> int:
-    """Ask for a pid on a terminal, completing over this user's processes."""
+    """Ask for a process on a terminal: your own processes, with their command lines,
+    filtered as you type by pid or by any part of the command. Only a process offered
+    can be picked: a pid typed in full, or a name that matches exactly one."""
     if not sys.stdin.isatty():
         raise BatchError("no PID given (and no terminal to pick one on)", Exit.USAGE)
     from prompt_toolkit import prompt
-    from prompt_toolkit.completion import WordCompleter
+    from prompt_toolkit.completion import Completer, Completion
     procs = list_processes()
-    words = [str(p) for p, _, _ in procs]
-    meta = {str(p): f"{cmd[:60]}  {rss // 1024} MiB" for p, cmd, rss in procs}
+
+    class Picker(Completer):
+        def get_completions(self, document, complete_event):
+            for pid, cmd in matching(procs, document.text):
+                yield Completion(str(pid), start_position=-len(document.text),
+                                 display=f"{pid}  {cmd[:70]}")
+
     try:
-        answer = prompt("pid> ", completer=WordCompleter(words, meta_dict=meta))
+        answer = prompt("pid or name> ", completer=Picker(), complete_while_typing=True)
     except (EOFError, KeyboardInterrupt):
         raise BatchError("no process picked", Exit.USAGE) from None
-    if not answer.strip().isdigit():
-        raise BatchError(f"'{answer}' is not a pid", Exit.USAGE)
-    return int(answer)
+    return picked(procs, answer)
+
+
+def matching(procs: list[tuple[int, str, int]], text: str) -> list[tuple[int, str]]:
+    """Processes whose pid starts with text, or whose command contains it."""
+    text = text.strip().lower()
+    return [(pid, cmd) for pid, cmd, _ in procs
+            if str(pid).startswith(text) or (text and text in cmd.lower())]
+
+
+def picked(procs: list[tuple[int, str, int]], answer: str) -> int:
+    """The process an answer names: a listed pid in full, or the one process matching."""
+    answer = answer.strip()
+    if answer.isdigit() and any(pid == int(answer) for pid, _, _ in procs):
+        return int(answer)
+    found = [pid for pid, cmd in matching(procs, answer) if not answer.isdigit()]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise BatchError(f"'{answer}' is none of your processes", Exit.USAGE)
+    raise BatchError(f"'{answer}' matches {len(found)} processes: give the pid", Exit.USAGE)
 
 
 def list_processes() -> list[tuple[int, str, int]]:

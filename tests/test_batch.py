@@ -248,7 +248,7 @@ def test_on_a_terminal_picks_a_process_and_shows_progress(tmp_path):
                     except OSError:
                         break
             assert needle in seen, seen[-2000:]
-        read_until(b"pid>")
+        read_until(b"pid or name>")
         if b"\x1b[6n" in seen:
             os.write(master, b"\x1b[1;1R")      # answer the cursor position request
         time.sleep(0.3)
@@ -400,3 +400,16 @@ def test_a_power_cut_after_a_save_over_an_image_leaves_one_that_verifies(tmp_pat
         assert good, os.listdir(mnt)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_the_picker_matches_pids_in_full_and_names_uniquely():
+    from gdbckpt.batch import BatchError, matching, picked
+    procs = [(3014, "/usr/bin/python3 worker.py", 10), (30149, "redis-server *:6379", 20),
+             (812, "/usr/bin/python3 other.py", 5)]
+    assert [p for p, _ in matching(procs, "3014")] == [3014, 30149]
+    assert picked(procs, "3014") == 3014           # never the other one that starts so
+    assert picked(procs, "redis") == 30149
+    with pytest.raises(BatchError, match="matches 2 processes"):
+        picked(procs, "python3")
+    with pytest.raises(BatchError, match="none of your processes"):
+        picked(procs, "301")
