@@ -176,7 +176,7 @@ class BatchFront(Front):
 
 
 class Guard:
-    """SIGINT and SIGTERM wait for the save or restore in progress (an image is never
+    """SIGINT, SIGTERM and SIGHUP wait for the save or restore in progress (an image is never
     left half-written, a process never half-made); --timeout ends it with an error."""
 
     def __init__(self, timeout: float):
@@ -184,7 +184,8 @@ class Guard:
         self.interrupted = False
 
     def __enter__(self):
-        self.old = {s: signal.signal(s, self._interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.old = {s: signal.signal(s, self._interrupt)
+                    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         self.old_alarm = signal.signal(signal.SIGALRM, self._expired)
         if self.timeout > 0:
             signal.setitimer(signal.ITIMER_REAL, self.timeout)

@@ -63,15 +63,19 @@ def offsets_file(mono: int, boot: int) -> bytes:
 
 
 def may_make_namespace() -> bool:
-    """CAP_SYS_ADMIN, which a time namespace needs (without a user namespace)."""
+    """A kernel with time namespaces, and CAP_SYS_ADMIN (to make one) and CAP_SYS_TIME (to
+    set its offsets), which it needs without a user namespace."""
+    if not os.path.exists("/proc/self/ns/time"):
+        return False
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> 21 & 1)
+                    caps = int(line.split()[1], 16)
+                    return bool(caps >> 21 & 1 and caps >> 25 & 1)
     except OSError:
         pass
-    return os.geteuid() == 0
+    return False
 
 
 def seconds(ns: int) -> str:
@@ -91,7 +95,8 @@ def plan_for(saved: ClockState | None,
         mono, _ = continuing(saved)
         return continuing(saved), ("they go on from the saved values in a time namespace "
                                    f"(monotonic offset {seconds(mono)})"), False
-    why = "--clocks=host" if mode == "host" else "no time namespace without CAP_SYS_ADMIN"
+    why = "--clocks=host" if mode == "host" else \
+        "no time namespace without CAP_SYS_ADMIN and CAP_SYS_TIME"
     if back > 0:
         return None, (f"CLOCK_MONOTONIC jumps back by {seconds(back)} ({why}): timers and "
                       "timeouts of the program may go wrong"), True

@@ -16,12 +16,19 @@ from .errors import RestoreError
 from .image.model import Credentials
 from .linux import Prctl, Sys
 
-CAP_LAST = 40                  # CAP_CHECKPOINT_RESTORE, the highest this kernel knows
-ALL_CAPS = (1 << (CAP_LAST + 1)) - 1
+
+def cap_last() -> int:
+    """The highest capability this kernel knows (40, CAP_CHECKPOINT_RESTORE, on 5.9+)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 40
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
 CAP_V3 = 0x20080522
+KEEP_CAPS, KEEP_CAPS_LOCKED = 0x10, 0x20        # securebits
 CAP_HEADER = struct.Struct("<Ii")
 CAP_DATA = struct.Struct("<III")         # effective, permitted, inheritable (32 caps each)
 
@@ -84,12 +91,16 @@ def calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
     out: list[tuple[int, object, bytes | None]] = []
     groups = struct.pack(f"<{len(c.groups)}I", *c.groups) if c.groups else b"\0" * 4
     out.append((Sys.setgroups, lambda at: (len(c.groups), at), groups))
-    for cap in range(CAP_LAST + 1):
+    last = cap_last()
+    for cap in range(last + 1):
         if not c.bounding >> cap & 1:
             out.append((Sys.prctl, (PR_CAPBSET_DROP, cap), None))
-    keep = bool(c.permitted) and c.uids[1] != 0
+    # Capabilities kept across setresuid: KEEP_CAPS for the moment, unless the saved
+    # securebits lock it (they then keep them, or the saved process had none either).
+    keep = bool(c.permitted) and c.uids[1] != 0 and not c.securebits & KEEP_CAPS_LOCKED
     if c.securebits or keep:
-        out.append((Sys.prctl, (PR_SET_SECUREBITS, c.securebits | (0x10 if keep else 0)), None))
+        out.append((Sys.prctl, (PR_SET_SECUREBITS, c.securebits | (KEEP_CAPS if keep else 0)),
+                    None))
     r, e, s, fs = (c.gids + [c.gids[0]] * 4)[:4]
     out.append((Sys.setresgid, (r, e, s), None))
     out.append((Sys.setfsgid, (fs,), None))
@@ -100,10 +111,10 @@ def calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
                                   c.inheritable >> k & 0xFFFFFFFF) for k in (0, 32))
     out.append((Sys.capset, lambda at: (at, at + CAP_HEADER.size),
                 CAP_HEADER.pack(CAP_V3, 0) + data))
-    for cap in range(CAP_LAST + 1):
+    for cap in range(last + 1):
         if c.ambient >> cap & 1:
             out.append((Sys.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap), None))
-    if keep and not c.securebits & 0x10:
+    if keep and not c.securebits & KEEP_CAPS:
         out.append((Sys.prctl, (Prctl.SET_KEEPCAPS, 0), None))
     return out
 

@@ -115,6 +115,7 @@ class Process:
     def release(self, stop: bool = False) -> None:
         """Let go of every thread we seized; with stop, the process stays stopped."""
         if not self.owned:
+            self.close()
             return
         with deferred_signals():
             self._release(stop)
@@ -364,12 +365,23 @@ class Process:
         __WALL sees it (reap_snapshot makes that one). Should the tracer die, the
         child is killed (EXITKILL), and were it ever to run, it would only exit.
         """
+        with deferred_signals():
+            try:
+                return self._snapshot()
+            except BaseException:
+                for child in self.children:
+                    drop_snapshot(child)
+                raise
+
+    def _snapshot(self) -> int:
         tid = self.current
         options = ptrace.Opt.TRACESYSGOOD | ptrace.Opt.TRACECLONE
         self._pt(ptrace.set_options, tid, options)
         self.children = []
         try:
-            ret = self.syscall(Sys.clone, 0, 0, 0, 0, 0, tid=tid)
+            # CLONE_FILES and CLONE_FS: the copy holds no reference of its own to the
+            # process's files (a closed socket's port is free again, a pipe's peer sees EOF).
+            ret = self.syscall(Sys.clone, CLONE_FILES | CLONE_FS, 0, 0, 0, 0, tid=tid)
         finally:
             self._pt(ptrace.set_options, tid, ptrace.Opt.TRACESYSGOOD)
         if is_syscall_error(ret) or not self.children:
@@ -379,14 +391,10 @@ class Process:
         status = ptrace.wait(child)
         if not os.WIFSTOPPED(status):
             raise self.raise_as("the snapshot of the process ended at once")
-        try:
-            regs = self.regs(child)
-            regs.update(rip=self._find_syscall_insn(), rax=Sys.exit_group, rdi=0, orig_rax=-1)
-            self.set_regs(regs, child)
-            ptrace.set_options(child, ptrace.Opt.EXITKILL)
-        except (CkptError, ptrace.PtraceError):
-            drop_snapshot(child)
-            raise
+        ptrace.set_options(child, ptrace.Opt.EXITKILL)
+        regs = self.regs(child)
+        regs.update(rip=self._find_syscall_insn(), rax=Sys.exit_group, rdi=0, orig_rax=-1)
+        self.set_regs(regs, child)
         return child
 
     def syscall_ok(self, nr: int, *args: int, what: str, tid: int | None = None) -> int:
@@ -507,6 +515,7 @@ def reap_snapshot(pid: int, child: int, raise_as=SaveError) -> None:
 
 
 WALL_FLAG, WNOHANG = 0x40000000, 1
+CLONE_FS, CLONE_FILES = 0x200, 0x400
 
 
 def threads_of(pid: int) -> list[int]:

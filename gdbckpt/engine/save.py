@@ -123,6 +123,7 @@ class _Saver:
             progress = self.front.progress("save", total)
             if compressor is None:
                 w.reserve(total)
+            vdso = self._vdso(maps)     # read while stopped: the process may exit after
             # Deleted files' bytes while the process is stopped: it may write them.
             for f in fds:
                 if f.kind == fdsmod.FdKind.DELETED:
@@ -136,10 +137,12 @@ class _Saver:
                     dumper.dump(region)
                     progress(dumper.stats.mapped)
                 if later:
-                    child = self.inf.snapshot()
-                    dumper.switch(child)
+                    child = self._snapshot()
+                    if child:
+                        dumper.switch(child)
                     phases["stopped"] = time.perf_counter() - t0
-                    self.resume()
+                    if child:
+                        self.resume()
                     for region in later:
                         dumper.dump(region)
                         progress(dumper.stats.mapped)
@@ -152,6 +155,8 @@ class _Saver:
                         drop_snapshot(child)
                         reap_snapshot(self.inf.pid, child)
             phases["memory"] = time.perf_counter() - t1
+            if child is None and self.resume:
+                self.resume()
             if dumper.stats.unreadable:
                 self.notes.append(f"{dumper.stats.unreadable // PAGE_SIZE} pages could not be read "
                                   "(past the end of a mapped file): a restore leaves them as "
@@ -165,7 +170,7 @@ class _Saver:
                 w.add_record(fmt.RecordType.THREAD, th)
             w.add_record(fmt.RecordType.VMAS, {"vmas": [self._vma(m, file_of) for m in maps]})
             w.add_record(fmt.RecordType.FILES, {"files": files})
-            w.add_record(fmt.RecordType.VDSO, self._vdso(maps))
+            w.add_record(fmt.RecordType.VDSO, vdso)
             w.add_record(fmt.RecordType.FDS, {"fds": fds})
             if self.notes:
                 w.add_record(fmt.RecordType.NOTES, {"notes": self.notes})
@@ -176,6 +181,15 @@ class _Saver:
                           mappings=len(maps), stored=st.stored, mapped=st.mapped,
                           image_size=os.path.getsize(final),
                           seconds=time.perf_counter() - t0, notes=self.notes, phases=phases)
+
+    def _snapshot(self) -> int | None:
+        """A copy-on-write snapshot, or None where one cannot be made (a process limit,
+        say): the memory is then read while the process stays stopped."""
+        try:
+            return self.inf.snapshot()
+        except SaveError as e:
+            self.notes.append(f"{e}; the process stayed stopped while its memory was read")
+            return None
 
     def _check_seccomp(self) -> None:
         """A seccomp filter may refuse the system calls the save injects, or kill the

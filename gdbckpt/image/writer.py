@@ -62,7 +62,7 @@ def _retire(old: str, new: str) -> None:
         pass        # the old image stays at its temporary name: removed by a later save
 
 
-def _remove_stale(directory: str, base: str) -> None:
+def _remove_stale(directory: str, base: str, keep=frozenset()) -> None:
     """Temporary files of savers that died (or old images kept after a crash) for this
     image: removed once their saver is gone and they are a minute old."""
     prefix = f".{base}.tmp-"
@@ -74,6 +74,8 @@ def _remove_stale(directory: str, base: str) -> None:
     for name in names:
         pid = name[len(prefix):].split("-", 1)[0]
         path = os.path.join(directory, name)
+        if path in keep:
+            continue
         try:
             if (pid.isdigit() and os.path.exists(f"/proc/{pid}")) or \
                     now - os.lstat(path).st_ctime < STALE_AFTER:     # ctime: renamed
@@ -108,7 +110,6 @@ class ImageWriter:
         d, base = os.path.split(self.path)
         if os.path.isdir(self.path):
             raise SaveError(f"'{path}' is a directory; give a file name for the image")
-        _remove_stale(d, base)
         self.tmp = os.path.join(d, f".{base}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
         try:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -199,6 +200,9 @@ class ImageWriter:
         except OSError as e:
             raise SaveError(f"cannot finish '{self.path}': {e.strerror}") from None
         self.committed = True
+        # Only once the new image is in place: until then an old one kept after a crash
+        # may be the only good image there is.
+        _remove_stale(*os.path.split(self.path), keep={old})
         if old and self.sync:
             # Freeing a large old image takes as long as writing one: not while the user waits.
             threading.Thread(target=_unlink_quietly, args=(old,), daemon=True).start()
