@@ -48,9 +48,9 @@ EXIT_HELP = "\n".join(f"  {e.value:>3}  {e.name.lower().replace('_', ' ')}" for 
 
 
 class BatchError(Exception):
-    def __init__(self, message: str, code: Exit, detail: str = ""):
+    def __init__(self, message: str, code: Exit):
         super().__init__(message)
-        self.code, self.detail = code, detail
+        self.code = code
 
 
 # --- checks before anything touches the process ------------------------------------

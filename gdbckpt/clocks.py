@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 
+from . import creds
 from .image.model import ClockState
 
 CLONE_NEWTIME = 0x80
@@ -65,17 +66,8 @@ def offsets_file(mono: int, boot: int) -> bytes:
 def may_make_namespace() -> bool:
     """A kernel with time namespaces, and CAP_SYS_ADMIN (to make one) and CAP_SYS_TIME (to
     set its offsets), which it needs without a user namespace."""
-    if not os.path.exists("/proc/self/ns/time"):
-        return False
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    caps = int(line.split()[1], 16)
-                    return bool(caps >> 21 & 1 and caps >> 25 & 1)
-    except OSError:
-        pass
-    return False
+    return os.path.exists("/proc/self/ns/time") and creds.have(creds.CAP_SYS_ADMIN,
+                                                                creds.CAP_SYS_TIME)
 
 
 def seconds(ns: int) -> str:

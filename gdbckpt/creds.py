@@ -27,6 +27,7 @@ def cap_last() -> int:
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
+CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN, CAP_SYS_TIME, CAP_CHECKPOINT_RESTORE = 6, 7, 21, 25, 40
 CAP_V3 = 0x20080522
 KEEP_CAPS, KEEP_CAPS_LOCKED = 0x10, 0x20        # securebits
 CAP_HEADER = struct.Struct("<Ii")
@@ -50,6 +51,12 @@ def own() -> Credentials:
     return from_status(status)
 
 
+def have(*caps: int) -> bool:
+    """Whether this process has every one of caps in its effective set."""
+    effective = own().effective
+    return all(effective >> cap & 1 for cap in caps)
+
+
 def describe(c: Credentials) -> str:
     caps = f", capabilities {c.effective:#x}" if c.effective else ""
     return (f"uid {'/'.join(map(str, c.uids[:3]))} ({_user(c.uids[0])}), gid "
@@ -71,7 +78,7 @@ def check(saved: Credentials | None, mine: Credentials) -> bool:
         return False
     if _same(saved, mine):
         return False
-    if mine.uids[1] == 0 and mine.effective & (1 << 7) and mine.effective & (1 << 6):
+    if mine.uids[1] == 0 and mine.effective >> CAP_SETUID & 1 and mine.effective >> CAP_SETGID & 1:
         return True      # root, with CAP_SETUID and CAP_SETGID: the process becomes the user
     if saved.uids[:3] != mine.uids[:3] or saved.gids[:3] != mine.gids[:3]:
         raise RestoreError(f"the saved process ran as {describe(saved)}; only root or that "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from .engine.ptrace import USER_REGS
 from .image.model import SyscallState
 from .linux import Restart, Sys
 
@@ -15,13 +16,11 @@ SYSCALL_INSN = b"\x0f\x05"
 USER_CS_64 = 0x33      # __USER_CS: the code segment of a 64-bit thread
 USER_DS = 0x2B
 MASK64 = (1 << 64) - 1
-GENERAL = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags "
-           "rsp ss fs_base gs_base ds es fs gs").split()
 
 
 def blank(**values: int) -> dict[str, int]:
     """A 64-bit thread's general registers: zero, but for the segments and the values given."""
-    regs = dict.fromkeys(GENERAL, 0)
+    regs = dict.fromkeys(USER_REGS, 0)
     regs.update(cs=USER_CS_64, ss=USER_DS, eflags=0x202)
     regs.update({k: v & MASK64 for k, v in values.items()})
     return regs

@@ -430,13 +430,8 @@ class Process:
     def call_with_input(self, nr: int, args_before: tuple, data: bytes,
                         args_after: tuple = (), tid: int | None = None) -> int:
         """Run a system call that reads data from a pointer argument; returns rax."""
-        addr = self.stack_scratch(len(data), tid)
-        keep = self.read(addr, len(data))
-        try:
-            self.write(addr, data)
-            return self.syscall(nr, *args_before, addr, *args_after, tid=tid)
-        finally:
-            self.write(addr, keep)
+        return self.call_with_data(nr, lambda addr: (*args_before, addr, *args_after), data,
+                                   tid)
 
     def call_with_data(self, nr: int, args, data: bytes, tid: int | None = None) -> int:
         """Run a system call whose arguments point into data: args(address) gives them."""

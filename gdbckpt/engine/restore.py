@@ -233,14 +233,10 @@ def _timer_ids_supported() -> bool:
 
 
 def _checkpoint_capable() -> bool:
-    """CAP_SYS_ADMIN (21) or CAP_CHECKPOINT_RESTORE (40): what the exe link, ns_last_pid
-    and clone3's set_tid need."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                caps = int(line.split()[1], 16)
-                return bool(caps >> 21 & 1 or caps >> 40 & 1)
-    return False
+    """CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE: what the exe link, ns_last_pid and
+    clone3's set_tid need."""
+    return credsmod.have(credsmod.CAP_SYS_ADMIN) or \
+        credsmod.have(credsmod.CAP_CHECKPOINT_RESTORE)
 
 
 def _exists(tid: int) -> bool:

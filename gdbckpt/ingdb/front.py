@@ -7,7 +7,6 @@ registers and memory changed behind its back.
 
 from __future__ import annotations
 
-import os
 import re
 
 import gdb
@@ -117,6 +116,3 @@ def _value_bytes(v: gdb.Value) -> bytes:
     arr = v.cast(gdb.selected_inferior().architecture().integer_type(8, False).array(n - 1))
     return bytes(int(arr[i]) & 0xFF for i in range(n))
 
-
-def program_exists(path: str | None) -> bool:
-    return bool(path) and os.path.exists(path)
