@@ -416,3 +416,26 @@ def test_the_picker_matches_pids_in_full_and_names_uniquely():
         picked(procs, "python3")
     with pytest.raises(BatchError, match="none of your processes"):
         picked(procs, "301")
+
+
+def test_in_gdb_root_restoring_a_users_image_runs_it_as_that_user(sessions, shared_dir):
+    """The same in GDB: the restored process runs as nobody, GDB (root) attached to it,
+    and it finishes right; a bad --clocks value is a one-line error."""
+    from harness import error_of, read
+    argv = [example("counter"), "40", "20"]
+    out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
+    p = subprocess.Popen([*NOBODY, *argv], stdout=open(out, "w"), stdin=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        wait_for_output(out, r"^step 3 ")
+        batch(str(p.pid), "-o", img, "--kill", prefix=NOBODY, check=0)
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+    s = sessions()
+    assert "--clocks takes one of continue, host" in error_of(s, f"ckpt restore --clocks=x {img}")
+    assert "Restored process" in s.restore(img, None, "/dev/null")
+    with open(f"/proc/{s.pid()}/status") as f:
+        assert "\nUid:\t65534\t65534\t65534\t65534\n" in f.read()
+    assert s.finish().get("reason") == "exited-normally"
+    assert read(out) == uninterrupted(argv)
