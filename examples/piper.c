@@ -1,6 +1,6 @@
 /*
- * piper: holds a pipe with data in it, which a restore cannot recreate
- * here: the save names the descriptor and a restore puts /dev/null there.
+ * piper: holds a pipe with data in it; at the end it reads the data back
+ * (a restore must give back the pipe, both ends, and its bytes).
  *
  *   ./piper [STEPS]
  */
@@ -23,5 +23,8 @@ int main(int argc, char **argv)
 		struct timespec ts = { 0, 10000000 };
 		nanosleep(&ts, NULL);
 	}
+	char buf[16] = { 0 };
+	ssize_t n = read(p[0], buf, sizeof buf - 1);
+	printf("read back %zd: %s\n", n, buf);
 	return 0;
 }

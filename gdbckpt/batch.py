@@ -34,7 +34,8 @@ from .procfs import Proc
 class Exit(enum.IntEnum):
     """Exit codes (documented in the README and in --help)."""
     OK = 0
-    FAILED = 1          # the save or restore failed (the message says why)
+    FAILED = 1          # the save or restore failed (the message says why); or --kill
+                        # kept the process alive: its image would not restore all of it
     USAGE = 2
     NO_PROCESS = 3      # no such process (or it ended)
     NOT_PERMITTED = 4   # the process may not be traced: permissions, ptrace_scope, a tracer
@@ -234,10 +235,26 @@ def save_once(pid: int, name: str, path: str, args, advance, after: str):
         result = engine_save.save(proc, path, front=BatchFront(advance), sync=not args.no_sync,
                                   compress=args.compress, strict=args.strict, resume=resume)
         if after == "killed":
+            if result.lost and not args.force:
+                raise BatchError(f"saved to {result.path}, but the process was left running: "
+                                 f"a restore would not give back {'; '.join(result.lost)} "
+                                 "(--force kills it anyway)", Exit.FAILED)
+            engine_save.quiet_connections(proc)
             os.kill(pid, signal.SIGKILL)
     finally:
         proc.release(stop=after == "stopped")
+    if after == "killed":
+        _wait_reaped(pid)
     return result
+
+
+def _wait_reaped(pid: int, seconds: float = 2.0) -> None:
+    """A killed process keeps its pid until its parent reaps it: a restore started
+    right after `--kill` can then have the same pid, which programs notice (asyncio
+    checks that its loop belongs to getpid())."""
+    deadline = time.monotonic() + seconds
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def save(args, out: Out) -> Exit:
@@ -464,7 +481,11 @@ def parser() -> argparse.ArgumentParser:
                    help="keep the process stopped while its memory is read (by default it "
                    "runs on, its memory read from a copy-on-write snapshot)")
     p.add_argument("--strict", action="store_true",
-                   help="refuse processes holding descriptors a restore cannot recreate")
+                   help="refuse to save a process that a restore would not give back whole "
+                   "(a connection to another process, say)")
+    p.add_argument("--force", action="store_true",
+                   help="with --kill: kill the process even if a restore would not give "
+                   "all of it back")
     p.add_argument("--every", type=float, metavar="SECONDS", help="save periodically")
     p.add_argument("--keep", type=int, default=3, metavar="N",
                    help="with --every, keep the newest N images (default 3)")

@@ -4,19 +4,23 @@ Plain Python over /proc/PID/fd and fdinfo (GDB's process may read them: it
 is the tracer). Regular files and directories are reopened by path at their
 offset, deleted files are recreated from the bytes the image holds,
 character devices are reopened, terminals go to the restoring session's
-terminal; pipes, sockets and other kernel objects cannot be recreated here
-and get /dev/null with the same access mode instead.
+terminal. Pipes (pipes.py), sockets (sockets.py) and eventfd, timerfd,
+signalfd and epoll descriptors (anonfds.py) are saved with their state, read
+through a copy of the descriptor (pidfd_getfd) while the process is stopped.
+What cannot be recreated gets /dev/null with the same access mode instead,
+and the save says so.
 """
 
 from __future__ import annotations
 
 import enum
+import fcntl
 import os
 import stat
 
 from .errors import SaveError
 from .image.model import FdInfo
-from .libc import libc
+from .libc import errno, libc
 
 KCMP_FILE = 0
 SYS_KCMP = 312
@@ -37,10 +41,13 @@ class FdKind(enum.StrEnum):
 
 
 # Kinds a restore recreates; the rest become /dev/null.
-RESTORABLE = {FdKind.FILE, FdKind.DIR, FdKind.DELETED, FdKind.CHARDEV, FdKind.TTY}
+RESTORABLE = {FdKind.FILE, FdKind.DIR, FdKind.DELETED, FdKind.CHARDEV, FdKind.TTY,
+              FdKind.PIPE, FdKind.SOCKET, FdKind.ANON}
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
 ACCMODE = 3
 O_RDWR = 2
 O_CLOEXEC = 0o2000000
+O_NONBLOCK = 0o4000
 O_PATH = 0o10000000
 # Flags that only matter when a file is created, never when one is reopened.
 CREATION_FLAGS = 0o100 | 0o200 | 0o1000 | 0o20000000   # CREAT, EXCL, TRUNC, TMPFILE bits
@@ -171,4 +178,184 @@ def device_problem(path: str) -> str | None:
 
 
 def describe(f: FdInfo) -> str:
+    if f.sock is not None:
+        from .sockets import label
+        return f"fd {f.fd} ({label(f.sock)})"
     return f"fd {f.fd} ({f.kind} {f.target})"
+
+
+def restorable(f: FdInfo) -> bool:
+    """Whether a restore gives this descriptor back (not /dev/null in its place)."""
+    if f.kind == FdKind.ANON:
+        return f.anon is not None
+    if f.kind == FdKind.SOCKET:
+        return f.sock is not None
+    if f.kind == FdKind.PIPE:
+        return f.pipe is not None
+    return f.kind in RESTORABLE
+
+
+class Grabber:
+    """Copies of a stopped process's descriptors in our own process (pidfd_getfd:
+    the same open files, so their state can be read as the process would)."""
+
+    def __init__(self, pid: int):
+        self.pidfd = libc().syscall(SYS_PIDFD_OPEN, pid, 0)
+        if self.pidfd < 0:
+            raise SaveError(f"pidfd_open({pid}): {os.strerror(errno())}")
+
+    def take(self, fd: int) -> int:
+        ours = libc().syscall(SYS_PIDFD_GETFD, self.pidfd, fd, 0)
+        if ours < 0:
+            raise OSError(errno(), f"pidfd_getfd of fd {fd}: {os.strerror(errno())}")
+        return ours
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+
+
+def read_states(pid: int, fds: list[FdInfo], repair: bool) -> list[str]:
+    """Fill in the state of every pipe, socket and anon-inode descriptor of the
+    stopped process pid; returns what a restore will not give back, one line each."""
+    from . import anonfds, pipes, sockets
+    lost: list[str] = []
+    grab = Grabber(pid)
+    try:
+        for f in fds:
+            if f.same_as >= 0 or f.kind not in (FdKind.PIPE, FdKind.SOCKET, FdKind.ANON):
+                continue
+            try:
+                if f.kind == FdKind.PIPE:
+                    ours = grab.take(f.fd)
+                    try:
+                        f.pipe = pipes.save(ours, f.target)
+                    finally:
+                        os.close(ours)
+                elif f.kind == FdKind.ANON:
+                    with open(f"/proc/{pid}/fdinfo/{f.fd}") as info:
+                        f.anon, why = anonfds.save(pid, f.fd, f.target, info.read())
+                    if why:
+                        lost.append(f"{describe(f)}: {why}")
+                else:
+                    ours = grab.take(f.fd)
+                    try:
+                        f.sock, whys = sockets.save(ours, repair)
+                    finally:
+                        os.close(ours)
+                    lost += [f"{describe(f)}: {why}" for why in whys]
+            except OSError as e:
+                lost.append(f"{describe(f)}: cannot be saved: {e.strerror or e}")
+        lost += _outside_peers(fds)
+    finally:
+        grab.close()
+    return lost
+
+
+def _outside_peers(fds: list[FdInfo]) -> list[str]:
+    """Pipes and unix sockets whose other end is in another process."""
+    from .pipes import ACCMODE as PIPE_ACC
+    ends: dict[int, set[int]] = {}
+    for f in fds:
+        if f.pipe is not None:
+            ends.setdefault(f.pipe.ino, set()).add(f.flags & PIPE_ACC)
+    inos = {f.sock.ino for f in fds if f.sock is not None}
+    out = []
+    for f in fds:
+        if f.pipe is not None and len(ends[f.pipe.ino]) < 2 and f.fd > 2 and not f.pipe.alone:
+            if f.flags & PIPE_ACC == os.O_RDONLY:
+                out.append(f"{describe(f)}: its writer is another process: it will read "
+                           "what was in it, then end of file")
+            else:
+                out.append(f"{describe(f)}: its reader is another process: writes will "
+                           "fail with EPIPE")
+        s = f.sock
+        if s is not None and s.peer_ino and s.peer_ino not in inos and s.type != 2:
+            out.append(f"{describe(f)}: its peer is another process: it comes back reset")
+    return out
+
+
+CAP_NET_BIND_SERVICE, CAP_NET_ADMIN = 10, 12
+
+
+def make_objects(kind: str, infos: tuple, creds=None) -> tuple[list[int], list[str]]:
+    """Our fds of the objects a plan.MakeFds step makes, one per info (-1 where its
+    info is None), and warnings. creds: the saved credentials when the restorer acts
+    for another user: nothing is made that they could not have made themselves."""
+    from . import anonfds, pipes, sockets, tcprepair
+    if kind == "pipe":
+        reader, writer = infos
+        state = (reader or writer).pipe
+        ends = pipes.make(state, reader.flags if reader else None,
+                          writer.flags if writer else None)
+        return _keep(ends, infos), []
+    if kind == "anon":
+        return [anonfds.make(infos[0].anon, infos[0].flags)], []
+    if kind == "socketpair":
+        ours = list(sockets.make_pair(infos[0].sock, infos[1].sock))
+        return _status_flags(ours, infos), []
+    st = infos[0].sock
+    repair = tcprepair.can_repair() and (creds is None or creds.effective >> CAP_NET_ADMIN & 1)
+    if creds is not None:
+        _check_port(st, creds)
+    fsids = (creds.uids[3], creds.gids[3]) if creds is not None else None
+    fd, warning = sockets.make(st, can_repair=bool(repair), fsids=fsids)
+    return _status_flags([fd], infos), [warning] if warning else []
+
+
+def _status_flags(ours: list[int], infos: tuple) -> list[int]:
+    """O_NONBLOCK as saved (an event loop's sockets have it: a blocking accept or
+    read would hang the loop)."""
+    for fd, info in zip(ours, infos, strict=True):
+        fcntl.fcntl(fd, fcntl.F_SETFL, info.flags & O_NONBLOCK)
+    return ours
+
+
+def _keep(ours: tuple[int, ...], infos: tuple) -> list[int]:
+    out = []
+    for fd, info in zip(ours, infos, strict=True):
+        if info is None:
+            os.close(fd)
+            fd = -1
+        out.append(fd)
+    return out
+
+
+def _check_port(st, creds) -> None:
+    """A port below ip_unprivileged_port_start only for a user who could bind it."""
+    if st.family == 1 or not st.local_port or creds.effective >> CAP_NET_BIND_SERVICE & 1:
+        return
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            first = int(f.read())
+    except (OSError, ValueError):
+        first = 1024
+    if st.local_port < first:
+        raise OSError(1, f"port {st.local_port} is privileged, and the saved user could "
+                         "not bind it")
+
+
+def quiet_connections(pid: int) -> None:
+    """Put the established TCP connections of the stopped process pid in repair mode,
+    just before it is killed for good: they then close without a FIN or an RST, and
+    leave no TIME_WAIT behind, so the restored process can have them again at once
+    (CRIU does the same). Best effort: without TCP_REPAIR they close as usual."""
+    from . import sockets, tcprepair
+    if not tcprepair.can_repair():
+        return
+    grab = Grabber(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+                ours = grab.take(int(name))
+            except OSError:
+                continue
+            try:
+                sockets.quiet(ours)
+            except OSError:
+                pass            # not an established TCP connection
+            finally:
+                os.close(ours)
+    finally:
+        grab.close()

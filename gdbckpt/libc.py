@@ -1,5 +1,6 @@
 """The C library, once, for the system calls Python's os module does not offer
-(process_vm_readv, ptrace, kcmp, renameat2, shmget, prctl)."""
+(process_vm_readv, ptrace, kcmp, renameat2, shmget, prctl, tee,
+signalfd, timerfd)."""
 
 import ctypes
 import functools
@@ -12,6 +13,7 @@ def libc() -> ctypes.CDLL:
     lib.ptrace.restype = ctypes.c_long
     lib.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
     lib.process_vm_readv.restype = ctypes.c_ssize_t
+    lib.tee.restype = ctypes.c_ssize_t
     lib.shmget.restype = ctypes.c_int
     lib.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
     return lib

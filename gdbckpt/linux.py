@@ -129,6 +129,7 @@ class Sys(enum.IntEnum):
     timer_create = 222
     timer_settime = 223
     timer_gettime = 224
+    epoll_ctl = 233
     clock_nanosleep = 230
     exit_group = 231
     tgkill = 234
@@ -141,6 +142,8 @@ class Sys(enum.IntEnum):
     prlimit64 = 302
     setns = 308
     copy_file_range = 326
+    pidfd_open = 434
+    pidfd_getfd = 438
     rseq = 334
     clone3 = 435
 

@@ -58,6 +58,8 @@ O_TMPFILE = 0o20200000
 O_NOFOLLOW = 0o400000
 F_SETFD, FD_CLOEXEC = 2, 1
 PR_TIMER_CREATE_RESTORE_IDS = 77
+EPOLL_CTL_ADD = 1
+EPOLL_EVENT = struct.Struct("<IQ")     # struct epoll_event is packed on x86-64
 RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock",
                 "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime")
 # What glibc's pthread_create passes to clone (VM FS FILES SIGHAND THREAD SYSVSEM
@@ -178,6 +180,39 @@ class DupFd(Step):
 
     def describe(self):
         return f"duplicate fd {self.fd} as fd {self.to}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MakeFds(Step):
+    """Make a pipe, a socket (or a unix pair) or an anon-inode descriptor with its saved
+    state in gdbckpt's own process; the stub then takes copies at the saved numbers
+    (pidfd_getfd). fds[i] is where the i-th object made goes (-1: nowhere, as the
+    write end of a pipe whose writer was another process)."""
+    kind: str = ""             # "pipe", "socketpair", "socket", "anon"
+    fds: tuple[int, ...] = ()
+    infos: tuple = ()          # the saved FdInfo of each fd (None for -1)
+    python = True
+
+    def describe(self):
+        if self.kind == "pipe":
+            data = len(self.infos[0].pipe.data) if self.infos[0] else \
+                len(self.infos[1].pipe.data)
+            ends = " and ".join(f"fd {fd}" for fd in self.fds if fd >= 0)
+            return f"make a pipe with {data} bytes in it, at {ends}"
+        return "make " + ", ".join(fdsmod.describe(f) for f in self.infos if f)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpollCtl(Step):
+    """Register an fd with an epoll descriptor, as it was (once every fd is in place)."""
+    epfd: int = 0
+    fd: int = 0
+    events: int = 0
+    data: int = 0
+
+    def describe(self):
+        return f"epoll fd {self.epfd}: watch fd {self.fd} (events {self.events:#x}, " \
+               f"data {self.data:#x})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -934,8 +969,9 @@ class _Builder:
     def _descriptors(self, image_fd: int) -> None:
         """Every saved fd at its number; --stdin/--stdout/--stderr win over the image."""
         saved = {f.fd: f for f in self.img.fds}
+        self.made: set[int] = set()
         for f in sorted(self.img.fds, key=lambda f: f.fd):
-            if f.fd in self.stdio:
+            if f.fd in self.stdio or f.fd in self.made:
                 continue
             if f.same_as >= 0 and f.same_as in saved and f.same_as not in self.stdio:
                 self.steps.append(DupFd(fd=f.same_as, to=f.fd))
@@ -945,9 +981,79 @@ class _Builder:
                 continue
             self._descriptor(f, image_fd)
         self._stdio()
+        self._epoll()
         if self.img.fds:
             for fd in sorted(self.live.stub_fds - set(saved) - set(self.stdio)):
                 self.steps.append(CloseFd(fd=fd))
+
+    def _kernel_object(self, f) -> None:
+        """Pipes, sockets and anon-inode descriptors, made with their state."""
+        if f.pipe is not None:
+            return self._pipe(f)
+        if f.sock is not None:
+            peer = self._unix_peer(f)
+            if peer is not None:
+                self._make("socketpair", (f, peer))
+                return
+            self._make("socket", (f,))
+            return
+        if f.anon is not None:
+            self._make("anon", (f,))
+            return
+        self.warnings.append(f"{fdsmod.describe(f)} cannot be restored: /dev/null in its "
+                             "place")
+        self._null(f)
+
+    def _make(self, kind: str, infos: tuple, fds: tuple[int, ...] | None = None) -> None:
+        fds = fds if fds is not None else tuple(i.fd for i in infos)
+        self.steps.append(MakeFds(kind=kind, fds=fds, infos=infos))
+        self.made.update(fd for fd in fds if fd >= 0)
+
+    def _unix_peer(self, f):
+        """The other end of a unix socket pair that is also in the image, if any."""
+        s = f.sock
+        if s.family != 1 or not s.peer_ino or s.state != "connected":
+            return None
+        return next((g for g in self.img.fds if g.sock is not None and g.same_as < 0
+                     and g.sock.ino == s.peer_ino and g.sock.peer_ino == s.ino
+                     and g.fd not in self.made and g.fd != f.fd and g.fd not in self.stdio),
+                    None)
+
+    def _pipe(self, f) -> None:
+        """Both ends if the process had both; an end alone otherwise. A stdio end
+        whose other end was another process stays the restoring session's."""
+        ends = [g for g in self.img.fds if g.pipe is not None and g.same_as < 0
+                and g.pipe.ino == f.pipe.ino and g.fd not in self.stdio]
+        reader = next((g for g in ends if g.flags & fdsmod.ACCMODE == os.O_RDONLY), None)
+        writer = next((g for g in ends if g.flags & fdsmod.ACCMODE == os.O_WRONLY), None)
+        if (reader is None or writer is None) and f.fd <= 2 and f.fd in self.live.stub_fds:
+            self.warnings.append(f"{fdsmod.describe(f)}: its other end was another process: "
+                                 f"the restored process gets this session's "
+                                 f"{STDIO_NAMES[f.fd]}")
+            self.made.add(f.fd)
+            return
+        pair = (reader, writer)
+        self._make("pipe", pair, tuple(g.fd if g is not None else -1 for g in pair))
+        for g in self.img.fds:      # other descriptions of the same ends: copies
+            if g.pipe is not None and g.pipe.ino == f.pipe.ino and g not in pair \
+                    and g.same_as < 0 and g.fd not in self.stdio:
+                end = reader if g.flags & fdsmod.ACCMODE == os.O_RDONLY else writer
+                if end is not None:
+                    self.steps.append(DupFd(fd=end.fd, to=g.fd))
+                    self.made.add(g.fd)
+
+    def _epoll(self) -> None:
+        have = {f.fd for f in self.img.fds} - set(self.stdio)
+        for f in self.img.fds:
+            if f.anon is None or f.anon.type != "epoll" or f.fd in self.stdio:
+                continue
+            for t in f.anon.targets:
+                if t.fd in have:
+                    self.steps.append(EpollCtl(epfd=f.fd, fd=t.fd, events=t.events,
+                                               data=t.data))
+                else:
+                    self.warnings.append(f"epoll fd {f.fd}: fd {t.fd} is given by --std"
+                                         "in/--stdout/--stderr now: not watched")
 
     def _descriptor(self, f, image_fd: int) -> None:
         kind = fdsmod.FdKind(f.kind)
@@ -993,6 +1099,8 @@ class _Builder:
                 self.warnings.append(f"{fdsmod.describe(f)}: no terminal here, /dev/null "
                                      "in its place")
                 self._null(f)
+        elif kind in (fdsmod.FdKind.PIPE, fdsmod.FdKind.SOCKET, fdsmod.FdKind.ANON):
+            self._kernel_object(f)
         else:
             self.warnings.append(f"{fdsmod.describe(f)} cannot be restored: /dev/null in its "
                                  "place")
@@ -1194,6 +1302,12 @@ def _set_cloexec(step: SetCloexec, scratch: Scratch) -> list[Op]:
 @encode.register
 def _dup_fd(step: DupFd, scratch: Scratch) -> list[Op]:
         return [Op(Sys.dup3, (step.fd, step.to, 0))]
+
+
+@encode.register
+def _epoll_ctl(step: EpollCtl, scratch: Scratch) -> list[Op]:
+        event = scratch.put(EPOLL_EVENT.pack(step.events, step.data))
+        return [Op(Sys.epoll_ctl, (step.epfd, EPOLL_CTL_ADD, step.fd, event))]
 
 
 @encode.register

@@ -25,6 +25,7 @@ class StubOp(enum.IntEnum):
     CLONE3 = 1004
     QUEUE_SELF = 1005
     XCOMP = 1006
+    TAKE_FD = 1007
 
 
 class StubOpFlags(enum.IntFlag):

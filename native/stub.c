@@ -30,6 +30,10 @@
 #define SYS_getpid    39
 #define SYS_gettid    186
 #define SYS_rt_tgsigqueueinfo 297
+#define SYS_fcntl     72
+#define SYS_pidfd_open  434
+#define SYS_pidfd_getfd 438
+#define F_SETFD       2
 #define AT_FDCWD      (-100)
 #define O_CLOEXEC     02000000
 
@@ -135,6 +139,23 @@ static long open_at(long path, long flags, long mode, long want)
 	return r;
 }
 
+static long take_fd(long pid, long theirs, long want, long cloexec)
+{
+	long pidfd = stub_syscall(SYS_pidfd_open, pid, 0, 0, 0, 0, 0);
+	if (pidfd < 0)
+		return pidfd;
+	/* The copy comes close-on-exec, at the lowest free number. */
+	long fd = stub_syscall(SYS_pidfd_getfd, pidfd, theirs, 0, 0, 0, 0);
+	stub_syscall(SYS_close, pidfd, 0, 0, 0, 0, 0);
+	if (fd < 0)
+		return fd;
+	if (fd == want)
+		return cloexec ? fd : stub_syscall(SYS_fcntl, fd, F_SETFD, 0, 0, 0, 0) ?: fd;
+	long r = stub_syscall(SYS_dup3, fd, want, cloexec ? O_CLOEXEC : 0, 0, 0, 0);
+	stub_syscall(SYS_close, fd, 0, 0, 0, 0, 0);
+	return r;
+}
+
 static long wait_started(long slot, long tid)
 {
 	if (tid <= 0)
@@ -233,6 +254,8 @@ static long run_one(struct stub_op *op)
 		return queue_self(a[0], a[1]);
 	case STUB_OP_XCOMP:
 		return xcomp(a[0], (unsigned long)a[1]);
+	case STUB_OP_TAKE_FD:
+		return take_fd(a[0], a[1], a[2], a[3]);
 	default:
 		return stub_syscall(op->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	}

@@ -27,6 +27,10 @@
 				   * XSAVE feature (if not 0), then make the kernel give this
 				   * thread room for the features in the mask */
 
+#define STUB_OP_TAKE_FD    1007 /* pid, its fd, fd, cloexec: take a copy of another process's
+				   * open file (pidfd_getfd) and move it to fd; gdbckpt makes
+				   * pipes, sockets and the like in its own process first */
+
 #define STUB_OPF_IGNORE_ERROR 1 /* a failure is recorded in ret but does not stop the run */
 
 #ifndef __ASSEMBLER__

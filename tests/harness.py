@@ -181,6 +181,22 @@ def wait_gone(pid: int, timeout: float = 60) -> None:
     raise AssertionError(f"process {pid} is still running")
 
 
+def batch(*args, prefix=(), timeout=120, check=None) -> subprocess.CompletedProcess:
+    """gdbckpt-batch with args; check: the exit code it must give."""
+    r = subprocess.run([*prefix, *BATCH, *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=REPO)
+    if check is not None:
+        assert r.returncode == check, (r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def spawn(argv, out, **kw) -> subprocess.Popen:
+    """argv running on its own, stdout to the file out."""
+    with open(out, "w") as f:
+        return subprocess.Popen(argv, stdout=f, stdin=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, **kw)
+
+
 def batch_restore(img: str, *opts: str, prefix=()) -> subprocess.CompletedProcess:
     """gdbckpt-batch restore IMG, and wait until the restored process has finished."""
     r = subprocess.run([*prefix, *BATCH, "restore", img, "--json", *opts],

@@ -12,29 +12,17 @@ from harness import (
     BATCH,
     NOBODY,
     REPO,
+    batch,
     batch_restore,
     example,
     rewrite_record,
+    spawn,
     uninterrupted,
     wait_for_output,
     wait_gone,
 )
 
 from gdbckpt.image import format as fmt
-
-
-def batch(*args, prefix=(), timeout=120, check=None):
-    r = subprocess.run([*prefix, *BATCH, *args], capture_output=True, text=True,
-                       timeout=timeout, cwd=REPO)
-    if check is not None:
-        assert r.returncode == check, (r.returncode, r.stdout, r.stderr)
-    return r
-
-
-def spawn(argv, out, **kw):
-    with open(out, "w") as f:
-        return subprocess.Popen(argv, stdout=f, stdin=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, **kw)
 
 
 def one_line_error(r, code):

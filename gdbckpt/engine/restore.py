@@ -19,6 +19,7 @@ import time
 
 from .. import clocks as clockmod
 from .. import creds as credsmod
+from .. import fds as fdsmod
 from .. import plan as planmod
 from .. import sysv
 from .. import tids as tidsmod
@@ -30,7 +31,7 @@ from ..libc import libc
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error, sysname
 from ..maps import Kind
 from ..procfs import Proc, parse_limits
-from ..stubabi import RET_OFFSET, STUB_OP, StubOpFlags
+from ..stubabi import RET_OFFSET, STUB_OP, StubOp, StubOpFlags
 from . import xstate as xstatemod
 from .front import Front
 from .process import Process
@@ -136,7 +137,7 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
         p.sysv = sysv.prepare(img.vmas)
         plan = planmod.build(img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
         phases["plan"] = time.perf_counter() - t0
-        executor = _Executor(stub, img, plan, front)
+        executor = _Executor(stub, img, plan, front, p.take_creds)
         try:
             warnings = list(plan.warnings) + executor.run(phases, t0)
         finally:
@@ -244,12 +245,14 @@ def _exists(tid: int) -> bool:
 
 
 class _Executor:
-    def __init__(self, stub: Stub, img: Image, plan: planmod.Plan, front: Front):
+    def __init__(self, stub: Stub, img: Image, plan: planmod.Plan, front: Front,
+                 take_creds: bool = False):
         self.stub = stub
         self.proc = stub.proc
         self.img = img
         self.plan = plan
         self.front = front
+        self.take_creds = take_creds
         self.warnings: list[str] = []
         self.batch: list[tuple[int, planmod.Op]] = []
         self._buf = None
@@ -324,8 +327,32 @@ class _Executor:
                 self._set_exe(step)
             elif isinstance(step, planmod.TakeCredentials):
                 self._take_credentials(step.creds)
+            elif isinstance(step, planmod.MakeFds):
+                self._make_fds(i, step)
         except CkptError as e:
             raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
+
+    def _make_fds(self, index: int, step: planmod.MakeFds) -> None:
+        """Make the objects here, then have the stub take copies at their numbers."""
+        creds = self.img.process.creds if self.take_creds else None
+        try:
+            ours, warnings = fdsmod.make_objects(step.kind, step.infos, creds)
+        except OSError as e:
+            raise RestoreError(e.strerror or str(e)) from None
+        try:
+            me = os.getpid()
+            batch = [(index, planmod.Op(StubOp.TAKE_FD, (me, mine, fd, cloexec)))
+                     for mine, fd, info in zip(ours, step.fds, step.infos, strict=True)
+                     if fd >= 0 and mine >= 0
+                     for cloexec in [int(bool(info.flags & fdsmod.O_CLOEXEC))]]
+            self.stub.run(batch)
+        except OpFailed as e:
+            raise RestoreError(str(e)) from None
+        finally:
+            for mine in ours:
+                if mine >= 0:
+                    os.close(mine)
+        self.warnings += warnings
 
     def _registers(self, state) -> None:
         """A thread's mask and register sets, with our own ptrace: general registers,

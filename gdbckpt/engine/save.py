@@ -13,7 +13,7 @@ import dataclasses
 import os
 import time
 
-from .. import __version__, fileid
+from .. import __version__, fileid, tcprepair
 from .. import clocks as clockmod
 from .. import creds as credsmod
 from .. import fds as fdsmod
@@ -65,6 +65,8 @@ class SaveResult:
     seconds: float
     notes: list[str]
     phases: dict[str, float] = dataclasses.field(default_factory=dict)   # seconds each
+    lost: list[str] = dataclasses.field(default_factory=list)   # what a restore will not
+                                                                # give back as it was
 
 
 def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = False,
@@ -85,6 +87,12 @@ def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = F
         front.changed(proc)
 
 
+def quiet_connections(proc: Process) -> None:
+    """Before a saved process is killed: its TCP connections close silently, their
+    addresses free for the restored process (fds.quiet_connections)."""
+    fdsmod.quiet_connections(proc.pid)
+
+
 class _Saver:
     def __init__(self, inf: Process, path: str, front: Front, sync: bool, compress: bool,
                  strict: bool, resume=None):
@@ -101,6 +109,7 @@ class _Saver:
         self.sysv = read_sysv_shm()
         self.image_sizes: dict[int, int] = {}
         self.lazy_images: set[str] = set()
+        self.lost: list[str] = []
 
     def run(self, t0: float) -> SaveResult:
         phases: dict[str, float] = {}
@@ -180,7 +189,8 @@ class _Saver:
         return SaveResult(path=final, pid=self.inf.pid, comm=process.comm, threads=len(threads),
                           mappings=len(maps), stored=st.stored, mapped=st.mapped,
                           image_size=os.path.getsize(final),
-                          seconds=time.perf_counter() - t0, notes=self.notes, phases=phases)
+                          seconds=time.perf_counter() - t0, notes=self.notes, phases=phases,
+                          lost=self.lost)
 
     def _snapshot(self) -> int | None:
         """A copy-on-write snapshot, or None where one cannot be made (a process limit,
@@ -210,13 +220,13 @@ class _Saver:
 
     def _fds(self) -> list[FdInfo]:
         fds = fdsmod.read_fds(self.inf.pid)
-        lost = [f for f in fds if f.kind not in fdsmod.RESTORABLE and f.same_as < 0]
-        if lost and self.strict:
-            raise SaveError("cannot restore " + ", ".join(fdsmod.describe(f) for f in lost) +
-                            " (--strict); save without --strict to get /dev/null in their place")
-        for f in lost:
-            self.notes.append(f"{fdsmod.describe(f)} cannot be restored: a restore puts "
-                              "/dev/null there")
+        self.lost = fdsmod.read_states(self.inf.pid, fds, repair=tcprepair.can_repair())
+        self.lost += [f"{fdsmod.describe(f)} cannot be restored: a restore puts /dev/null "
+                      "there" for f in fds if not fdsmod.restorable(f) and f.same_as < 0]
+        if self.lost and self.strict:
+            raise SaveError("; ".join(self.lost) + " (--strict); save without --strict to "
+                            "keep what can be kept")
+        self.notes += self.lost
         return fds
 
     def _file_data(self, w: ImageWriter, f: FdInfo) -> list[int]:
@@ -306,9 +316,7 @@ class _Saver:
         return elfsym.tid_offset(self.inf)
 
     def _not_restored(self, fds: list[FdInfo]) -> list[str]:
-        out = [f"{fdsmod.describe(f)}: /dev/null instead" for f in fds
-               if f.kind not in fdsmod.RESTORABLE and f.same_as < 0]
-        return out
+        return list(self.lost)
 
     def _exe(self) -> str:
         exe = self.proc.exe()

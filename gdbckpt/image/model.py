@@ -16,6 +16,7 @@ import types
 import typing
 
 from ..errors import ImageError
+from ..tcprepair import TcpConn
 
 
 @dataclasses.dataclass
@@ -212,6 +213,63 @@ class FdInfo:
     ino: int | None = None
     dev: int | None = None
     data: list[int] | None = None   # [first, count] of the FILE_DATA chunks with its bytes
+    pipe: PipeState | None = None
+    anon: AnonState | None = None
+    sock: SockState | None = None
+
+
+@dataclasses.dataclass
+class PipeState:
+    """A pipe or FIFO end (pipes.py)."""
+    ino: int
+    size: int                  # F_GETPIPE_SZ
+    data: bytes = b""          # what was in it, unread, at the save
+    alone: bool = False        # its other side was closed by everyone (no writer or reader)
+
+
+@dataclasses.dataclass
+class EpollTarget:
+    fd: int                    # the registered fd, as the process numbers it
+    events: int
+    data: int
+
+
+@dataclasses.dataclass
+class AnonState:
+    """An anon-inode descriptor (anonfds.py): eventfd, timerfd, signalfd or epoll."""
+    type: str
+    count: int = 0             # eventfd: the counter
+    semaphore: bool = False
+    clock: int = 0             # timerfd: clock id, pending expirations, TFD_TIMER_ABSTIME,
+    ticks: int = 0             # time to the next expiry and the interval
+    abstime: bool = False
+    value_ns: int = 0
+    interval_ns: int = 0
+    saved_ns: int = 0          # the timer's clock at the save (an absolute timer's base)
+    sigmask: int = 0           # signalfd
+    targets: list[EpollTarget] = dataclasses.field(default_factory=list)   # epoll
+
+
+@dataclasses.dataclass
+class SockState:
+    """A socket (sockets.py)."""
+    family: int
+    type: int
+    protocol: int = 0
+    ino: int = 0
+    state: str = "unbound"     # unbound, bound, listening, connected, other
+    name: bytes = b""          # a unix socket's bound name (abstract ones start with NUL)
+    peer_name: bytes = b""     # the name of a unix socket's peer, if it has one
+    peer_ino: int = 0          # a unix socket's peer
+    local: str = ""            # inet addresses
+    local_port: int = 0
+    peer: str = ""
+    peer_port: int = 0
+    backlog: int = 0
+    shutdown: int = 0          # RCV_SHUTDOWN 1, SEND_SHUTDOWN 2
+    options: dict[str, int] = dataclasses.field(default_factory=dict)
+    queue: list[bytes] = dataclasses.field(default_factory=list)   # unread: one per message
+    tcp: TcpConn | None = None   # an established TCP connection, saved with TCP_REPAIR
 
 
 @dataclasses.dataclass

@@ -1,0 +1,165 @@
+"""eventfd, timerfd, signalfd and epoll descriptors: read from fdinfo, made again here.
+
+A save reads each one's state from /proc/PID/fdinfo (the kernel shows all of
+it there). A restore makes the object in gdbckpt's own process, with its
+state, and the stub takes a copy (plan.MakeFds); epoll registrations name the
+process's own fd numbers, so they are added by the stub once every fd is in
+place (plan.EpollCtl).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import re
+import struct
+import time
+
+from .image.model import AnonState, EpollTarget
+from .libc import errno, libc
+
+TYPES = {"[eventfd]": "eventfd", "[timerfd]": "timerfd", "[signalfd]": "signalfd",
+         "[eventpoll]": "epoll"}
+O_NONBLOCK = 0o4000
+TFD_TIMER_ABSTIME = 1
+TFD_IOC_SET_TICKS = 0x40085400     # _IOW('T', 0, u64): needs CONFIG_CHECKPOINT_RESTORE
+EFD_SEMAPHORE = 1
+SYS_KCMP = 312
+KCMP_EPOLL_TFD = 7
+NS = 1_000_000_000
+
+
+def kind_of(target: str) -> str | None:
+    """The anon-inode type that anonfds restores, from a /proc/PID/fd link, or None."""
+    name = target.removeprefix("anon_inode:")
+    return TYPES.get(name)
+
+
+def save(pid: int, fd: int, target: str, fdinfo: str) -> tuple[AnonState | None, str]:
+    """(state, "") or (None, why it cannot be restored)."""
+    kind = kind_of(target)
+    fields = _fields(fdinfo)
+    try:
+        if kind == "eventfd":
+            return AnonState("eventfd", count=int(fields["eventfd-count"], 16),
+                             semaphore=fields.get("eventfd-semaphore", "0") == "1"), ""
+        if kind == "timerfd":
+            return _timerfd(fields), ""
+        if kind == "signalfd":
+            return AnonState("signalfd", sigmask=int(fields["sigmask"], 16)), ""
+        if kind == "epoll":
+            return _epoll(pid, fd, fdinfo)
+    except (KeyError, ValueError) as e:
+        return None, f"its fdinfo could not be read ({e})"
+    return None, f"{target} descriptors are not restored yet"
+
+
+def _fields(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _pair_ns(text: str) -> int:
+    sec, nsec = (int(x) for x in text.strip("()").split(","))
+    return sec * NS + nsec
+
+
+def _timerfd(fields: dict[str, str]) -> AnonState:
+    clock = int(fields["clockid"])
+    flags = int(fields["settime flags"], 8)
+    return AnonState("timerfd", clock=clock, ticks=int(fields["ticks"]),
+                     abstime=bool(flags & TFD_TIMER_ABSTIME),
+                     value_ns=_pair_ns(fields["it_value"]),
+                     interval_ns=_pair_ns(fields["it_interval"]),
+                     saved_ns=time.clock_gettime_ns(clock))
+
+
+EPOLL_LINE = re.compile(r"tfd:\s*(\d+) events:\s*([0-9a-f]+) data:\s*([0-9a-f]+)")
+
+
+def _epoll(pid: int, epfd: int, fdinfo: str) -> tuple[AnonState, str]:
+    """Registrations whose fd still names the registered file (kcmp); one whose fd was
+    closed or reused since cannot be tied to a descriptor of the restored process."""
+    state, lost = AnonState("epoll"), []
+    for m in EPOLL_LINE.finditer(fdinfo):
+        tfd, events, data = int(m[1]), int(m[2], 16), int(m[3], 16)
+        if _same_target(pid, epfd, tfd):
+            state.targets.append(EpollTarget(tfd, events, data))
+        else:
+            lost.append(str(tfd))
+    why = f"the registrations of closed fds {', '.join(lost)} are lost" if lost else ""
+    return state, why
+
+
+def _same_target(pid: int, epfd: int, tfd: int) -> bool:
+    slot = struct.pack("<III", epfd, tfd, 0)
+    return libc().syscall(SYS_KCMP, pid, pid, KCMP_EPOLL_TFD, tfd, ctypes.c_char_p(slot)) == 0
+
+
+# -- making them again --------------------------------------------------------
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("interval", _Timespec), ("value", _Timespec)]
+
+
+def _ts(ns: int) -> _Timespec:
+    return _Timespec(ns // NS, ns % NS)
+
+
+def make(state: AnonState, flags: int) -> int:
+    """A new descriptor of gdbckpt's own with the saved state; flags are the saved
+    file flags (O_NONBLOCK matters; close-on-exec is the stub's business)."""
+    nonblock = flags & O_NONBLOCK
+    if state.type == "eventfd":
+        return os.eventfd(state.count, (EFD_SEMAPHORE if state.semaphore else 0) | nonblock)
+    if state.type == "timerfd":
+        return _make_timerfd(state, nonblock)
+    if state.type == "signalfd":
+        mask = ctypes.c_uint64(state.sigmask)
+        return _check(libc().signalfd(-1, ctypes.byref(mask), nonblock), "signalfd")
+    if state.type == "epoll":
+        fd = _check(libc().epoll_create1(0), "epoll_create1")
+        if nonblock:
+            fcntl.fcntl(fd, fcntl.F_SETFL, nonblock)
+        return fd
+    raise OSError(f"unknown anon descriptor type {state.type!r}")
+
+
+def _make_timerfd(state: AnonState, nonblock: int) -> int:
+    fd = _check(libc().timerfd_create(state.clock, nonblock), "timerfd_create")
+    try:
+        value, flags = state.value_ns, 0
+        if state.abstime and state.value_ns:
+            # An absolute timer keeps its deadline, where the clock is the same one
+            # (CLOCK_REALTIME): a monotonic clock's values are this boot's, so the
+            # time left goes on from now.
+            if state.clock in (0, 8):        # CLOCK_REALTIME, CLOCK_REALTIME_ALARM
+                value, flags = state.saved_ns + state.value_ns, TFD_TIMER_ABSTIME
+        elif not value and state.interval_ns and state.ticks:
+            value = state.interval_ns      # expired, not yet read: it rearms on the read
+        spec = _Itimerspec(_ts(state.interval_ns), _ts(value))
+        if value:
+            _check(libc().timerfd_settime(fd, flags, ctypes.byref(spec), None),
+                   "timerfd_settime")
+        if state.ticks:
+            fcntl.ioctl(fd, TFD_IOC_SET_TICKS, struct.pack("<Q", state.ticks))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        e = errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return ret
