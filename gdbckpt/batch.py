@@ -270,7 +270,7 @@ def save(args, out: Out) -> Exit:
              f"{r.mappings} mappings, {r.stored / 2**20:.1f} MiB of memory "
              f"({r.image_size / 2**20:.1f} MiB image) in {r.seconds:.2f} s; it is {after}.")
     out.result({"image": os.path.abspath(r.path), "pid": pid, "name": name, "process": after,
-                "seconds": round(r.seconds, 4), "notes": r.notes})
+                "seconds": round(r.seconds, 4), "notes": r.notes, "not_restorable": r.lost})
     return Exit.INTERRUPTED if guard.interrupted else Exit.OK
 
 

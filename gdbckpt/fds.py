@@ -293,13 +293,21 @@ def make_objects(kind: str, infos: tuple, creds=None) -> tuple[list[int], list[s
     if kind == "socketpair":
         ours = list(sockets.make_pair(infos[0].sock, infos[1].sock))
         return _status_flags(ours, infos), []
-    st = infos[0].sock
     repair = tcprepair.can_repair() and (creds is None or creds.effective >> CAP_NET_ADMIN & 1)
-    if creds is not None:
-        _check_port(st, creds)
     fsids = (creds.uids[3], creds.gids[3]) if creds is not None else None
-    fd, warning = sockets.make(st, can_repair=bool(repair), fsids=fsids)
-    return _status_flags([fd], infos), [warning] if warning else []
+    ours, warnings = [], []
+    try:
+        for info in infos:          # one socket, or both ends of a TCP connection
+            if creds is not None:
+                _check_port(info.sock, creds)
+            fd, warning = sockets.make(info.sock, can_repair=bool(repair), fsids=fsids)
+            ours.append(fd)
+            warnings += [warning] if warning else []
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        raise
+    return _status_flags(ours, infos), warnings
 
 
 def _status_flags(ours: list[int], infos: tuple) -> list[int]:

@@ -109,7 +109,9 @@ def text(img: Image, *, mappings: bool = True) -> str:
 
 # What no gdbckpt restore brings back, whatever the image.
 ALWAYS_LOST = (
-    "contents of pipes and sockets, and their peers",
+    "the other end of a pipe or unix socket held by another process; established TCP "
+    "connections without TCP_REPAIR (CAP_NET_ADMIN); descriptors in flight (SCM_RIGHTS); "
+    "inotify, fanotify, pidfd and other anon-inode descriptors",
     "child processes, ptrace relations, SysV semaphores and message queues, file locks",
     "credentials and capabilities when the restorer is not root (the process then runs "
     "with the restorer's, who must be the saved user), "
@@ -120,10 +122,16 @@ ALWAYS_LOST = (
 
 
 def _fd_restore(f) -> str:
-    from .fds import RESTORABLE, FdKind
+    from .fds import FdKind, restorable
     kind = FdKind(f.kind)
-    if kind not in RESTORABLE:
+    if not restorable(f):
         return "restored as /dev/null"
+    if f.sock is not None:
+        return "made again" + (" (TCP_REPAIR)" if f.sock.tcp is not None else "")
+    if f.pipe is not None:
+        return f"made again, {len(f.pipe.data)} bytes in it"
+    if f.anon is not None:
+        return f"made again ({f.anon.type})"
     return {FdKind.FILE: "reopened at its offset", FdKind.DIR: "reopened",
             FdKind.DELETED: "recreated from the image", FdKind.CHARDEV: "reopened",
             FdKind.TTY: "this session's terminal"}[kind]

@@ -995,6 +995,12 @@ class _Builder:
             if peer is not None:
                 self._make("socketpair", (f, peer))
                 return
+            peer = self._tcp_peer(f)
+            if peer is not None:
+                # Made one right after the other: a repaired end's timers run, and its
+                # probes must find the other end there, not a reset.
+                self._make("tcppair", (f, peer))
+                return
             self._make("socket", (f,))
             return
         if f.anon is not None:
@@ -1017,6 +1023,18 @@ class _Builder:
         return next((g for g in self.img.fds if g.sock is not None and g.same_as < 0
                      and g.sock.ino == s.peer_ino and g.sock.peer_ino == s.ino
                      and g.fd not in self.made and g.fd != f.fd and g.fd not in self.stdio),
+                    None)
+
+    def _tcp_peer(self, f):
+        """The other end of a TCP connection that is also in the image, if any."""
+        t = f.sock.tcp
+        if t is None:
+            return None
+        return next((g for g in self.img.fds if g.sock is not None and g.sock.tcp is not None
+                     and g.same_as < 0 and g.fd != f.fd and g.fd not in self.made
+                     and g.fd not in self.stdio
+                     and (g.sock.tcp.local, g.sock.tcp.local_port) == (t.peer, t.peer_port)
+                     and (g.sock.tcp.peer, g.sock.tcp.peer_port) == (t.local, t.local_port)),
                     None)
 
     def _pipe(self, f) -> None:

@@ -24,7 +24,8 @@ def test_every_model_field_is_documented():
     for cls in (model.ProcessInfo, model.ThreadState, model.Vma, model.FileRef, model.VdsoInfo,
                 model.FdInfo, model.MmBounds, model.SigAction, model.Rseq, model.SyscallState,
                 model.SigAltStack, model.Rlimit, model.ItimerState, model.PosixTimer,
-                model.SysvShm):
+                model.SysvShm, model.PipeState, model.AnonState, model.EpollTarget,
+                model.SockState, model.TcpConn):
         for f in dataclasses.fields(cls):
             assert re.search(rf"`{f.name}`|\| {f.name}\b|\b{f.name},|, {f.name}\b", DOC), \
                 f"{cls.__name__}.{f.name}"

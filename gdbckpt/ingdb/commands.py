@@ -112,9 +112,10 @@ new image is complete. The image holds the process's memory: it is created
 readable by you only (mode 0600).
 --sync      flush the image to disk before renaming it (default: 'set ckpt sync').
 --compress  compress memory with zstd (smaller, slower to save).
---strict    refuse to save a process holding descriptors a restore cannot
-            recreate (pipes, sockets, eventfd, ...); by default the save
-            names them and a restore puts /dev/null in their place.
+--strict    refuse to save a process that a restore would not give back whole
+            (a socket whose peer is another process, a TCP connection without
+            TCP_REPAIR, an inotify descriptor, ...); by default the save names
+            each such thing, and a restore gives a reset socket (or /dev/null).
 The process stays stopped where it was; 'continue' runs it on."""
 
     USAGE = "ckpt save [--sync] [--compress] [--strict] IMG"
@@ -149,7 +150,9 @@ loaded: bt, print, info locals and breakpoints work; 'continue' runs on.
 Its descriptors come back at their numbers: files reopened at their offsets
 (a file that is gone or now shorter than the offset refuses the restore
 unless --force), deleted files recreated, terminals attached to this
-session's terminal; pipes and sockets get /dev/null.
+session's terminal; pipes, sockets, eventfd, timerfd, signalfd and epoll
+descriptors made again with their data and settings (an established TCP
+connection through TCP_REPAIR, where permitted; otherwise it is reset).
 --stdin=FILE, --stdout=FILE, --stderr=FILE  instead read from / write to FILE
              (created or truncated, like the shell's < and >).
 --force      restore even when a saved file is gone or shorter than its offset.
