@@ -27,7 +27,12 @@
  *     kernel; a UDP socket on 127.0.0.1 with one datagram from itself queued;
  *   - an established TCP connection on 127.0.0.1 (its listener closed) with
  *     TCP_NODELAY on one end, SO_KEEPALIVE on the other, 3000 bytes unread
- *     each way.
+ *     each way;
+ *   - file locks: flock (write) on DIR/lock.flock; POSIX write on bytes 10-19
+ *     and read from 100 to the end of DIR/lock.posix; an OFD write lock on all
+ *     of DIR/lock.ofd (a child process checks them, from outside, at the end);
+ *   - an inotify descriptor with watches 1 (DIR, IN_CREATE), 2 (DIR/sub,
+ *     IN_DELETE) and 4 (DIR/sub2, IN_CREATE): watch 3 was removed.
  *
  * Failed calls print "FAILED: what: error" and exit 1. A reading that would
  * block forever if state were lost waits at most 2 s and reports "timeout".
@@ -48,6 +53,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
@@ -71,6 +80,7 @@ static int ep, ep_nested;
 static int stream_pair[2], dgram_pair[2], seqpacket_pair[2];
 static int unix_listener, abstract_listener, tcp4_listener, tcp6_listener, udp;
 static int tcp_a, tcp_b; /* tcp_a connected, TCP_NODELAY; tcp_b accepted, SO_KEEPALIVE */
+static int lock_flock, lock_posix, lock_ofd, watcher;
 static uint16_t port4, port6, port_udp;
 
 __attribute__((noinline)) void checkpoint_here(void)
@@ -292,6 +302,52 @@ static void await_queued(int fd, int n)
 
 /* ---------------------------------------------------------------- set up */
 
+static char *in_dir(const char *name)
+{
+	static char paths[8][256];
+	static int next;
+	char *p = paths[next++ % 8];
+	snprintf(p, 256, "%s/%s", dir, name);
+	return p;
+}
+
+static int open_lockfile(const char *name)
+{
+	return (int)ok(open(in_dir(name), O_RDWR | O_CREAT | O_CLOEXEC, 0600), name);
+}
+
+static void posix_lock(int fd, int cmd, short type, off_t start, off_t len, const char *what)
+{
+	struct flock fl = { .l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len };
+	ok(fcntl(fd, cmd, &fl), what);
+}
+
+static void set_up_locks_and_watches(void)
+{
+	lock_flock = open_lockfile("lock.flock");
+	ok(flock(lock_flock, LOCK_EX | LOCK_NB), "flock");
+	lock_posix = open_lockfile("lock.posix");
+	posix_lock(lock_posix, F_SETLK, F_WRLCK, 10, 10, "posix write lock");
+	posix_lock(lock_posix, F_SETLK, F_RDLCK, 100, 0, "posix read lock");
+	lock_ofd = open_lockfile("lock.ofd");
+	posix_lock(lock_ofd, F_OFD_SETLK, F_WRLCK, 0, 0, "ofd lock");
+
+	mkdir(in_dir("sub"), 0700);
+	mkdir(in_dir("sub2"), 0700);
+	mkdir(in_dir("gone"), 0700);
+	watcher = (int)ok(inotify_init1(IN_NONBLOCK), "inotify_init1");
+	int w1 = (int)ok(inotify_add_watch(watcher, dir, IN_CREATE), "inotify_add_watch");
+	int w2 = (int)ok(inotify_add_watch(watcher, in_dir("sub"), IN_DELETE), "inotify_add_watch");
+	int w3 = (int)ok(inotify_add_watch(watcher, in_dir("gone"), IN_CREATE), "inotify_add_watch");
+	ok(inotify_rm_watch(watcher, w3), "inotify_rm_watch");
+	int w4 = (int)ok(inotify_add_watch(watcher, in_dir("sub2"), IN_CREATE), "inotify_add_watch");
+	if (w1 != 1 || w2 != 2 || w3 != 3 || w4 != 4)
+		fail("inotify watch numbers");
+	char drain[4096];
+	while (read(watcher, drain, sizeof drain) > 0)	/* the IN_IGNORED of watch 3 */
+		;
+}
+
 static void set_up(void)
 {
 	char buf[PIPE_BYTES];
@@ -403,6 +459,8 @@ static void set_up(void)
 	epoll_add(ep, stream_pair[1], EPOLLIN, 13);
 	epoll_add(ep, tcp4_listener, EPOLLIN, 14);
 	epoll_add(ep, ep_nested, EPOLLIN, 15);
+
+	set_up_locks_and_watches();
 }
 
 /* ---------------------------------------------------------------- report */
@@ -724,6 +782,59 @@ static void report_tcp_established(void)
 	    r);
 }
 
+/* Another process, opening the files anew, finds every lock held. */
+static void report_locks(void)
+{
+	pid_t child = fork();
+	if (child < 0)
+		fail("fork");
+	if (child == 0) {
+		int f = open(in_dir("lock.flock"), O_RDWR);
+		int held_flock = flock(f, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+		int p = open(in_dir("lock.posix"), O_RDWR);
+		struct flock w = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0 };
+		fcntl(p, F_GETLK, &w);
+		struct flock r = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 50, .l_len = 0 };
+		fcntl(p, F_GETLK, &r);
+		int o = open(in_dir("lock.ofd"), O_RDWR);
+		struct flock d = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0 };
+		fcntl(o, F_OFD_GETLK, &d);
+		say("locks: flock held %d; posix %s %ld+%ld, then %s %ld+%ld; ofd %s",
+		    held_flock, w.l_type == F_WRLCK ? "write" : "none", (long)w.l_start,
+		    (long)w.l_len, r.l_type == F_RDLCK ? "read" : "none", (long)r.l_start,
+		    (long)r.l_len, d.l_type == F_WRLCK ? "write" : "none");
+		_exit(0);
+	}
+	int status;
+	waitpid(child, &status, 0);
+}
+
+static void report_inotify(void)
+{
+	char buf[4096] __attribute__((aligned(8)));
+	ok(close(open(in_dir("made"), O_CREAT | O_WRONLY | O_CLOEXEC, 0600)), "create");
+	ok(close(open(in_dir("sub/doomed"), O_CREAT | O_WRONLY | O_CLOEXEC, 0600)), "create");
+	ok(unlink(in_dir("sub/doomed")), "unlink");
+	ok(close(open(in_dir("sub2/new"), O_CREAT | O_WRONLY | O_CLOEXEC, 0600)), "create");
+	char out[512] = "";
+	size_t used = 0;
+	for (int tries = 0; tries < 3 && readable(watcher, WAIT_MS); tries++) {
+		ssize_t n = read(watcher, buf, sizeof buf);
+		for (char *p = buf; n > 0 && p < buf + n;) {
+			struct inotify_event *e = (struct inotify_event *)p;
+			used += snprintf(out + used, sizeof out - used, " wd %d %s '%s';", e->wd,
+					 e->mask & IN_CREATE ? "create" : e->mask & IN_DELETE ?
+					 "delete" : "other", e->len ? e->name : "");
+			p += sizeof *e + e->len;
+		}
+		if (strstr(out, "sub") || strstr(out, "'new'"))
+			break;
+	}
+	say("inotify:%s", out);
+	unlink(in_dir("made"));
+	unlink(in_dir("sub2/new"));
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -753,6 +864,8 @@ int main(int argc, char **argv)
 	report_tcp_listeners(c4);
 	report_udp();
 	report_tcp_established();
+	report_locks();
+	report_inotify();
 	unlink(listen_path);
 	say("done");
 	return 0;

@@ -20,7 +20,7 @@ from .image.model import AnonState, EpollTarget
 from .libc import errno, libc
 
 TYPES = {"[eventfd]": "eventfd", "[timerfd]": "timerfd", "[signalfd]": "signalfd",
-         "[eventpoll]": "epoll"}
+         "[eventpoll]": "epoll", "inotify": "inotify", "[fanotify]": "fanotify"}
 O_NONBLOCK = 0o4000
 TFD_TIMER_ABSTIME = 1
 TFD_IOC_SET_TICKS = 0x40085400     # _IOW('T', 0, u64): needs CONFIG_CHECKPOINT_RESTORE
@@ -126,6 +126,9 @@ def make(state: AnonState, flags: int) -> int:
     if state.type == "signalfd":
         mask = ctypes.c_uint64(state.sigmask)
         return _check(libc().signalfd(-1, ctypes.byref(mask), nonblock), "signalfd")
+    if state.type in ("inotify", "fanotify"):
+        from . import watches
+        return watches.make(state, flags)
     if state.type == "epoll":
         fd = _check(libc().epoll_create1(0), "epoll_create1")
         if nonblock:

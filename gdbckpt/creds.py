@@ -9,11 +9,13 @@ thread: on Linux credentials belong to each thread).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 
 from .errors import RestoreError
 from .image.model import Credentials
+from .libc import libc
 from .linux import Prctl, Sys
 
 
@@ -128,3 +130,20 @@ def calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def as_fs_user(saved: Credentials | None):
+    """File access and new files as the saved user (their fs uid and gid), for this
+    thread only, while root makes things on the image's behalf; None: as ourselves."""
+    if saved is None:
+        yield
+        return
+    call = libc().syscall
+    old_gid = call(Sys.setfsgid, saved.gids[3])
+    old_uid = call(Sys.setfsuid, saved.uids[3])
+    try:
+        yield
+    finally:
+        call(Sys.setfsuid, old_uid)
+        call(Sys.setfsgid, old_gid)

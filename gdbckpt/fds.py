@@ -16,10 +16,12 @@ from __future__ import annotations
 import enum
 import fcntl
 import os
+import re
 import stat
 
+from .creds import as_fs_user
 from .errors import SaveError
-from .image.model import FdInfo
+from .image.model import FdInfo, FileLock
 from .libc import errno, libc
 
 KCMP_FILE = 0
@@ -65,6 +67,19 @@ def parse_fdinfo(text: str) -> tuple[int, int]:
     return pos, flags
 
 
+LOCK_LINE = re.compile(r"^lock:\s+\d+: (FLOCK|POSIX|OFDLCK|LEASE)\s+(?:ADVISORY|ACTIVE)\s+"
+                       r"(WRITE|READ)\s+\S+\s+\S+\s+(\d+) (\d+|EOF)$", re.M)
+LOCK_KINDS = {"FLOCK": "flock", "POSIX": "posix", "OFDLCK": "ofd", "LEASE": "lease"}
+
+
+def parse_locks(text: str) -> list[FileLock]:
+    """The locks held through one descriptor, from its fdinfo (leases being broken,
+    and lock requests still waiting, are not held: they are left out)."""
+    return [FileLock(LOCK_KINDS[m[1]], m[2] == "WRITE", int(m[3]),
+                     -1 if m[4] == "EOF" else int(m[4]))
+            for m in LOCK_LINE.finditer(text)]
+
+
 def classify(target: str, st: os.stat_result | None) -> FdKind:
     if target.startswith("pipe:"):
         return FdKind.PIPE
@@ -96,7 +111,8 @@ def read_fds(pid: int) -> list[FdInfo]:
         try:
             target = os.readlink(f"{base}/{fd}")
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                pos, flags = parse_fdinfo(f.read())
+                text = f.read()
+            pos, flags = parse_fdinfo(text)
         except OSError:
             continue          # closed meanwhile
         try:
@@ -104,7 +120,8 @@ def read_fds(pid: int) -> list[FdInfo]:
         except OSError:
             st = None
         kind = classify(target, st)
-        info = FdInfo(fd=fd, kind=kind.value, target=target, flags=flags, pos=pos)
+        info = FdInfo(fd=fd, kind=kind.value, target=target, flags=flags, pos=pos,
+                      locks=parse_locks(text))
         if kind in (FdKind.FILE, FdKind.DELETED) and st is not None:
             info.size, info.mtime_ns = st.st_size, st.st_mtime_ns
             info.ino, info.dev = st.st_ino, st.st_dev
@@ -217,7 +234,7 @@ class Grabber:
 def read_states(pid: int, fds: list[FdInfo], repair: bool) -> list[str]:
     """Fill in the state of every pipe, socket and anon-inode descriptor of the
     stopped process pid; returns what a restore will not give back, one line each."""
-    from . import anonfds, pipes, sockets
+    from . import pipes, sockets
     lost: list[str] = []
     grab = Grabber(pid)
     try:
@@ -232,10 +249,7 @@ def read_states(pid: int, fds: list[FdInfo], repair: bool) -> list[str]:
                     finally:
                         os.close(ours)
                 elif f.kind == FdKind.ANON:
-                    with open(f"/proc/{pid}/fdinfo/{f.fd}") as info:
-                        f.anon, why = anonfds.save(pid, f.fd, f.target, info.read())
-                    if why:
-                        lost.append(f"{describe(f)}: {why}")
+                    lost += [f"{describe(f)}: {why}" for why in _save_anon(pid, f, grab)]
                 else:
                     ours = grab.take(f.fd)
                     try:
@@ -249,6 +263,22 @@ def read_states(pid: int, fds: list[FdInfo], repair: bool) -> list[str]:
     finally:
         grab.close()
     return lost
+
+
+def _save_anon(pid: int, f: FdInfo, grab: Grabber) -> list[str]:
+    from . import anonfds, watches
+    with open(f"/proc/{pid}/fdinfo/{f.fd}") as info:
+        text = info.read()
+    kind = anonfds.kind_of(f.target)
+    if kind in ("inotify", "fanotify"):
+        ours = grab.take(f.fd)
+        try:
+            f.anon, whys = watches.save(pid, kind, text, ours)
+        finally:
+            os.close(ours)
+        return whys
+    f.anon, why = anonfds.save(pid, f.fd, f.target, text)
+    return [why] if why else []
 
 
 def _outside_peers(fds: list[FdInfo]) -> list[str]:
@@ -274,7 +304,7 @@ def _outside_peers(fds: list[FdInfo]) -> list[str]:
     return out
 
 
-CAP_NET_BIND_SERVICE, CAP_NET_ADMIN = 10, 12
+CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SYS_ADMIN = 10, 12, 21
 
 
 def make_objects(kind: str, infos: tuple, creds=None) -> tuple[list[int], list[str]]:
@@ -289,18 +319,23 @@ def make_objects(kind: str, infos: tuple, creds=None) -> tuple[list[int], list[s
                           writer.flags if writer else None)
         return _keep(ends, infos), []
     if kind == "anon":
-        return [anonfds.make(infos[0].anon, infos[0].flags)], []
+        state = infos[0].anon
+        if state.type == "fanotify" and creds is not None and \
+                not creds.effective >> CAP_SYS_ADMIN & 1:
+            raise OSError(1, f"{describe(infos[0])}: the saved user could not use fanotify")
+        with as_fs_user(creds):         # an inotify watch needs the user's read access
+            return [anonfds.make(state, infos[0].flags)], []
     if kind == "socketpair":
         ours = list(sockets.make_pair(infos[0].sock, infos[1].sock))
         return _status_flags(ours, infos), []
     repair = tcprepair.can_repair() and (creds is None or creds.effective >> CAP_NET_ADMIN & 1)
-    fsids = (creds.uids[3], creds.gids[3]) if creds is not None else None
     ours, warnings = [], []
     try:
         for info in infos:          # one socket, or both ends of a TCP connection
             if creds is not None:
                 _check_port(info.sock, creds)
-            fd, warning = sockets.make(info.sock, can_repair=bool(repair), fsids=fsids)
+            with as_fs_user(creds):     # a path socket's file belongs to the user
+                fd, warning = sockets.make(info.sock, can_repair=bool(repair))
             ours.append(fd)
             warnings += [warning] if warning else []
     except BaseException:

@@ -59,6 +59,9 @@ O_NOFOLLOW = 0o400000
 F_SETFD, FD_CLOEXEC = 2, 1
 PR_TIMER_CREATE_RESTORE_IDS = 77
 EPOLL_CTL_ADD = 1
+F_RDLCK, F_WRLCK, F_SETLK, F_OFD_SETLK, F_SETLEASE = 0, 1, 6, 37, 1024
+LOCK_SH, LOCK_EX, LOCK_NB = 1, 2, 4
+FLOCK = struct.Struct("<hh4xqqi4x")    # struct flock: type, whence, start, len, pid
 EPOLL_EVENT = struct.Struct("<IQ")     # struct epoll_event is packed on x86-64
 RLIMIT_SHORT = ("cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock",
                 "as", "locks", "sigpending", "msgqueue", "nice", "rtprio", "rttime")
@@ -200,6 +203,23 @@ class MakeFds(Step):
             ends = " and ".join(f"fd {fd}" for fd in self.fds if fd >= 0)
             return f"make a pipe with {data} bytes in it, at {ends}"
         return "make " + ", ".join(fdsmod.describe(f) for f in self.infos if f)
+
+
+@dataclasses.dataclass(frozen=True)
+class TakeLock(Step):
+    """Take a lock the saved process held through fd (flock, POSIX, OFD or lease), never
+    waiting: a lock another process holds now fails the restore."""
+    fd: int = 0
+    kind: str = "flock"
+    write: bool = False
+    start: int = 0
+    end: int = -1
+
+    def describe(self):
+        where = "" if self.kind in ("flock", "lease") else \
+            f" bytes {self.start}-{'EOF' if self.end < 0 else self.end}"
+        return f"take the {'write' if self.write else 'read'} {self.kind} lock on fd " \
+               f"{self.fd}{where}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -986,6 +1006,11 @@ class _Builder:
             for fd in sorted(self.live.stub_fds - set(saved) - set(self.stdio)):
                 self.steps.append(CloseFd(fd=fd))
 
+    def _locks(self, f) -> None:
+        for lock in f.locks:
+            self.steps.append(TakeLock(fd=f.fd, kind=lock.kind, write=lock.write,
+                                       start=lock.start, end=lock.end))
+
     def _kernel_object(self, f) -> None:
         """Pipes, sockets and anon-inode descriptors, made with their state."""
         if f.pipe is not None:
@@ -1085,6 +1110,7 @@ class _Builder:
             self.steps.append(OpenFile(path=f.target, flags=fdsmod.reopen_flags(f), fd=f.fd,
                                        cloexec=False, why=f"saved fd {f.fd}"))
             self.steps.append(Seek(fd=f.fd, pos=f.pos))
+            self._locks(f)
         elif kind == fdsmod.FdKind.DELETED:
             path = f.target.removesuffix(" (deleted)")
             directory = os.path.dirname(path) or "/"
@@ -1099,6 +1125,7 @@ class _Builder:
                                               flags=fdsmod.reopen_flags(f), image_fd=image_fd,
                                               copies=copies, target=path))
             self.steps.append(Seek(fd=f.fd, pos=f.pos))
+            self._locks(f)
         elif kind == fdsmod.FdKind.CHARDEV:
             problem = fdsmod.device_problem(f.target)
             if problem:
@@ -1320,6 +1347,19 @@ def _set_cloexec(step: SetCloexec, scratch: Scratch) -> list[Op]:
 @encode.register
 def _dup_fd(step: DupFd, scratch: Scratch) -> list[Op]:
         return [Op(Sys.dup3, (step.fd, step.to, 0))]
+
+
+@encode.register
+def _take_lock(step: TakeLock, scratch: Scratch) -> list[Op]:
+        ltype = F_WRLCK if step.write else F_RDLCK
+        if step.kind == "flock":
+            return [Op(Sys.flock, (step.fd, (LOCK_EX if step.write else LOCK_SH) | LOCK_NB))]
+        if step.kind == "lease":
+            return [Op(Sys.fcntl, (step.fd, F_SETLEASE, ltype))]
+        length = 0 if step.end < 0 else step.end - step.start + 1
+        lock = scratch.put(FLOCK.pack(ltype, 0, step.start, length, 0))
+        cmd = F_OFD_SETLK if step.kind == "ofd" else F_SETLK
+        return [Op(Sys.fcntl, (step.fd, cmd, lock))]
 
 
 @encode.register

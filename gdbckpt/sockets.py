@@ -282,12 +282,10 @@ def make_pair(a: SockState, b: SockState) -> tuple[int, int]:
         y.close()
 
 
-def make(st: SockState, *, can_repair: bool, fsids: tuple[int, int] | None = None
-         ) -> tuple[int, str]:
+def make(st: SockState, *, can_repair: bool) -> tuple[int, str]:
     """(our fd of a socket as saved, a warning or ""): st is one socket whose peer, if
-    any, is not part of the restore. fsids: (uid, gid) to create a unix socket's
-    file as (root restoring another user's process). A listening or bound socket
-    that cannot have its address fails the restore (OSError)."""
+    any, is not part of the restore. A listening or bound socket that cannot have its
+    address fails the restore (OSError)."""
     if st.tcp is not None:
         if not can_repair:
             return reset_socket(st), f"{label(st)}: comes back reset (no TCP_REPAIR here)"
@@ -303,7 +301,7 @@ def make(st: SockState, *, can_repair: bool, fsids: tuple[int, int] | None = Non
     try:
         _apply_options(s, st)
         if st.family == socket.AF_UNIX:
-            _make_unix(s, st, fsids)
+            _make_unix(s, st)
         else:
             _make_inet(s, st)
         _shutdown(s, st.shutdown)
@@ -328,9 +326,9 @@ def _make_inet(s: socket.socket, st: SockState) -> None:
             s.sendto(msg, here)
 
 
-def _make_unix(s: socket.socket, st: SockState, fsids: tuple[int, int] | None) -> None:
+def _make_unix(s: socket.socket, st: SockState) -> None:
     if st.name:
-        _bind_unix(s, st.name, fsids)
+        _bind_unix(s, st.name)
     if st.state == "listening":
         s.listen(st.backlog or socket.SOMAXCONN)
     elif st.state == "connected" and st.peer_name:
@@ -339,11 +337,10 @@ def _make_unix(s: socket.socket, st: SockState, fsids: tuple[int, int] | None) -
             s.connect(st.peer_name)
 
 
-def _bind_unix(s: socket.socket, name: bytes, fsids: tuple[int, int] | None) -> None:
+def _bind_unix(s: socket.socket, name: bytes) -> None:
     if name[:1] != b"\0":
         _remove_stale(name)
-    with _fs_ids(fsids):
-        s.bind(name)
+    s.bind(name)
 
 
 def _remove_stale(path: bytes) -> None:
@@ -364,23 +361,6 @@ def _remove_stale(path: bytes) -> None:
             return
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-@contextlib.contextmanager
-def _fs_ids(ids: tuple[int, int] | None):
-    """Files made here belong to ids (the saved user), for this thread only."""
-    if ids is None:
-        yield
-        return
-    from .libc import libc
-    SYS_SETFSUID, SYS_SETFSGID = 122, 123
-    old_gid = libc().syscall(SYS_SETFSGID, ids[1])
-    old_uid = libc().syscall(SYS_SETFSUID, ids[0])
-    try:
-        yield
-    finally:
-        libc().syscall(SYS_SETFSUID, old_uid)
-        libc().syscall(SYS_SETFSGID, old_gid)
 
 
 def _apply_options(s: socket.socket, st: SockState) -> None:

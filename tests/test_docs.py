@@ -25,7 +25,7 @@ def test_every_model_field_is_documented():
                 model.FdInfo, model.MmBounds, model.SigAction, model.Rseq, model.SyscallState,
                 model.SigAltStack, model.Rlimit, model.ItimerState, model.PosixTimer,
                 model.SysvShm, model.PipeState, model.AnonState, model.EpollTarget,
-                model.SockState, model.TcpConn):
+                model.SockState, model.TcpConn, model.FileLock, model.Watch):
         for f in dataclasses.fields(cls):
             assert re.search(rf"`{f.name}`|\| {f.name}\b|\b{f.name},|, {f.name}\b", DOC), \
                 f"{cls.__name__}.{f.name}"

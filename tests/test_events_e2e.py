@@ -197,3 +197,25 @@ def test_strict_refuses_and_keeps_the_old_image(tmp_path):
     finally:
         conn.close()
         kill_and_reap(p)
+
+
+def test_a_lock_held_elsewhere_refuses_the_restore_in_one_line(tmp_path):
+    """The saved process still holds its flock: the restore must not hand a copy a
+    lock it does not have, nor leave a half-made process behind."""
+    code = ("import fcntl, sys, time\n"
+            "f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    out, img = str(tmp_path / "out"), str(tmp_path / "l.img")
+    p = spawn(["/usr/bin/python3", "-c", code, str(tmp_path / "held")], out)
+    try:
+        wait_for_output(out, "^ready")
+        batch(str(p.pid), "-o", img, check=0)
+        r = batch("restore", img, check=1)
+        err = r.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert re.search(r"take the write flock lock on fd \d+\) failed: .*flock.*"
+                         r"Resource temporarily unavailable", err), err
+        assert subprocess.run(["pgrep", "-f", "gdbckpt-stub"], capture_output=True).stdout == b""
+    finally:
+        kill_and_reap(p)

@@ -216,6 +216,16 @@ class FdInfo:
     pipe: PipeState | None = None
     anon: AnonState | None = None
     sock: SockState | None = None
+    locks: list[FileLock] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class FileLock:
+    """A lock the process holds through this descriptor (its fdinfo 'lock:' lines)."""
+    kind: str                  # flock, posix, ofd, lease
+    write: bool
+    start: int = 0
+    end: int = -1              # the last byte locked; -1: to the end of the file
 
 
 @dataclasses.dataclass
@@ -236,7 +246,8 @@ class EpollTarget:
 
 @dataclasses.dataclass
 class AnonState:
-    """An anon-inode descriptor (anonfds.py): eventfd, timerfd, signalfd or epoll."""
+    """An anon-inode descriptor: eventfd, timerfd, signalfd or epoll (anonfds.py),
+    inotify or fanotify (watches.py)."""
     type: str
     count: int = 0             # eventfd: the counter
     semaphore: bool = False
@@ -248,6 +259,19 @@ class AnonState:
     saved_ns: int = 0          # the timer's clock at the save (an absolute timer's base)
     sigmask: int = 0           # signalfd
     targets: list[EpollTarget] = dataclasses.field(default_factory=list)   # epoll
+    watches: list[Watch] = dataclasses.field(default_factory=list)   # inotify, fanotify
+    fan_flags: int = 0         # fanotify_init's flags and event_f_flags
+    fan_event_flags: int = 0
+
+
+@dataclasses.dataclass
+class Watch:
+    """An inotify watch or a fanotify mark (watches.py)."""
+    path: str
+    mask: int
+    wd: int = 0                # inotify: the watch descriptor the program knows
+    ignored: int = 0           # fanotify: the ignored mask
+    flags: int = 0             # fanotify: FAN_MARK_* (mount, filesystem, ...)
 
 
 @dataclasses.dataclass
