@@ -86,9 +86,12 @@ def _epoll(pid: int, epfd: int, fdinfo: str) -> tuple[AnonState, str]:
     """Registrations whose fd still names the registered file (kcmp); one whose fd was
     closed or reused since cannot be tied to a descriptor of the restored process."""
     state, lost = AnonState("epoll"), []
+    seen: dict[int, int] = {}
     for m in EPOLL_LINE.finditer(fdinfo):
         tfd, events, data = int(m[1]), int(m[2], 16), int(m[3], 16)
-        if _same_target(pid, epfd, tfd):
+        # The n-th registration under this number (fdinfo and kcmp go in one order).
+        nth = seen[tfd] = seen.get(tfd, -1) + 1
+        if _same_target(pid, epfd, tfd, nth):
             state.targets.append(EpollTarget(tfd, events, data))
         else:
             lost.append(str(tfd))
@@ -96,8 +99,8 @@ def _epoll(pid: int, epfd: int, fdinfo: str) -> tuple[AnonState, str]:
     return state, why
 
 
-def _same_target(pid: int, epfd: int, tfd: int) -> bool:
-    slot = struct.pack("<III", epfd, tfd, 0)
+def _same_target(pid: int, epfd: int, tfd: int, nth: int) -> bool:
+    slot = struct.pack("<III", epfd, tfd, nth)
     return libc().syscall(SYS_KCMP, pid, pid, KCMP_EPOLL_TFD, tfd, ctypes.c_char_p(slot)) == 0
 
 
@@ -120,7 +123,11 @@ def make(state: AnonState, flags: int) -> int:
     file flags (O_NONBLOCK matters; close-on-exec is the stub's business)."""
     nonblock = flags & O_NONBLOCK
     if state.type == "eventfd":
-        return os.eventfd(state.count, (EFD_SEMAPHORE if state.semaphore else 0) | nonblock)
+        # Created empty, then written: the counter is 64 bits, eventfd()'s initval 32.
+        fd = os.eventfd(0, (EFD_SEMAPHORE if state.semaphore else 0) | nonblock)
+        if state.count:
+            os.eventfd_write(fd, state.count)
+        return fd
     if state.type == "timerfd":
         return _make_timerfd(state, nonblock)
     if state.type == "signalfd":

@@ -300,7 +300,8 @@ def _outside_peers(fds: list[FdInfo]) -> list[str]:
                            "fail with EPIPE")
         s = f.sock
         if s is not None and s.peer_ino and s.peer_ino not in inos and s.type != 2:
-            out.append(f"{describe(f)}: its peer is another process: it comes back reset")
+            out.append(f"{describe(f)}: its peer is another process: after a restore it "
+                       "reads what was queued, then end of file")
     return out
 
 

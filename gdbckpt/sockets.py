@@ -30,6 +30,8 @@ TCP_LISTEN, TCP_ESTABLISHED = 10, 1
 RCV_SHUTDOWN, SEND_SHUTDOWN = 1, 2
 PEEK_MAX = 1 << 18          # more than the largest unix datagram
 QUEUE_MAX = 64 << 20        # unread data a save keeps per socket
+MESSAGES_MAX = 1 << 16      # and messages (zero-length ones included)
+ANC_ROOM = 4096             # ancillary data: descriptors in flight, credentials
 
 # Options worth keeping, by name: (level, option, size); size 0 is an int.
 OPTIONS = {
@@ -156,37 +158,44 @@ def _save_unix(s: socket.socket, st: SockState) -> list[str]:
         if diag.pending:
             lost.append(f"{len(diag.pending)} connection(s) not yet accepted are lost")
         return lost
-    if diag.peer:
-        peer = sockdiag.unix_sockets({diag.peer}).get(diag.peer)
+    if diag.peer or diag.state == TCP_ESTABLISHED:     # connected, its peer maybe gone
+        peer = sockdiag.unix_sockets({diag.peer}).get(diag.peer) if diag.peer else None
         st.state, st.peer_name = "connected", (peer.name or b"") if peer else b""
     else:
         st.state = "bound" if st.name else "unbound"
-    st.queue, _, fds_lost = _peek_queue(s)
+    st.queue, senders, fds_lost = _peek_queue(s)
     if fds_lost:
         lost.append("descriptors in flight (SCM_RIGHTS) are lost")
+    if s.type == socket.SOCK_DGRAM and st.name and any(senders):
+        # Only a datagram from an unnamed socket can be sent again as it was.
+        named = sum(1 for frm in senders if frm)
+        st.queue = [m for m, frm in zip(st.queue, senders, strict=True) if not frm]
+        lost.append(f"{named} unread datagram(s) from named sockets are lost")
     return lost
 
 
 def _peek_queue(s: socket.socket) -> tuple[list[bytes], list, bool]:
     """Every unread message, in order, left unread: peeks that move on with
     SO_PEEK_OFF, which is put back after. (messages, their senders, whether any
-    carried descriptors)."""
+    carried descriptors.) A stream or seqpacket socket says how many bytes wait
+    (SIOCINQ): the peeks stop there, as an empty peek may be end of file."""
     old = s.getsockopt(SOL_SOCKET, SO_PEEK_OFF)
+    waiting = _inq(s) if s.type != socket.SOCK_DGRAM else None
     out: list[bytes] = []
     senders: list = []
     fds = False
     total = 0
     s.setsockopt(SOL_SOCKET, SO_PEEK_OFF, 0)
     try:
-        while total < QUEUE_MAX:
+        while total < QUEUE_MAX and len(out) < MESSAGES_MAX:
+            if waiting is not None and total >= waiting:
+                break
             try:
-                data, _, flags, sender = s.recvmsg(PEEK_MAX, 0,
-                                                   socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                data, anc, _, sender = s.recvmsg(PEEK_MAX, ANC_ROOM,
+                                                 socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except (BlockingIOError, ConnectionResetError):
                 break
-            if not data and s.type == socket.SOCK_STREAM:
-                break       # end of file: the peer shut down
-            fds |= bool(flags & socket.MSG_CTRUNC)
+            fds |= _carried_fds(anc)
             out.append(data)
             senders.append(sender)
             total += len(data)
@@ -195,6 +204,24 @@ def _peek_queue(s: socket.socket) -> tuple[list[bytes], list, bool]:
     if s.type == socket.SOCK_STREAM and out:
         out = [b"".join(out)]
     return out, senders, fds
+
+
+def _carried_fds(anc) -> bool:
+    """Whether a peeked message carries descriptors; the peek put copies of them in
+    our process, which are closed here (credentials, also seen, are nothing to keep)."""
+    found = False
+    for level, kind, data in anc:
+        if level == SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            found = True
+            for i in range(0, len(data) - len(data) % 4, 4):
+                os.close(int.from_bytes(data[i:i + 4], "little"))
+    return found
+
+
+def _inq(s: socket.socket) -> int:
+    import fcntl
+    import termios
+    return int.from_bytes(fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0" * 4), "little")
 
 
 def _save_inet(s: socket.socket, st: SockState, repair: bool) -> list[str]:
@@ -295,6 +322,9 @@ def make(st: SockState, *, can_repair: bool) -> tuple[int, str]:
             return reset_socket(st), f"{label(st)}: {e}: it comes back reset"
         _apply_options(s, st)
         return s.detach(), ""
+    if st.family == socket.AF_UNIX and st.state != "listening" and st.queue and \
+            (st.type != socket.SOCK_DGRAM or not st.name):
+        return _orphan(st), ""
     if st.state in ("connected", "other") and st.type != socket.SOCK_DGRAM:
         return reset_socket(st), ""      # the save said so
     s = socket.socket(st.family, st.type, st.protocol)
@@ -335,6 +365,11 @@ def _make_unix(s: socket.socket, st: SockState) -> None:
         # A datagram peer elsewhere (syslog, say): connecting again loses nothing.
         with contextlib.suppress(OSError):
             s.connect(st.peer_name)
+    if st.queue and st.name:
+        # Datagrams from unnamed senders (the save kept only those): sent again.
+        with socket.socket(socket.AF_UNIX, st.type) as sender:
+            for msg in st.queue:
+                sender.sendto(msg, st.name)
 
 
 def _bind_unix(s: socket.socket, name: bytes) -> None:
@@ -352,6 +387,7 @@ def _remove_stale(path: bytes) -> None:
     except OSError:
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)    # a live listener with a full backlog: EAGAIN
         try:
             probe.connect(path)
             return
@@ -381,6 +417,21 @@ def _shutdown(s: socket.socket, mask: int) -> None:
     if how is not None:
         with contextlib.suppress(OSError):
             s.shutdown(how)
+
+
+def _orphan(st: SockState) -> int:
+    """A unix socket whose peer is gone or elsewhere, with its unread messages: it
+    reads them, then end of file (writes fail with EPIPE), as the original would
+    have once its peer had gone."""
+    x, y = socket.socketpair(socket.AF_UNIX, st.type)
+    try:
+        _apply_options(x, st)
+        for msg in st.queue:
+            y.sendall(msg) if st.type == socket.SOCK_STREAM else y.send(msg)
+        return x.detach()
+    finally:
+        x.close()
+        y.close()
 
 
 def reset_socket(st: SockState) -> int:

@@ -1,10 +1,12 @@
 """The engine, end to end: nothing depends on GDB writing registers, vector state comes
 back bit for bit, and a tracer that dies leaves the process running as if untraced."""
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -12,13 +14,16 @@ from harness import (
     BATCH,
     REPO,
     SHIM,
+    batch,
     batch_restore,
     error_of,
     example,
     read,
     shimmed_gdb,
+    spawn,
     uninterrupted,
     wait_for_output,
+    wait_gone,
 )
 
 from gdbckpt.engine import xstate
@@ -169,4 +174,51 @@ def test_a_thread_in_sigsuspend_keeps_its_real_mask(tmp_path):
     finally:
         p.kill()
     batch_restore(img)
+    assert read(out) == uninterrupted(argv)
+
+
+def occupy(pid: int) -> subprocess.Popen | None:
+    """A sleeper holding pid (root: ns_last_pid), or None if another process took it."""
+    for _ in range(20):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(["sleep", "60"])
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="choosing a pid needs root")
+def test_a_thread_id_taken_during_the_restore_gives_new_ids_and_runs_right(tmp_path):
+    """The kernel refuses a saved thread id that another process took after the check
+    (a busy machine): the restore starts over with new thread ids and patches them in."""
+    argv = [example("threads"), "200", "5000"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "t.img")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, r"^round 5 ")
+        batch(str(p.pid), "-o", img, "--kill", check=0)
+    finally:
+        p.kill()
+        p.wait()
+    from gdbckpt.image import Image
+    tids = [t.tid for t in Image.open(img).threads]
+    holder = occupy(tids[-1])
+    if holder is None:
+        pytest.skip("could not hold the thread id on this busy machine")
+    try:
+        # The check says every id is free; the kernel then finds the last one taken.
+        code = ("import sys, gdbckpt.engine.restore as r, gdbckpt.batch as b\n"
+                "r._exists = lambda t: False\n"
+                "sys.exit(b.main(sys.argv[1:]))\n")
+        r = subprocess.run([sys.executable, "-c", code, "restore", img, "--json"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 0, r.stderr
+        wait_gone(json.loads(r.stdout.splitlines()[-1])["pid"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "was taken meanwhile: the threads got new ids" in r.stdout, r.stdout
     assert read(out) == uninterrupted(argv)

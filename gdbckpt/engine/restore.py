@@ -11,6 +11,7 @@ debugger to attach, or running.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import mmap
 import os
 import resource
@@ -127,11 +128,30 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
     then sets the dumpable flag: a non-dumpable process refuses an unprivileged
     attach) or running on its own (dumpable set here)."""
     front = front or Front()
+    try:
+        return _restore(p, front, stopped, new_session, keep_tids=True)
+    except _TidTaken as e:
+        # Another process took a saved thread id between the check and the clone (a
+        # busy machine): once more, with new thread ids patched in where glibc keeps
+        # them; the process keeps its pid if it is free.
+        front.log(f"{e}: restoring again with new thread ids")
+        r = _restore(p, front, stopped, new_session, keep_tids=False)
+        r.warnings.append(f"{e}: the threads got new ids")
+        return r
+
+
+class _TidTaken(RestoreError):
+    pass
+
+
+def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
+             keep_tids: bool) -> RestoreResult:
     img, t0, phases = p.img, p.t0, p.phases
     ids = [t.tid for t in img.threads]
-    want = ids[0] if _checkpoint_capable() and not any(_exists(t) for t in ids) else 0
+    want = ids[0] if _checkpoint_capable() and not _exists(ids[0]) else 0
     stub = _start_stub(want, new_session, _image_hand(img))
-    p.same_ids = bool(want) and stub.pid == want and not any(_exists(t) for t in ids[1:])
+    p.same_ids = keep_tids and bool(want) and stub.pid == want and \
+        not any(_exists(t) for t in ids[1:])
     phases["start stub"] = time.perf_counter() - t0
     try:
         p.sysv = sysv.prepare(img.vmas)
@@ -284,6 +304,9 @@ class _Executor:
             ignored, results = self.stub.run(batch)
         except OpFailed as e:
             step = self.plan.steps[e.index]
+            if isinstance(step, planmod.CloneThread) and step.same_tid and \
+                    e.errno == errno.EEXIST:
+                raise _TidTaken(f"thread id {step.state.tid} was taken meanwhile") from None
             raise RestoreError(f"step {e.index} ({step.describe()}) failed: {e}") from None
         for (index, _), ret in zip(batch, results, strict=False):
             step = self.plan.steps[index]
@@ -291,9 +314,9 @@ class _Executor:
                 self.stub.scratch.tids[step.state.tid] = ret
                 self._check_setup(index, step)
                 self.stub.take_thread(ret)
-        for index, op, errno in ignored:
+        for index, op, err in ignored:
             self.warnings.append(f"{self.plan.steps[index].describe()}: {op_name(op)}: "
-                                 f"{os.strerror(errno)}")
+                                 f"{os.strerror(err)}")
 
     def _check_setup(self, index: int, step: planmod.CloneThread) -> None:
         """The new thread ran its own setup ops: fail on what failed there."""

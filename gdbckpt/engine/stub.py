@@ -101,8 +101,9 @@ class Stub:
                 raise RestoreError(f"cannot take hold of the restart stub: {e}") from None
 
     def kill(self) -> None:
+        threads = [t for t in self.proc.tids if t != self.pid]
         self.proc.close()
-        _kill_and_reap(self.pid)
+        _kill_and_reap(self.pid, threads)
 
     def mappings(self) -> list[Mapping]:
         return read_mappings(self.pid)
@@ -225,12 +226,18 @@ def _wait_event_stop(tid: int) -> None:
         ptrace.interrupt(tid)
 
 
-def _kill_and_reap(pid: int) -> None:
+def _kill_and_reap(pid: int, threads: list[int] = ()) -> None:
+    """Kill the stub and reap it. Threads we traced must be reaped by us first (with
+    __WALL): until they are, the leader cannot be, and waiting for it would hang."""
     try:
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
+    except ProcessLookupError:
+        return
+    for tid in [*threads, pid]:
+        try:
+            os.waitpid(tid, ptrace.WALL if tid != pid else 0)
+        except ChildProcessError:
+            pass
 
 
 def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False,
