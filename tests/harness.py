@@ -60,6 +60,18 @@ def uninterrupted(argv: list[str], stdin: str = "/dev/null", timeout: float = 60
                               timeout=timeout).stdout
 
 
+def uninterrupted_later(argv: list[str], timeout: float = 60):
+    """uninterrupted(argv), run meanwhile: call the result for its output. For programs
+    that take seconds, run beside the one a test saves and restores."""
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+
+    def output() -> str:
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, (argv, p.returncode)
+        return out
+    return output
+
+
 # GDB as it is on hosts with AMX: its own writes of the extended registers fail
 # (tests/shim/no_xstate_write.c). Every GDB the tests start runs with it.
 SHIM_SOURCE = os.path.join(REPO, "tests", "shim", "no_xstate_write.c")

@@ -11,8 +11,9 @@ from harness import shimmed_gdb  # noqa: E402
 from soak import soak  # noqa: E402
 
 
-def test_twenty_rounds_of_save_and_restore(tmp_path):
-    soak(20, "counter", str(tmp_path), log=lambda s: None, make_gdb=shimmed_gdb)
+def test_ten_rounds_of_save_and_restore(tmp_path):
+    """A short soak (`make soak` runs 200 rounds)."""
+    soak(10, "counter", str(tmp_path), log=lambda s: None, make_gdb=shimmed_gdb)
 
 
 def test_threads_keep_only_their_own_pending_signals(tmp_path):
