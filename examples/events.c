@@ -32,7 +32,8 @@
  *     and read from 100 to the end of DIR/lock.posix; an OFD write lock on all
  *     of DIR/lock.ofd (a child process checks them, from outside, at the end);
  *   - an inotify descriptor with watches 1 (DIR, IN_CREATE), 2 (DIR/sub,
- *     IN_DELETE) and 4 (DIR/sub2, IN_CREATE): watch 3 was removed.
+ *     IN_DELETE) and 4 (DIR/sub2, IN_CREATE): watch 3 was removed;
+ *   - a pidfd of the process itself.
  *
  * Failed calls print "FAILED: what: error" and exit 1. A reading that would
  * block forever if state were lost waits at most 2 s and reports "timeout".
@@ -56,6 +57,7 @@
 #include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -80,7 +82,7 @@ static int ep, ep_nested;
 static int stream_pair[2], dgram_pair[2], seqpacket_pair[2];
 static int unix_listener, abstract_listener, tcp4_listener, tcp6_listener, udp;
 static int tcp_a, tcp_b; /* tcp_a connected, TCP_NODELAY; tcp_b accepted, SO_KEEPALIVE */
-static int lock_flock, lock_posix, lock_ofd, watcher;
+static int lock_flock, lock_posix, lock_ofd, watcher, self_pidfd;
 static uint16_t port4, port6, port_udp;
 
 __attribute__((noinline)) void checkpoint_here(void)
@@ -346,6 +348,7 @@ static void set_up_locks_and_watches(void)
 	char drain[4096];
 	while (read(watcher, drain, sizeof drain) > 0)	/* the IN_IGNORED of watch 3 */
 		;
+	self_pidfd = (int)ok(syscall(SYS_pidfd_open, getpid(), 0), "pidfd_open");
 }
 
 static void set_up(void)
@@ -835,6 +838,13 @@ static void report_inotify(void)
 	unlink(in_dir("sub2/new"));
 }
 
+static void report_pidfd(void)
+{
+	char pid[32];
+	fdinfo(self_pidfd, "Pid", pid, sizeof pid);
+	say("pidfd: names this process %d", atoi(pid) == getpid());
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -866,6 +876,7 @@ int main(int argc, char **argv)
 	report_tcp_established();
 	report_locks();
 	report_inotify();
+	report_pidfd();
 	unlink(listen_path);
 	say("done");
 	return 0;

@@ -20,7 +20,9 @@ from .image.model import AnonState, EpollTarget
 from .libc import errno, libc
 
 TYPES = {"[eventfd]": "eventfd", "[timerfd]": "timerfd", "[signalfd]": "signalfd",
-         "[eventpoll]": "epoll", "inotify": "inotify", "[fanotify]": "fanotify"}
+         "[eventpoll]": "epoll", "inotify": "inotify", "[fanotify]": "fanotify",
+         "[pidfd]": "pidfd"}
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 O_NONBLOCK = 0o4000
 TFD_TIMER_ABSTIME = 1
 TFD_IOC_SET_TICKS = 0x40085400     # _IOW('T', 0, u64): needs CONFIG_CHECKPOINT_RESTORE
@@ -50,6 +52,8 @@ def save(pid: int, fd: int, target: str, fdinfo: str) -> tuple[AnonState | None,
             return AnonState("signalfd", sigmask=int(fields["sigmask"], 16)), ""
         if kind == "epoll":
             return _epoll(pid, fd, fdinfo)
+        if kind == "pidfd":
+            return _pidfd(pid, int(fields["Pid"]))
     except (KeyError, ValueError) as e:
         return None, f"its fdinfo could not be read ({e})"
     return None, f"{target} descriptors are not restored yet"
@@ -62,6 +66,39 @@ def _fields(text: str) -> dict[str, str]:
         if sep:
             out[key.strip()] = value.strip()
     return out
+
+
+def _pidfd(saver_of: int, target: int) -> tuple[AnonState | None, str]:
+    """A pidfd names a process: the saved one itself, or another, which a restore
+    finds again only if that very process (same boot, same start time) still runs."""
+    if target == saver_of:
+        return AnonState("pidfd"), ""
+    if target <= 0:
+        return None, "a pidfd of a process that has ended"
+    start = _start_time(target)
+    if start is None:
+        return None, f"a pidfd of process {target}, which has ended"
+    with open(BOOT_ID) as f:
+        boot = f.read().strip()
+    return AnonState("pidfd", pid=target, pid_start=start, boot_id=boot), \
+        f"a pidfd of process {target}: a restore gives it back only while that process runs"
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pidfd_target(state: AnonState, self_pid: int) -> int | None:
+    """The pid a restored pidfd refers to, or None if that process is gone."""
+    if not state.pid:
+        return self_pid
+    with open(BOOT_ID) as f:
+        same_boot = f.read().strip() == state.boot_id
+    return state.pid if same_boot and _start_time(state.pid) == state.pid_start else None
 
 
 def _pair_ns(text: str) -> int:
@@ -118,10 +155,16 @@ def _ts(ns: int) -> _Timespec:
     return _Timespec(ns // NS, ns % NS)
 
 
-def make(state: AnonState, flags: int) -> int:
+def make(state: AnonState, flags: int, self_pid: int = 0) -> int:
     """A new descriptor of gdbckpt's own with the saved state; flags are the saved
-    file flags (O_NONBLOCK matters; close-on-exec is the stub's business)."""
+    file flags (O_NONBLOCK matters; close-on-exec is the stub's business). self_pid:
+    the restored process's pid (a pidfd of the saved process refers to it)."""
     nonblock = flags & O_NONBLOCK
+    if state.type == "pidfd":
+        target = pidfd_target(state, self_pid)
+        if target is None:
+            raise ProcessLookupError(3, f"process {state.pid} has ended")
+        return os.pidfd_open(target, nonblock)
     if state.type == "eventfd":
         # Created empty, then written: the counter is 64 bits, eventfd()'s initval 32.
         fd = os.eventfd(0, (EFD_SEMAPHORE if state.semaphore else 0) | nonblock)

@@ -308,10 +308,12 @@ def _outside_peers(fds: list[FdInfo]) -> list[str]:
 CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SYS_ADMIN = 10, 12, 21
 
 
-def make_objects(kind: str, infos: tuple, creds=None) -> tuple[list[int], list[str]]:
+def make_objects(kind: str, infos: tuple, creds=None, self_pid: int = 0
+                 ) -> tuple[list[int], list[str]]:
     """Our fds of the objects a plan.MakeFds step makes, one per info (-1 where its
     info is None), and warnings. creds: the saved credentials when the restorer acts
-    for another user: nothing is made that they could not have made themselves."""
+    for another user: nothing is made that they could not have made themselves.
+    self_pid: the restored process's pid."""
     from . import anonfds, pipes, sockets, tcprepair
     if kind == "pipe":
         reader, writer = infos
@@ -324,8 +326,12 @@ def make_objects(kind: str, infos: tuple, creds=None) -> tuple[list[int], list[s
         if state.type == "fanotify" and creds is not None and \
                 not creds.effective >> CAP_SYS_ADMIN & 1:
             raise OSError(1, f"{describe(infos[0])}: the saved user could not use fanotify")
-        with as_fs_user(creds):         # an inotify watch needs the user's read access
-            return [anonfds.make(state, infos[0].flags)], []
+        try:
+            with as_fs_user(creds):     # an inotify watch needs the user's read access
+                return [anonfds.make(state, infos[0].flags, self_pid)], []
+        except ProcessLookupError as e:     # a pidfd's process has ended
+            null = os.open("/dev/null", null_flags(infos[0]) & ACCMODE)
+            return [null], [f"{describe(infos[0])}: {e.strerror}: /dev/null in its place"]
     if kind == "socketpair":
         ours = list(sockets.make_pair(infos[0].sock, infos[1].sock))
         return _status_flags(ours, infos), []

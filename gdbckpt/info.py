@@ -111,8 +111,8 @@ def text(img: Image, *, mappings: bool = True) -> str:
 ALWAYS_LOST = (
     "the other end of a pipe or unix socket held by another process; established TCP "
     "connections without TCP_REPAIR (CAP_NET_ADMIN); descriptors in flight (SCM_RIGHTS); "
-    "events an inotify or fanotify descriptor had not yet delivered; pidfd and other "
-    "anon-inode descriptors",
+    "events an inotify or fanotify descriptor had not yet delivered; memfd, io_uring, "
+    "userfaultfd and other anon-inode descriptors",
     "child processes, ptrace relations, SysV semaphores and message queues",
     "credentials and capabilities when the restorer is not root (the process then runs "
     "with the restorer's, who must be the saved user), "

@@ -359,7 +359,7 @@ class _Executor:
         """Make the objects here, then have the stub take copies at their numbers."""
         creds = self.img.process.creds if self.take_creds else None
         try:
-            ours, warnings = fdsmod.make_objects(step.kind, step.infos, creds)
+            ours, warnings = fdsmod.make_objects(step.kind, step.infos, creds, self.stub.pid)
         except OSError as e:
             raise RestoreError(e.strerror or str(e)) from None
         try:

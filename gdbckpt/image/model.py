@@ -246,8 +246,8 @@ class EpollTarget:
 
 @dataclasses.dataclass
 class AnonState:
-    """An anon-inode descriptor: eventfd, timerfd, signalfd or epoll (anonfds.py),
-    inotify or fanotify (watches.py)."""
+    """An anon-inode descriptor: eventfd, timerfd, signalfd, epoll or pidfd
+    (anonfds.py), inotify or fanotify (watches.py)."""
     type: str
     count: int = 0             # eventfd: the counter
     semaphore: bool = False
@@ -262,6 +262,9 @@ class AnonState:
     watches: list[Watch] = dataclasses.field(default_factory=list)   # inotify, fanotify
     fan_flags: int = 0         # fanotify_init's flags and event_f_flags
     fan_event_flags: int = 0
+    pid: int = 0               # pidfd: the process it refers to (0: the saved process
+    pid_start: int = 0         # itself), that process's start time (clock ticks after
+    boot_id: str = ""          # boot) and the boot it ran in
 
 
 @dataclasses.dataclass
