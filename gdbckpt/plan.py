@@ -135,6 +135,18 @@ class TimeNamespace(Step):
 
 
 @dataclasses.dataclass(frozen=True)
+class FsIds(Step):
+    """Open and create files as the saved user from here on (root restoring another
+    user's image): the stub's file-system uid and gid become theirs, so it can open
+    nothing on the image's behalf that they could not."""
+    uid: int = 0
+    gid: int = 0
+
+    def describe(self):
+        return f"open files as uid {self.uid}, gid {self.gid} from here on"
+
+
+@dataclasses.dataclass(frozen=True)
 class MoveMapping(Step):
     src: int = 0
     size: int = 0
@@ -697,10 +709,49 @@ def preflight(img: Image, *, live_vdso: bytes | None, live_layout: dict[str, int
         if missing:
             raise RestoreError(f"thread {t.tid}'s registers use {', '.join(missing)}, which "
                                "this CPU lacks")
+    _check_kernel_writes(img)
     for status, why in fd_checks.values():
         if status in ("gone", "shorter") and not force:
             raise RestoreError(f"{why}; restore with --force to go on anyway")
     return _vdso_mode(img, live_vdso, live_layout, vdso_mode)
+
+
+SS_DISABLE = 2
+ROBUST_LIST_HEAD = 24
+
+
+def _check_kernel_writes(img: Image) -> None:
+    """The kernel writes to a thread's clear-child-tid word, robust list, rseq area and
+    alternate stack on the process's behalf: each must lie in private writable memory
+    of the image, never in a shared mapping (an image is untrusted: a crafted one
+    could aim the kernel's writes at a file, or another process's memory)."""
+    private: list[tuple[int, int]] = []
+    for v in sorted(img.vmas, key=lambda v: v.start):
+        if v.shared or not v.prot & Prot.WRITE or v.kind in {k.value for k in SPECIAL_KINDS}:
+            continue
+        if private and private[-1][1] == v.start:       # a buffer may span .data and .bss
+            private[-1] = (private[-1][0], v.end)
+        else:
+            private.append((v.start, v.end))
+    for t in img.threads:
+        for what, addr, size in _kernel_written(t):
+            if addr and not any(lo <= addr and addr + size <= hi for lo, hi in private):
+                raise RestoreError(f"thread {t.tid}'s {what} ({addr:#x}, {size} bytes) is not "
+                                   "in private writable memory of the image: a restore "
+                                   "would let the kernel write elsewhere; refused")
+
+
+def _kernel_written(t: ThreadState) -> list[tuple[str, int, int]]:
+    out = []
+    if t.tid_address:
+        out.append(("clear-child-tid word", t.tid_address, 4))
+    if t.robust_list and t.robust_list[0]:
+        out.append(("robust list head", t.robust_list[0], ROBUST_LIST_HEAD))
+    if t.rseq is not None and t.rseq.addr:
+        out.append(("rseq area", t.rseq.addr, max(t.rseq.size, 32)))
+    if t.sigaltstack is not None and not t.sigaltstack.flags & SS_DISABLE:
+        out.append(("alternate signal stack", t.sigaltstack.sp, t.sigaltstack.size))
+    return out
 
 
 def _vdso_mode(img: Image, live: bytes | None, layout: dict[str, int], requested: str) -> str:
@@ -756,6 +807,9 @@ class _Builder:
             mono, boot = self.live.time_offsets
             self.steps.append(TimeNamespace(monotonic_ns=mono, boottime_ns=boot,
                                             fd=self.fds.take()))
+        if self.live.take_creds:
+            c = self.img.process.creds
+            self.steps.append(FsIds(uid=c.uids[3], gid=c.gids[3]))
         temp = self._park_specials()
         self.shift = temp
         self._clear_stub()
@@ -1320,6 +1374,11 @@ def _time_namespace(step: TimeNamespace, scratch: Scratch) -> list[Op]:
             Op(Sys.setns, (step.fd, clockmod.CLONE_NEWTIME)),
             Op(Sys.close, (step.fd,)),
         ]
+
+
+@encode.register
+def _fs_ids(step: FsIds, scratch: Scratch) -> list[Op]:
+        return [Op(Sys.setfsgid, (step.gid,)), Op(Sys.setfsuid, (step.uid,))]
 
 
 @encode.register

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -287,12 +288,19 @@ def test_every_without_a_name_below_a_second_and_a_ctrl_c(tmp_path):
         batch("verify", img, check=0)
 
 
+def nobodys(path: str):
+    """A file nobody owns, open for writing (the restore reopens it as nobody)."""
+    f = open(path, "w")
+    os.chown(path, 65534, 65534)
+    return f
+
+
 def test_root_restoring_a_users_image_gets_a_process_running_as_that_user(shared_dir):
     """Credentials come back: root restoring nobody's image does not run nobody's code as
     root; and nobody may not restore root's image."""
     argv = [example("counter"), "40", "20"]
     out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
-    p = subprocess.Popen([*NOBODY, *argv], stdout=open(out, "w"), stdin=subprocess.DEVNULL,
+    p = subprocess.Popen([*NOBODY, *argv], stdout=nobodys(out), stdin=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
         wait_for_output(out, r"^step 3 ")
@@ -308,6 +316,10 @@ def test_root_restoring_a_users_image_gets_a_process_running_as_that_user(shared
     assert "\nCapEff:\t0000000000000000\n" in status
     wait_gone(pid)
     assert open(out).read() == uninterrupted(argv)
+    # Files are reopened as nobody: one that only root may write is refused.
+    os.chown(out, 0, 0)
+    r = batch("restore", img, check=1)
+    assert re.search(r"open \S+/out as fd 1 .* Permission denied", r.stderr), r.stderr
     # The other way round: refused before anything runs, naming the user.
     mine = os.path.join(shared_dir, "root.img")
     q = spawn(argv, os.path.join(shared_dir, "out2"))
@@ -416,7 +428,7 @@ def test_in_gdb_root_restoring_a_users_image_runs_it_as_that_user(sessions, shar
     from harness import error_of, read
     argv = [example("counter"), "40", "20"]
     out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
-    p = subprocess.Popen([*NOBODY, *argv], stdout=open(out, "w"), stdin=subprocess.DEVNULL,
+    p = subprocess.Popen([*NOBODY, *argv], stdout=nobodys(out), stdin=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
         wait_for_output(out, r"^step 3 ")

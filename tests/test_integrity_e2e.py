@@ -157,3 +157,19 @@ def test_interrupted_save_leaves_no_partial_image(sessions, tmp_path):
     assert img.read_bytes() == b"the previous image"
     assert sorted(os.listdir(tmp_path)) == ["o", "p.img"]
     assert "sum_all" in s.cli("bt 1")    # the process is still there, as it was
+
+
+def test_kernel_writes_aimed_outside_private_memory_are_refused(sessions, image):
+    """A crafted image may point a thread's clear-child-tid word or rseq area at a
+    file mapping or at nothing: the kernel would write there for the process."""
+    from gdbckpt.image import Image
+    code = next(v.start for v in Image.open(image).vmas if v.prot & 4 and not v.prot & 2)
+    s = sessions()
+    for field, value in (("tid_address", code), ("tid_address", 0x1000),
+                         ("rseq", {"addr": code, "size": 32, "sig": 0x53053053})):
+        def aim(t, field=field, value=value):
+            t[field] = value
+            return t
+        msg = error_of(s, f"ckpt restore {rewrite_record(image, fmt.RecordType.THREAD, aim)}")
+        assert "is not in private writable memory of the image" in msg, msg
+        assert s.pid() == 0
