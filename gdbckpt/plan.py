@@ -1172,8 +1172,9 @@ class _Builder:
                 directory = "/tmp"
             copies = [(c.offset, c.vaddr, c.size) for c in self.img.fd_chunks(f)]
             if any(c.codec != fmt.Codec.NONE for c in self.img.fd_chunks(f)):
-                raise RestoreError(f"{fdsmod.describe(f)}: compressed file data cannot be "
-                                   "recreated yet")
+                raise RestoreError(f"{fdsmod.describe(f)}: its bytes were compressed by an "
+                                   "older gdbckpt and cannot be copied into the file; save "
+                                   "the program again")
             self.steps.append(RecreateDeleted(fd=f.fd, tmp_fd=self.fds.take(),
                                               directory=directory,
                                               flags=fdsmod.reopen_flags(f), image_fd=image_fd,

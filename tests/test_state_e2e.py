@@ -199,3 +199,26 @@ def test_terminal_goes_to_the_restoring_session(tmp_path):
     lines = [ln for ln in second.splitlines() if ln.startswith(("step ", "done "))]
     expected = uninterrupted(argv).splitlines()
     assert lines == expected[3:], second
+
+
+def test_a_deleted_file_comes_back_from_a_compressed_image(tmp_path):
+    """--compress leaves a deleted file's bytes as they are (the stub copies them)."""
+    from harness import batch, batch_restore, spawn, wait_for_output
+    code = ("import hashlib, os, sys, time\n"
+            "path = os.path.join(sys.argv[1], 'scratch')\n"
+            "f = open(path, 'w+b'); os.unlink(path)\n"
+            "f.write(b'compressible ' * 20000); f.flush()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(1)\n"
+            "f.seek(0); print(hashlib.sha256(f.read()).hexdigest(), flush=True)\n")
+    argv = ["/usr/bin/python3", "-c", code, str(tmp_path)]
+    out, img = str(tmp_path / "out"), str(tmp_path / "c.img")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, "^ready")
+        batch(str(p.pid), "-o", img, "--compress", "--kill", check=0)
+    finally:
+        p.kill()
+        p.wait()
+    batch_restore(img)
+    assert read(out) == uninterrupted(argv)

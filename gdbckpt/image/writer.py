@@ -128,12 +128,12 @@ class ImageWriter:
 
     # -- chunk area ---------------------------------------------------------
 
-    def prepare_chunk(self, data) -> Prepared:
+    def prepare_chunk(self, data, compress: bool = True) -> Prepared:
         """Compress (when asked and worth it) and checksum data. Touches no shared state but
         the compressor: one thread may prepare while another writes with put_chunk()."""
         size = len(data)
         codec, payload = fmt.Codec.NONE, data
-        if self.compressor is not None:
+        if self.compressor is not None and compress:
             packed = self.compressor.compress(data)
             if len(packed) + _pad_len(len(packed)) < size:
                 codec, payload = fmt.Codec.ZSTD, packed
@@ -159,8 +159,10 @@ class ImageWriter:
 
     def add_chunk(self, vaddr: int, data, flags: fmt.ChunkFlags) -> int:
         """Store data (whole pages of memory saved from vaddr; or, with FILE_DATA, the
-        bytes of a file at offset vaddr). Returns the chunk's index."""
-        return self.put_chunk(vaddr, self.prepare_chunk(data), flags)
+        bytes of a file at offset vaddr). Returns the chunk's index. A file's bytes are
+        never compressed: the stub copies them into the recreated file as they are."""
+        compress = not flags & fmt.ChunkFlags.FILE_DATA
+        return self.put_chunk(vaddr, self.prepare_chunk(data, compress), flags)
 
     def add_zero_chunk(self, vaddr: int, size: int, flags: fmt.ChunkFlags) -> None:
         """Pages that are all zero but must still be written (over a file mapping)."""
