@@ -443,3 +443,38 @@ def test_in_gdb_root_restoring_a_users_image_runs_it_as_that_user(sessions, shar
         assert "\nUid:\t65534\t65534\t65534\t65534\n" in f.read()
     assert s.finish().get("reason") == "exited-normally"
     assert read(out) == uninterrupted(argv)
+
+
+def test_a_terminal_program_restored_headless_writes_to_the_restoring_terminal(tmp_path):
+    """Saved on one terminal, restored from another: the output appears on the
+    restoring terminal, and the command returns once the process runs."""
+    import pty
+    argv = [example("counter"), "30", "20"]
+    master, slave = pty.openpty()
+    p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    img = str(tmp_path / "t.img")
+    try:
+        seen = b""
+        while b"step 3 " not in seen:
+            seen += os.read(master, 4096)
+        batch(str(p.pid), "-o", img, "--kill", check=0)
+    finally:
+        p.kill()
+        p.wait()
+        os.close(master)
+        os.close(slave)
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run([*BATCH, "restore", img, "--json"], stdin=slave, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, cwd=REPO, timeout=60, text=True)
+        assert r.returncode == 0, r.stderr
+        pid = json.loads(r.stdout.splitlines()[-1])["pid"]
+        got = b""
+        while b"done" not in got:
+            got += os.read(master, 4096)
+        wait_gone(pid)
+    finally:
+        os.close(master)
+        os.close(slave)
+    text = got.decode().replace("\r\n", "\n")
+    assert "step 29 " in text and "\ndone " in text, text
