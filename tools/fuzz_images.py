@@ -59,7 +59,10 @@ if REPO not in sys.path:
 import zstandard  # noqa: E402
 
 from gdbckpt import fds, info, regs  # noqa: E402,F401  (imported here, not while traced)
-from gdbckpt.errors import ImageError  # noqa: E402
+from gdbckpt import plan as planmod  # noqa: E402
+from gdbckpt import vdso as vdsomod  # noqa: E402
+from gdbckpt.errors import CkptError, ImageError  # noqa: E402
+from gdbckpt.maps import parse_maps  # noqa: E402
 from gdbckpt.image import format as fmt  # noqa: E402
 from gdbckpt.image.model import (  # noqa: E402
     FdInfo,
@@ -105,7 +108,8 @@ def build_image(path: str) -> bytes:
         w.created_ns = CREATED_NS
         # A deleted file that fd 3 still holds open: FILE_DATA chunks, raw and zstd.
         first = w.add_chunk(0, noise(3000), fmt.ChunkFlags.FILE_DATA)
-        w.add_chunk(3000, text(9000), fmt.ChunkFlags.FILE_DATA)
+        # Compressed, as earlier versions wrote them: readers still meet such images.
+        w.put_chunk(3000, w.prepare_chunk(text(9000)), fmt.ChunkFlags.FILE_DATA)
         w.add_chunk(TEXT, noise(2 * PAGE), fmt.ChunkFlags.NONE)               # raw
         w.add_chunk(DATA, text(PAGE), fmt.ChunkFlags.DIRTY)                   # raw (1 page)
         w.add_zero_chunk(DATA + PAGE, PAGE, fmt.ChunkFlags.DIRTY)             # zero
@@ -139,9 +143,9 @@ def build_image(path: str) -> bytes:
                           components={"2": bytes(256)}),
             sigmask=1 << 9, name="prog",
             syscall=SyscallState(nr=230, errno=516, action="restart"),
-            rseq=Rseq(addr=LIBT + 0x1000, size=32, sig=0x53053053),
-            sigaltstack=SigAltStack(sp=0, flags=2, size=0), tid_address=LIBT + 0x2000,
-            robust_list=[LIBT + 0x2010, 24], pending=[bytes(128)], cpus=[0, 1])
+            rseq=Rseq(addr=HEAP + 0x1000, size=32, sig=0x53053053),
+            sigaltstack=SigAltStack(sp=0, flags=2, size=0), tid_address=HEAP + 0x2000,
+            robust_list=[HEAP + 0x2010, 24], pending=[bytes(128)], cpus=[0, 1])
         vmas = [
             Vma(start=TEXT, end=TEXT + 2 * PAGE, prot=5, shared=False, kind="file",
                 path=EXE, file=0, vmflags=["rd", "ex", "mr", "mw", "me"]),
@@ -450,6 +454,36 @@ class Outcome:
     tb: str = ""
 
 
+# A restart stub as the planner sees one (its maps, this kernel's vDSO, the vvar/vDSO
+# layout of the fuzzed image): a planned dry run needs no process.
+STUB_MAPS = parse_maps("""\
+100000000000-100000001000 r--p 00000000 fe:00 1   /gdbckpt-stub
+100000001000-100000002000 r-xp 00001000 fe:00 1   /gdbckpt-stub
+100000003000-100000853000 rw-p 00000000 00:00 0
+7fd81bfaa000-7fd81bfae000 r--p 00000000 00:00 0   [vvar]
+7fd81bfae000-7fd81bfb0000 r-xp 00000000 00:00 0   [vdso]
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0   [stack]
+""")
+
+
+def plan_for(img: Image) -> None:
+    """The plan a restore would run (steps described, as --dry-run prints them): the
+    planner too must refuse an absurd image with the project's own errors only."""
+    live = planmod.Live(stub_maps=STUB_MAPS, scratch=0x100000003000,
+                        vdso=vdsomod.own_vdso(), fd_limit=1024, image_path=img.path,
+                        file_problems=planmod.check_files(img),
+                        fd_checks=planmod.check_fds(img), same_ids=True,
+                        xcr0=0xe7, image_fd=1000, force=True)
+    # The saved vDSO claims to be this kernel's, so that the plan goes past it.
+    same = dataclasses.replace(img, vdso=dataclasses.replace(
+        img.vdso, hash=vdsomod.digest(live.vdso))) if img.vdso.vdso else img
+    for image, fill in ((img, "stub"), (same, "stub"), (same, "procmem")):
+        try:
+            planmod.build(image, live, "auto", fill=fill).text()
+        except CkptError:
+            pass
+
+
 def probe(data: bytes, path: str, *, reraise: bool = False, trace: bool = False) -> Outcome:
     """Write data to path and read it as an image. Anything but ImageError is caught
     into an "other" outcome, or with reraise propagates."""
@@ -491,6 +525,8 @@ def probe(data: bytes, path: str, *, reraise: bool = False, trace: bool = False)
         stage = "info"
         info.text(img)
         json.dumps(info.as_json(img))
+        stage = "plan"
+        plan_for(img)
         return out
     except Exception as e:
         if reraise:

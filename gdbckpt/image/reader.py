@@ -323,6 +323,7 @@ class _Loader:
         table = self._chunks(found[fmt.RecordType.CHUNKS][0], meta_off)
         chunks = [c for c in table if not c.flags & fmt.ChunkFlags.FILE_DATA]
         self._check_vmas(vmas, files, chunks)
+        self._check_process(process)
         self._check_threads(threads)
         self._check_kinds(fds)
         self._check_vdso(vdso)
@@ -371,6 +372,11 @@ class _Loader:
             raise self.fail(f"is corrupt: chunk data ends at {expect:#x}, metadata starts at "
                             f"{meta_off:#x}")
         return chunks
+
+    def _check_process(self, p: ProcessInfo) -> None:
+        for i, pair in enumerate(p.auxv):
+            if len(pair) != 2 or not all(0 <= x < 1 << 64 for x in pair):
+                raise self.fail(f"is corrupt: auxv entry {i} is not a (type, value) pair")
 
     def _check_threads(self, threads: list[ThreadState]) -> None:
         for t in threads:
