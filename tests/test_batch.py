@@ -478,3 +478,23 @@ def test_a_terminal_program_restored_headless_writes_to_the_restoring_terminal(t
         os.close(slave)
     text = got.decode().replace("\r\n", "\n")
     assert "step 29 " in text and "\ndone " in text, text
+
+
+def test_stdout_stands_in_for_a_saved_output_file_that_is_gone(tmp_path):
+    argv = [example("counter"), "20", "10"]
+    want = uninterrupted_later(argv)
+    out, img, other = str(tmp_path / "out"), str(tmp_path / "p.img"), str(tmp_path / "other")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, r"^step 3 ")
+        batch(str(p.pid), "--kill", "-o", img, check=0)
+    finally:
+        p.kill()
+        p.wait()
+    before = open(out).read()
+    os.unlink(out)
+    r = batch("restore", img, check=1)         # without --stdout: the file is gone
+    assert "restore with --force" in r.stderr, r.stderr
+    r = batch("restore", img, "--stdout", other, "--json", check=0)
+    wait_gone(json.loads(r.stdout.splitlines()[-1])["pid"])
+    assert before + open(other).read() == want()

@@ -87,8 +87,11 @@ def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
         _check_lazy(img)
     if verify and fill != "lazy":
         img.verify_chunks()
-    p = Prepared(img, planmod.check_files(img), planmod.check_fds(img), force, fill, vdso_mode,
-                 stdio or {}, t0=t0)
+    stdio = stdio or {}
+    # A --stdin/--stdout/--stderr file stands in for the saved one: whether that is
+    # gone does not matter.
+    fds = {fd: check for fd, check in planmod.check_fds(img).items() if fd not in stdio}
+    p = Prepared(img, planmod.check_files(img), fds, force, fill, vdso_mode, stdio, t0=t0)
     planmod.preflight(img, live_vdso=vdsomod.own_vdso(), live_layout=vdsomod.own_layout(),
                       xcr0=xstatemod.live_xcr0(), fd_checks=p.fds, force=force, fill=fill,
                       vdso_mode=vdso_mode)
