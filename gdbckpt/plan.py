@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import stat
 import struct
 
 from . import clocks as clockmod
@@ -175,6 +176,8 @@ class OpenFile(Step):
     why: str = ""
     mode: int = 0o644
     cloexec: bool = True       # the stub's own descriptors; not the program's
+    kind: int = 0              # a path the image names: the S_IFMT type it must have
+                               # (opened with no symlink followed, never blocking)
 
     def describe(self):
         return f"open {self.path} as fd {self.fd} ({self.why})"
@@ -904,7 +907,8 @@ class _Builder:
                            for v in self.img.vmas)
             fd = self.fds.take()
             flags = OpenFlag.RDWR if writable else OpenFlag.RDONLY
-            self.steps.append(OpenFile(path=ref.path, flags=int(flags), fd=fd, why="mapped file"))
+            self.steps.append(OpenFile(path=ref.path, flags=int(flags), fd=fd, why="mapped file",
+                                       kind=stat.S_IFREG))
             fds[i] = fd
         return fds
 
@@ -1162,7 +1166,9 @@ class _Builder:
             if status != "ok":
                 self.warnings.append(f"{why}: restored anyway")
             self.steps.append(OpenFile(path=f.target, flags=fdsmod.reopen_flags(f), fd=f.fd,
-                                       cloexec=False, why=f"saved fd {f.fd}"))
+                                       cloexec=False, why=f"saved fd {f.fd}",
+                                       kind=stat.S_IFDIR if kind == fdsmod.FdKind.DIR
+                                       else stat.S_IFREG))
             self.steps.append(Seek(fd=f.fd, pos=f.pos))
             self._locks(f)
         elif kind == fdsmod.FdKind.DELETED:
@@ -1187,7 +1193,8 @@ class _Builder:
                 self.warnings.append(f"{fdsmod.describe(f)}: {problem}: /dev/null in its place")
                 return self._null(f)
             self.steps.append(OpenFile(path=f.target, flags=fdsmod.reopen_flags(f), fd=f.fd,
-                                       cloexec=False, why=f"saved fd {f.fd}"))
+                                       cloexec=False, why=f"saved fd {f.fd}",
+                                       kind=stat.S_IFCHR))
         elif kind == fdsmod.FdKind.TTY:
             if f.fd <= 2 and f.fd in self.live.stub_fds:
                 return      # the restoring session's own stdin/stdout/stderr
@@ -1312,7 +1319,7 @@ class _Builder:
             return None
         fd = self.fds.take()
         self.steps.append(OpenFile(path=self.img.process.exe, flags=int(OpenFlag.RDONLY),
-                                   fd=fd, why="the exe link"))
+                                   fd=fd, why="the exe link", kind=stat.S_IFREG))
         return fd
 
 
@@ -1396,7 +1403,8 @@ def _unmap(step: Unmap, scratch: Scratch) -> list[Op]:
 @encode.register
 def _open_file(step: OpenFile, scratch: Scratch) -> list[Op]:
         flags = step.flags | (OpenFlag.CLOEXEC if step.cloexec else 0)
-        return [Op(StubOp.OPEN_AT, (scratch.cstr(step.path), int(flags), step.mode, step.fd))]
+        return [Op(StubOp.OPEN_AT, (scratch.cstr(step.path), int(flags), step.mode, step.fd,
+                                    step.kind))]
 
 
 @encode.register

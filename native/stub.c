@@ -31,6 +31,16 @@
 #define SYS_gettid    186
 #define SYS_rt_tgsigqueueinfo 297
 #define SYS_fcntl     72
+#define SYS_fstat     5
+#define SYS_openat2   437
+#define F_SETFL       4
+#define O_NONBLOCK    04000
+#define O_CREAT       0100
+#define O_TMPFILE_BIT 020000000
+#define S_IFMT        0170000
+#define STAT_MODE     24	/* offsetof(struct stat, st_mode) on x86-64 */
+#define RESOLVE_NO_SYMLINKS 0x04
+#define EMEDIUMTYPE   124
 #define SYS_pidfd_open  434
 #define SYS_pidfd_getfd 438
 #define F_SETFD       2
@@ -129,10 +139,37 @@ static long copy_all(long in, long *off_in, long out, long *off_out, long len)
 	return 0;
 }
 
-static long open_at(long path, long flags, long mode, long want)
+struct open_how {
+	unsigned long flags, mode, resolve;
+};
+
+/* Open path for fd want. kind (S_IFREG, S_IFDIR, S_IFCHR; 0: any) marks a path an
+ * image named: then no symlink is followed on the way (RESOLVE_NO_SYMLINKS), the
+ * open never blocks (a FIFO swapped in), and what was opened must be of that kind
+ * (-EMEDIUMTYPE otherwise); the flags are then set back as asked. */
+static long open_at(long path, long flags, long mode, long want, long kind)
 {
-	long fd = stub_syscall(SYS_openat, AT_FDCWD, path, flags, mode, 0, 0);
-	if (fd < 0 || fd == want)
+	struct open_how how = { flags | (kind ? O_NONBLOCK : 0),
+				(flags & (O_CREAT | O_TMPFILE_BIT)) ? mode : 0,
+				kind ? RESOLVE_NO_SYMLINKS : 0 };
+	long fd = stub_syscall(SYS_openat2, AT_FDCWD, path, (long)&how, sizeof how, 0, 0);
+	if (fd == -ENOSYS && !kind)
+		fd = stub_syscall(SYS_openat, AT_FDCWD, path, flags, mode, 0, 0);
+	if (fd < 0)
+		return fd;
+	if (kind) {
+		unsigned char st[144];
+		long r = stub_syscall(SYS_fstat, fd, (long)st, 0, 0, 0, 0);
+		if (r == 0 && (*(unsigned *)(st + STAT_MODE) & S_IFMT) != (unsigned long)kind)
+			r = -EMEDIUMTYPE;
+		if (r == 0 && !(flags & O_NONBLOCK))
+			r = stub_syscall(SYS_fcntl, fd, F_SETFL, flags, 0, 0, 0);
+		if (r < 0) {
+			stub_syscall(SYS_close, fd, 0, 0, 0, 0, 0);
+			return r;
+		}
+	}
+	if (fd == want)
 		return fd;
 	long r = stub_syscall(SYS_dup3, fd, want, flags & O_CLOEXEC, 0, 0, 0);
 	stub_syscall(SYS_close, fd, 0, 0, 0, 0, 0);
@@ -243,7 +280,7 @@ static long run_one(struct stub_op *op)
 	case STUB_OP_PREAD_ALL:
 		return pread_all(a[0], a[1], a[2], a[3]);
 	case STUB_OP_OPEN_AT:
-		return open_at(a[0], a[1], a[2], a[3]);
+		return open_at(a[0], a[1], a[2], a[3], a[4]);
 	case STUB_OP_CLONE:
 		return clone_parked(a[0], a[1], a[2], a[3], a[4], a[5]);
 	case STUB_OP_CLONE3:

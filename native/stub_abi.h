@@ -14,7 +14,9 @@
 
 /* Op numbers below 1000 are raw system calls; these are done by the stub itself. */
 #define STUB_OP_PREAD_ALL  1000 /* fd, addr, len, offset: read exactly len bytes */
-#define STUB_OP_OPEN_AT    1001 /* path, flags, mode, fd: open and move to fd */
+#define STUB_OP_OPEN_AT    1001 /* path, flags, mode, fd, kind: open and move to fd; kind
+				   * (an S_IFMT type, for paths an image names): no symlinks
+				   * followed, never blocking, and of that kind */
 #define STUB_OP_CLONE      1002 /* flags, tls, tid ptr, slot, ops, nops: a thread that runs
 				   * its ops, then parks in the stub */
 #define STUB_OP_COPY_ALL   1003 /* fd_in, &off_in, fd_out, &off_out, len: copy exactly len */

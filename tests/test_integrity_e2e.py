@@ -173,3 +173,19 @@ def test_kernel_writes_aimed_outside_private_memory_are_refused(sessions, image)
         msg = error_of(s, f"ckpt restore {rewrite_record(image, fmt.RecordType.THREAD, aim)}")
         assert "is not in private writable memory of the image" in msg, msg
         assert s.pid() == 0
+
+
+def test_a_saved_path_that_became_a_symlink_is_not_followed(sessions, tmp_path, image):
+    """The stub opens the paths an image names with no symlink followed (openat2):
+    a saved output file replaced by a link to another file refuses the restore."""
+    out = tmp_path / "out"
+    target = tmp_path / "elsewhere"
+    before = out.read_text()
+    target.write_text(before)
+    out.unlink()
+    out.symlink_to(target)
+    s = sessions()
+    msg = error_of(s, f"ckpt restore {image}")
+    assert f"open {out} as fd 1" in msg and "Too many levels of symbolic links" in msg, msg
+    assert s.pid() == 0
+    assert target.read_text() == before           # nothing was written through the link

@@ -310,6 +310,9 @@ class _Executor:
             if isinstance(step, planmod.CloneThread) and step.same_tid and \
                     e.errno == errno.EEXIST:
                 raise _TidTaken(f"thread id {step.state.tid} was taken meanwhile") from None
+            if e.errno == errno.EMEDIUMTYPE:        # the stub's kind check (OPEN_AT)
+                raise RestoreError(f"step {e.index} ({step.describe()}) failed: it is no "
+                                   "longer the kind of file that was saved") from None
             raise RestoreError(f"step {e.index} ({step.describe()}) failed: {e}") from None
         for (index, _), ret in zip(batch, results, strict=False):
             step = self.plan.steps[index]
