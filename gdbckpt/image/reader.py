@@ -377,6 +377,12 @@ class _Loader:
         for i, pair in enumerate(p.auxv):
             if len(pair) != 2 or not all(0 <= x < 1 << 64 for x in pair):
                 raise self.fail(f"is corrupt: auxv entry {i} is not a (type, value) pair")
+        bounded = [("resource limit", r.resource, RLIMIT_COUNT) for r in p.rlimits] + \
+                  [("interval timer", t.which, ITIMER_COUNT) for t in p.itimers] + \
+                  [("signal action", a.sig, NSIG) for a in p.sigactions]
+        for what, value, limit in bounded:
+            if not 0 <= value < limit:
+                raise self.fail(f"is corrupt: a {what} numbered {value}")
 
     def _check_threads(self, threads: list[ThreadState]) -> None:
         for t in threads:
@@ -433,6 +439,9 @@ class _Loader:
             k = bisect.bisect_right(starts, c.vaddr) - 1
             if k < 0 or c.end > vmas[k].end:
                 raise self.fail(f"is corrupt: chunk at {c.vaddr:#x} lies outside every mapping")
+
+
+RLIMIT_COUNT, ITIMER_COUNT, NSIG = 16, 3, 65
 
 
 def _record_name(rtype: int) -> str:
