@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 EXAMPLES := $(patsubst examples/%.c,examples/build/%,$(wildcard examples/*.c)) \
 	examples/build/counter-static examples/build/counter-nopie
 
-.PHONY: setup native examples demo test lint bench fuzz soak clean
+.PHONY: setup native examples demo test lint bench fuzz soak test-install clean
 
 setup: $(VENV)/.installed native examples
 
@@ -55,6 +55,10 @@ fuzz: setup
 
 soak: setup
 	$(VPY) tools/soak.py --rounds 200
+
+# pip install of a wheel outside the checkout (fetches the dependencies).
+test-install: setup
+	tools/test_install.sh
 
 clean:
 	rm -rf examples/build

@@ -463,6 +463,22 @@ def list_processes() -> list[tuple[int, str, int]]:
 
 # --- command line ------------------------------------------------------------------------
 
+def gdbinit_line() -> str:
+    """`source FILE` that loads this gdbckpt's commands in GDB: a checkout's gdbinit.py
+    (it finds the checkout's .venv), or the installed package's loader."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.join(os.path.dirname(package), "gdbinit.py")
+    if os.path.isfile(checkout):
+        return f"source {checkout}"
+    return f"source {os.path.join(package, 'ingdb', 'load.py')}"
+
+
+class _GdbinitLine(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(gdbinit_line())
+        parser.exit(0)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gdbckpt-batch", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -470,6 +486,8 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"subcommands: restore IMG | info IMG | verify IMG\nexit codes:\n{EXIT_HELP}")
     p.add_argument("pid", nargs="?", type=int, help="the process to save (on a terminal: "
                    "pick one if left out)")
+    p.add_argument("--gdbinit", action=_GdbinitLine, nargs=0,
+                   help="print the line to put in ~/.gdbinit for the ckpt commands, and exit")
     p.add_argument("-o", "--output", help="image file (default PROG-PID-TIMESTAMP.img)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--kill", action="store_true", help="end the process after a good save")

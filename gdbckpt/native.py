@@ -7,11 +7,17 @@ import os
 
 from .linux import PAGE_SIZE
 
+# Installed with pip, the package carries them (setup.py builds them there); a checkout
+# has them in native/ (`make native`).
+PACKAGED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native")
 NATIVE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
 
 
 def native_path(name: str) -> str:
-    return os.path.join(os.environ.get("GDBCKPT_NATIVE", NATIVE_DIR), name)
+    if "GDBCKPT_NATIVE" in os.environ:
+        return os.path.join(os.environ["GDBCKPT_NATIVE"], name)
+    packaged = os.path.join(PACKAGED_DIR, name)
+    return packaged if os.path.exists(packaged) else os.path.join(NATIVE_DIR, name)
 
 
 def stub_path() -> str:
