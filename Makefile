@@ -3,7 +3,8 @@
 PYTHON_FOR_GDB := /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-EXAMPLES := $(patsubst examples/%.c,examples/build/%,$(wildcard examples/*.c)) \
+EXAMPLES := $(patsubst examples/%.c,examples/build/%,$(filter-out examples/nolibc.c,$(wildcard examples/*.c))) \
+	examples/build/nolibc \
 	examples/build/counter-static examples/build/counter-nopie
 
 .PHONY: setup native examples demo test lint bench fuzz soak test-install clean
@@ -27,6 +28,12 @@ examples: $(EXAMPLES)
 examples/build/%: examples/%.c
 	@mkdir -p examples/build
 	gcc -g -O1 -pthread -o $@ $< -ldl
+
+# No C library at all, like Go's binaries.
+examples/build/nolibc: examples/nolibc.c
+	@mkdir -p examples/build
+	gcc -g -O1 -static -nostdlib -nostartfiles -ffreestanding -fno-stack-protector \
+		-fcf-protection=none -o $@ $<
 
 examples/build/%-static: examples/%.c
 	@mkdir -p examples/build

@@ -465,8 +465,8 @@ def test_a_terminal_program_restored_headless_writes_to_the_restoring_terminal(t
         os.close(slave)
     master, slave = pty.openpty()
     try:
-        r = subprocess.run([*BATCH, "restore", img, "--json"], stdin=slave, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, cwd=REPO, timeout=60, text=True)
+        r = subprocess.run([*BATCH, "restore", img, "--json"], stdin=slave, capture_output=True,
+                           cwd=REPO, timeout=60, text=True)
         assert r.returncode == 0, r.stderr
         pid = json.loads(r.stdout.splitlines()[-1])["pid"]
         got = b""

@@ -22,6 +22,7 @@ from harness import (
     shimmed_gdb,
     spawn,
     uninterrupted,
+    uninterrupted_later,
     wait_for_output,
     wait_gone,
 )
@@ -222,3 +223,37 @@ def test_a_thread_id_taken_during_the_restore_gives_new_ids_and_runs_right(tmp_p
         holder.wait()
     assert "was taken meanwhile: the threads got new ids" in r.stdout, r.stdout
     assert read(out) == uninterrupted(argv)
+
+
+def test_a_program_without_a_c_library_in_gdb_with_another_language_set(sessions, tmp_path):
+    """No glibc (as Go's binaries), and GDB's language set to Go: neither leaks into
+    the save or the restore."""
+    argv = [example("nolibc"), "40"]
+    out, after, img = (str(tmp_path / n) for n in ("out", "after", "n.img"))
+    s = sessions()
+    s.start(argv, out, breakpoint="tick if step == 10")
+    s.cli("set language go")
+    s.save(img)
+    s.cli("kill")
+    r = sessions()
+    r.cli("set language go")
+    assert "Restored process" in r.restore(img, after)
+    assert "tick" in r.cli("bt 1")
+    r.cli("delete")
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(out) + read(after) == uninterrupted(argv)
+
+
+def test_a_program_without_a_c_library_headless(tmp_path):
+    argv = [example("nolibc"), "60"]
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "n.img")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, r"^tick 10 ")
+        batch(str(p.pid), "-o", img, "--kill", check=0)
+    finally:
+        p.kill()
+        p.wait()
+    batch_restore(img)
+    assert read(out) == want()

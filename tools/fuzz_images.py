@@ -62,7 +62,6 @@ from gdbckpt import fds, info, regs  # noqa: E402,F401  (imported here, not whil
 from gdbckpt import plan as planmod  # noqa: E402
 from gdbckpt import vdso as vdsomod  # noqa: E402
 from gdbckpt.errors import CkptError, ImageError  # noqa: E402
-from gdbckpt.maps import parse_maps  # noqa: E402
 from gdbckpt.image import format as fmt  # noqa: E402
 from gdbckpt.image.model import (  # noqa: E402
     FdInfo,
@@ -82,6 +81,7 @@ from gdbckpt.image.model import (  # noqa: E402
 )
 from gdbckpt.image.reader import Image  # noqa: E402
 from gdbckpt.image.writer import ImageWriter  # noqa: E402
+from gdbckpt.maps import parse_maps  # noqa: E402
 from gdbckpt.regs import blank  # noqa: E402
 
 PAGE = fmt.IMAGE_PAGE_SIZE
