@@ -244,6 +244,35 @@ def rewrite_record(path: str, rtype, edit) -> str:
     return out
 
 
+def save_and_kill(sessions, img: str, argv: list[str], out: str, bp: str, *,
+                  stdin: str = "/dev/null", setup=(), opts=(), **start) -> str:
+    """Run argv under a new GDB (stdout to out) to breakpoint bp, save it to img with
+    opts, then kill it. Returns what the save printed."""
+    s = sessions()
+    for cmd in setup:
+        s.cli(cmd)
+    stop = s.start(argv, out, stdin=stdin, breakpoint=bp, **start)
+    assert stop.get("reason") == "breakpoint-hit", stop
+    text = s.save(img, *opts)
+    assert "Saved process" in text, text
+    s.cli("kill")
+    return text
+
+
+def restore_and_finish(sessions, img: str, *opts: str, setup=()):
+    """`ckpt restore OPTS IMG` in a new GDB, then run to the end. Returns (the new
+    session, what the restore printed, the restored pid)."""
+    r = sessions()
+    for cmd in setup:
+        r.cli(cmd)
+    text = r.cli(" ".join(["ckpt restore", *opts, img]), timeout=120)
+    assert "Restored process" in text, text
+    pid = r.pid()
+    stop = r.finish()
+    assert stop.get("reason") == "exited-normally", stop
+    return r, text, pid
+
+
 def error_of(session, command: str, timeout: float = 120) -> str:
     """The one-line error a command must fail with (no traceback)."""
     import pytest

@@ -6,32 +6,34 @@ import shutil
 import time
 
 import pytest
-from harness import EXAMPLES, NOBODY, SYSTEM_PYTHON, example, read, uninterrupted
+from harness import (
+    EXAMPLES,
+    NOBODY,
+    SYSTEM_PYTHON,
+    example,
+    read,
+    restore_and_finish,
+    save_and_kill,
+    uninterrupted,
+)
 
 from gdbckpt.image.format import FORMAT_VERSION
 from gdbckpt.mi import MiError
 
 
 def save_at_break(sessions, tmp_path, argv, bp, **kw):
-    img = str(tmp_path / "p.img")
-    before = str(tmp_path / "before.out")
-    s = sessions()
-    stop = s.start(argv, before, breakpoint=bp, **kw)
-    assert stop.get("reason") == "breakpoint-hit", stop
-    out = s.save(img)
-    assert "Saved process" in out
-    s.cli("kill")
+    """Saved at bp and killed: (image, the output file up to the save)."""
+    img, before = str(tmp_path / "p.img"), str(tmp_path / "before.out")
+    save_and_kill(sessions, img, argv, before, bp, **kw)
     return img, before
 
 
-def restore_and_finish(sessions, tmp_path, img, stdin="/dev/null"):
+def restore_to_end(sessions, tmp_path, img, stdin="/dev/null"):
+    """Restored in a new GDB with its output to a new file, run to the end:
+    (the session, what the restore printed, that file)."""
     after = str(tmp_path / "after.out")
-    r = sessions()
-    out = r.restore(img, after, stdin)
-    assert "Restored process" in out, out
-    stop = r.finish()
-    assert stop.get("reason") == "exited-normally", stop
-    return r, out, after
+    r, text, _ = restore_and_finish(sessions, img, f"--stdin={stdin}", f"--stdout={after}")
+    return r, text, after
 
 
 # What GDB shows at the saved point; a restore must show the same.
@@ -94,7 +96,7 @@ def test_new_breakpoint_after_restore(sessions, tmp_path):
 def test_clocks_work_after_restore(sessions, tmp_path, aslr):
     argv = [example("clock"), "10", "10"]
     img, before = save_at_break(sessions, tmp_path, argv, "check_clocks if step == 4", aslr=aslr)
-    r, out, after = restore_and_finish(sessions, tmp_path, img)
+    r, out, after = restore_to_end(sessions, tmp_path, img)
     assert "vDSO: move" in out
     text = read(before) + read(after)
     assert text == uninterrupted(argv)
@@ -104,7 +106,7 @@ def test_clocks_work_after_restore(sessions, tmp_path, aslr):
 def test_sched_getcpu_right_after_restore(sessions, tmp_path):
     argv = [example("cpuhop"), "12", "5"]
     img, before = save_at_break(sessions, tmp_path, argv, "hop if step == 5")
-    r, out, after = restore_and_finish(sessions, tmp_path, img)
+    r, out, after = restore_to_end(sessions, tmp_path, img)
     text = read(before) + read(after)
     assert "STALE" not in text
     assert text == uninterrupted(argv)
@@ -123,7 +125,7 @@ def test_saved_inside_nanosleep_restarts_the_sleep(sessions, tmp_path):
     assert "inside clock_nanosleep: restarts" in info
     stdin = tmp_path / "input"
     stdin.write_text("hello\n")
-    r, out, after = restore_and_finish(sessions, tmp_path, img, str(stdin))
+    r, out, after = restore_to_end(sessions, tmp_path, img, str(stdin))
     assert read(before) + read(after) == uninterrupted(argv, str(stdin))
     assert "nanosleep returned 0 errno 0" in read(after)
 
@@ -146,7 +148,7 @@ def test_saved_inside_read_restarts_the_read(sessions, tmp_path):
         os.close(hold)
     stdin = tmp_path / "input"
     stdin.write_text("hello\n")
-    r, out, after = restore_and_finish(sessions, tmp_path, img, str(stdin))
+    r, out, after = restore_to_end(sessions, tmp_path, img, str(stdin))
     assert read(after) == "read returned 6 errno 0: hello\n\n"
     assert read(before) + read(after) == uninterrupted(argv, str(stdin))
 
@@ -161,7 +163,7 @@ def test_system_python_restores_mid_loop(sessions, tmp_path):
     s.interrupt_when(before, "^12 ")
     s.save(img)
     s.cli("kill")
-    r, out, after = restore_and_finish(sessions, tmp_path, img)
+    r, out, after = restore_to_end(sessions, tmp_path, img)
     assert read(before) + read(after) == uninterrupted(argv)
 
 
@@ -272,7 +274,7 @@ def test_inside_restart_syscall_the_sleep_is_made_again(sessions, tmp_path):
     s.cli("kill")
     stdin = tmp_path / "input"
     stdin.write_text("hello\n")
-    r, out, after = restore_and_finish(sessions, tmp_path, img, str(stdin))
+    r, out, after = restore_to_end(sessions, tmp_path, img, str(stdin))
     assert "nanosleep returned 0 errno 0" in read(after)
 
 
@@ -284,7 +286,7 @@ def test_large_prot_none_reservation(sessions, tmp_path):
     s.save(img)
     s.cli("kill")
     assert os.path.getsize(img) < 16 << 20
-    r, out, after = restore_and_finish(sessions, tmp_path, img)
+    r, out, after = restore_to_end(sessions, tmp_path, img)
     assert read(before) + read(after) == uninterrupted(argv)
 
 

@@ -5,22 +5,15 @@ import re
 import subprocess
 
 import pytest
-from harness import example, read, shm_scenario, uninterrupted
+from harness import example, read, save_and_kill, shm_scenario, uninterrupted
 
 from gdbckpt.mi import MiError
-
-
-def save(sessions, argv, out, img, bp, **kw):
-    s = sessions()
-    s.start(argv, out, breakpoint=bp, **kw)
-    s.save(img, *kw.get("opts", ()))
-    s.cli("kill")
 
 
 def test_lazy_restore_maps_the_image_and_finishes(sessions, tmp_path):
     argv = [example("bigmem"), "64", "4", "1"]
     img, before, after = (str(tmp_path / n) for n in ("p.img", "before", "after"))
-    save(sessions, argv, before, img, "sum_all")
+    save_and_kill(sessions, img, argv, before, "sum_all")
     r = sessions()
     text = r.cli(f"ckpt restore --lazy --stdin=/dev/null --stdout={after} {img}", timeout=120)
     assert "Restored process" in text
@@ -42,12 +35,22 @@ def test_lazy_restore_keeps_shared_memory_shared(sessions, tmp_path):
     key = 0x5EED1000 + os.getpid() % 0xFFF
     argv, expected = shm_scenario(tmp_path, key)
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
-    save(sessions, argv, out, img, "step_done if step == 3")
+    save_and_kill(sessions, img, argv, out, "step_done if step == 3")
     subprocess.run(["ipcrm", "-M", str(key)], check=True)
     r = sessions()
     plan = r.cli(f"ckpt restore --dry-run --lazy {img}")
-    shared = [ln for ln in plan.splitlines() if "shared" in ln or "SysV" in ln]
-    assert shared and "map 0x" in plan
+    # Private memory comes from the image, mapped copy-on-write; shared memory never
+    # does (the copy would be private): it is filled, or mapped from its own file.
+    from gdbckpt.image import Image
+    shared = [v for v in Image.open(img).vmas if v.shared]
+    kinds = {"sysv" if v.shm else v.kind for v in shared}
+    assert kinds == {"file-shared", "shmem", "sysv"}, shared
+    assert re.search(r"map 0x[0-9a-f]+ bytes of the image at", plan), plan
+    for v in shared:
+        start = f"{v.start:#x}"
+        assert not re.search(rf"bytes of the image at {start} ", plan), (start, plan)
+        assert re.search(rf"fill 0x[0-9a-f]+ bytes from the image at {start} |"
+                         rf"map {start}-0x[0-9a-f]+ file fd \d+ ", plan), (start, plan)
     r.cli(f"ckpt restore --lazy {img}", timeout=120)
     assert r.finish().get("reason") == "exited-normally"
     assert read(out) == expected
@@ -70,7 +73,7 @@ def test_lazy_refuses_a_compressed_image_and_keeps_the_process(sessions, tmp_pat
 def test_lazy_refuses_an_image_others_may_write(sessions, tmp_path):
     argv = [example("counter"), "5", "1"]
     img = str(tmp_path / "p.img")
-    save(sessions, argv, str(tmp_path / "before"), img, "compute_step")
+    save_and_kill(sessions, img, argv, str(tmp_path / "before"), "compute_step")
     os.chmod(img, 0o666)
     r = sessions()
     with pytest.raises(MiError) as e:

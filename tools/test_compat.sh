@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# `./dev test-compat`: the suite in a Debian 13 "trixie" chroot (GDB 16, Python 3.13,
+# glibc 2.41) that this script makes itself, as root, with debootstrap.
+#
+# The root is made once and kept under /var/tmp/gdbckpt-trixie ($GDBCKPT_COMPAT_ROOT):
+# debootstrap --variant=minbase, then apt installs what `./dev test` needs. A marker file
+# written last records that it is complete (and with which packages); a root without it,
+# left by an interrupted run, is removed and made again. Each run copies the checkout's
+# files (git ls-files -co --exclude-standard: tracked and untracked-but-not-ignored, so no
+# .venv and no build outputs) afresh to /src in the root, mounts /proc, /sys and /dev
+# (with /dev/pts and /dev/shm) for the run, runs `cd /src && ./dev test` there and exits
+# with its status. On exit, failure, Ctrl-C or SIGTERM the processes left in the root are
+# ended and everything mounted under it is unmounted.
+#
+# Environment: GDBCKPT_COMPAT_ROOT (where the root lives), GDBCKPT_COMPAT_MIRROR (a Debian
+# mirror, http://deb.debian.org/debian by default). PIP_* and proxy variables, /etc/pip.conf
+# and the host's extra CA certificates (/usr/local/share/ca-certificates) are carried into
+# the root so that pip reaches PyPI there as it does here.
+set -euo pipefail
+
+suite=trixie
+mirror=${GDBCKPT_COMPAT_MIRROR:-http://deb.debian.org/debian}
+root=${GDBCKPT_COMPAT_ROOT:-/var/tmp/gdbckpt-trixie}
+# What ./dev, the Makefile and the tests use: the compilers and GDB, Python with venv,
+# setpriv/unshare/ipcs (util-linux), mount, mkfs.ext4, the servers the tests save and
+# restore, ps/pgrep, ip/ss, and libc6-dbg as on the Debian 12 machines (GDB recommends it).
+packages=(gcc make gdb python3 python3-venv libc6-dev libc6-dbg util-linux mount e2fsprogs
+  redis-server nodejs procps iproute2 ca-certificates netbase)
+
+die() { echo "test-compat: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot and mounts): run as root or with sudo"
+[ "$(uname -m)" = x86_64 ] || die "needs an x86-64 machine (uname -m says $(uname -m))"
+repo=$(cd "$(dirname "$0")/.." && pwd)
+git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1 \
+  || die "$repo is not a git checkout (the files to copy come from git ls-files)"
+
+case "$root" in /*) ;; *) die "GDBCKPT_COMPAT_ROOT must be an absolute path, not '$root'";; esac
+root=${root%/}
+[ -n "$root" ] && [ "$root" != / ] || die "GDBCKPT_COMPAT_ROOT must not be /"
+mkdir -p "$(dirname "$root")" || die "cannot make $(dirname "$root")"
+root="$(cd "$(dirname "$root")" && pwd -P)/$(basename "$root")"
+marker="$root/.gdbckpt-compat-complete"
+log="$root.log"
+
+# One run at a time per root.
+exec 9>"$root.lock" || die "cannot open $root.lock"
+command -v flock >/dev/null || die "flock (util-linux) is missing"
+flock -n 9 || die "another test-compat run is using $root ($root.lock is held)"
+
+# Mount points under the root, deepest first (from /proc/self/mountinfo; \040 is a space).
+mounts_under_root() {
+  awk -v r="$root" '{ m = $5; gsub(/\\040/, " ", m); if (m == r || index(m, r "/") == 1) print m }' \
+    /proc/self/mountinfo | sort -r
+}
+
+# The processes whose root directory is the chroot: everything this script started there
+# (pytest, GDB, restored programs, redis-server, node...).
+procs_in_root() {
+  local p
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+end_procs_in_root() {
+  local pids i
+  pids=$(procs_in_root)
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for i in $(seq 50); do
+    pids=$(procs_in_root)
+    [ -n "$pids" ] || return 0
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  sleep 0.2
+}
+
+unmount_all() {
+  local m left
+  while read -r m; do
+    [ -n "$m" ] || continue
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done < <(mounts_under_root)
+  left=$(mounts_under_root)
+  [ -z "$left" ] || { echo "test-compat: still mounted: $(echo $left)" >&2; return 1; }
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM HUP
+  [ -n "${child:-}" ] && kill -0 "$child" 2>/dev/null && kill -TERM "$child" 2>/dev/null
+  end_procs_in_root
+  unmount_all || rc=1
+  exit "$rc"
+}
+child=
+trap cleanup EXIT
+trap 'echo "test-compat: interrupted" >&2; exit 130' INT
+trap 'echo "test-compat: terminated" >&2; exit 143' TERM HUP
+
+# A run ended by SIGKILL (or a crash) can leave its mounts and processes behind.
+end_procs_in_root
+unmount_all || die "cannot unmount what an earlier run left mounted under $root"
+
+mount_all() {
+  mount -t proc proc "$root/proc" || die "cannot mount /proc in $root"
+  mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys" \
+    || die "cannot bind /sys into $root"
+  # /dev with what is mounted under it: /dev/pts, /dev/shm (and the loop devices the
+  # filesystem-cutting test uses).
+  mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev" \
+    || die "cannot bind /dev into $root"
+  [ -e "$root/dev/pts/ptmx" ] || die "no /dev/pts in $root after binding /dev"
+  if ! mountpoint -q "$root/dev/shm"; then
+    mount -t tmpfs -o mode=1777,nosuid,nodev shm "$root/dev/shm" \
+      || die "cannot mount /dev/shm in $root"
+  fi
+}
+
+in_root() {
+  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+}
+
+# Runs a set-up step with its output in the log; on failure one line says what failed.
+step() {
+  local what=$1; shift
+  echo "test-compat: $what" >&2
+  echo "=== $what" >>"$log"
+  "$@" >>"$log" 2>&1 || die "$what failed (last line: $(tail -n 1 "$log"); whole output in $log)"
+}
+
+# Host settings the chroot needs for the network: DNS, hosts, extra CAs (a TLS-inspecting
+# proxy's), pip's configuration.
+copy_host_settings() {
+  cp -L --remove-destination /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null \
+    || die "cannot copy /etc/resolv.conf into $root"
+  [ -e "$root/etc/hosts" ] || cp -L /etc/hosts "$root/etc/hosts" || die "cannot copy /etc/hosts"
+  if [ -d /usr/local/share/ca-certificates ] \
+     && [ -n "$(ls -A /usr/local/share/ca-certificates 2>/dev/null)" ]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -rL /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/" \
+      || die "cannot copy CA certificates into $root"
+    if [ -x "$root/usr/sbin/update-ca-certificates" ]; then
+      in_root update-ca-certificates >>"$log" 2>&1 || die "update-ca-certificates failed in $root"
+    fi
+  fi
+  if [ -f /etc/pip.conf ]; then
+    cp -L /etc/pip.conf "$root/etc/pip.conf" || die "cannot copy /etc/pip.conf into $root"
+  else
+    rm -f "$root/etc/pip.conf"
+  fi
+}
+
+build_root() {
+  if [ -e "$root" ]; then
+    echo "test-compat: $root is incomplete (an interrupted run?): making it again" >&2
+    rm -rf --one-file-system "$root" || die "cannot remove the incomplete root $root"
+  fi
+  : >"$log"
+  if ! command -v debootstrap >/dev/null; then
+    step "apt-get update (for debootstrap)" apt-get update -q
+    step "installing debootstrap" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q debootstrap
+  fi
+  [ -e /usr/share/debootstrap/scripts/$suite ] \
+    || die "this debootstrap ($(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null)) does not know $suite"
+  step "debootstrap --variant=minbase $suite $root (a few minutes)" \
+    debootstrap --variant=minbase "$suite" "$root" "$mirror"
+  # No service starts inside the root (redis-server's postinst would start one).
+  printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+  chmod 755 "$root/usr/sbin/policy-rc.d"
+  rm -f "$root/etc/apt/sources.list"
+  cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: $suite $suite-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: ${mirror%/debian}/debian-security
+Suites: $suite-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+}
+
+install_packages() {
+  copy_host_settings
+  step "apt-get update in $root" in_root apt-get update -q
+  step "apt-get install ${packages[*]} in $root" \
+    in_root apt-get install -y -q --no-install-recommends "${packages[@]}"
+  in_root apt-get clean >>"$log" 2>&1 || true
+  printf '%s\n' "${packages[@]}" >"$marker"
+}
+
+if [ ! -f "$marker" ]; then
+  build_root
+  mount_all
+  install_packages
+  echo "test-compat: $root is ready" >&2
+else
+  mount_all
+  # The root was made with another package list: install what is new.
+  if [ "$(cat "$marker")" != "$(printf '%s\n' "${packages[@]}")" ]; then
+    install_packages
+  fi
+fi
+copy_host_settings
+
+# A fresh copy of the checkout at /src, and an empty /tmp.
+rm -rf --one-file-system "$root/src" || die "cannot remove the old $root/src"
+find "$root/tmp" -mindepth 1 -xdev -delete 2>/dev/null || true
+mkdir -p "$root/src"
+(
+  cd "$repo"
+  git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do
+    # Files deleted in the work tree are still in the index; submodules are directories.
+    if [ -L "$f" ] || [ -f "$f" ]; then printf '%s\0' "$f"; fi
+  done | tar --null --no-recursion -T - -cf -
+) | tar -C "$root/src" -xf - || die "cannot copy $repo into $root/src"
+[ -x "$root/src/dev" ] || die "$root/src/dev is missing after the copy"
+
+# What goes into the run's environment: pip's and the proxy's settings, where the paths they
+# name exist in the root, and CI.
+env_args=()
+while IFS='=' read -r name value; do
+  case "$name" in
+    PIP_*|http_proxy|https_proxy|no_proxy|HTTP_PROXY|HTTPS_PROXY|NO_PROXY|CI) ;;
+    SSL_CERT_FILE|SSL_CERT_DIR|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|NODE_EXTRA_CA_CERTS) ;;
+    *) continue;;
+  esac
+  case "$value" in /*) [ -e "$root$value" ] || continue;; esac
+  env_args+=("$name=$value")
+done < <(env)
+[ -n "${TERM:-}" ] && env_args+=("TERM=$TERM")
+
+echo "test-compat: in $root: $(in_root sh -c 'gdb --version | head -n 1'); \
+$(in_root python3 --version 2>&1); $(in_root sh -c 'ldd --version | head -n 1'); \
+Debian $(cat "$root/etc/debian_version"); kernel $(uname -r)" >&2
+# Run in the background and wait, so that INT/TERM reach the traps at once; cleanup ends
+# whatever is left running in the root.
+rc=0
+in_root "${env_args[@]}" bash -c 'cd /src && exec ./dev test' </dev/null &
+child=$!
+wait "$child" || rc=$?
+child=
+echo "test-compat: ./dev test in Debian $(cat "$root/etc/debian_version") exited with $rc" >&2
+exit "$rc"
