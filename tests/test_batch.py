@@ -119,6 +119,17 @@ def test_default_image_name_info_and_verify(tmp_path):
     assert "\x1b" not in r.stdout + r.stderr
 
 
+def seen_rotate(pattern: str, count: int, timeout: float = 60) -> None:
+    """Until count different images have matched pattern (names change as --every
+    rotates them)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        assert time.monotonic() < deadline, f"only {sorted(seen)} appeared"
+        seen.update(p for p in glob.glob(pattern) if not p.endswith(".tmp"))
+        time.sleep(0.02)
+
+
 def test_every_keeps_rotating_valid_images_and_stops_cleanly(tmp_path):
     out = str(tmp_path / "out")
     p = spawn([example("counter"), "100000", "10"], out)
@@ -129,10 +140,8 @@ def test_every_keeps_rotating_valid_images_and_stops_cleanly(tmp_path):
         job = subprocess.Popen([*BATCH, str(p.pid), "--every", "0.3", "--keep", "2", "--no-sync",
                                 "-o", str(d / "job.img")], cwd=REPO, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while len(glob.glob(str(d / "job-*.img"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)           # a few more rounds of rotation
+        # Until rotation has gone on: three images seen, the oldest removed.
+        seen_rotate(str(d / "job-*.img"), 3)
         job.send_signal(signal.SIGTERM)
         stdout, stderr = job.communicate(timeout=60)
         assert job.returncode == 130, stderr
@@ -268,11 +277,8 @@ def test_every_without_a_name_below_a_second_and_a_ctrl_c(tmp_path):
                                 "--no-sync"], cwd=tmp_path, text=True, start_new_session=True,
                                env={**os.environ, "PYTHONPATH": REPO},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
         pattern = str(tmp_path / f"counter-{p.pid}-*.img")
-        while len(glob.glob(pattern)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        seen_rotate(pattern, 3)
         os.killpg(job.pid, signal.SIGINT)
         stdout, stderr = job.communicate(timeout=60)
         assert job.returncode == 130, (stdout, stderr)

@@ -267,7 +267,11 @@ def test_inside_restart_syscall_the_sleep_is_made_again(sessions, tmp_path):
     s.interrupt_when(before, "^sleeping")
     s.gdb.events.clear()
     s.gdb.cmd("-exec-continue")
-    time.sleep(0.3)
+    # Until the kernel shows it asleep again in restart_syscall (219).
+    deadline = time.monotonic() + 30
+    while not open(f"/proc/{s.pid()}/syscall").read().startswith("219 "):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     s.resume("-exec-interrupt")
     assert "restart_syscall" in s.cli("print $orig_rax == 219 ? \"restart_syscall\" : \"x\"")
     s.save(img)

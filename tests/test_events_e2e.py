@@ -7,7 +7,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
 from harness import (
@@ -64,7 +63,6 @@ def test_every_kind_comes_back_headless_while_running(tmp_path):
     p = spawn(argv, out)
     try:
         wait_for_output(out, "^ready")
-        time.sleep(0.3)
         batch(str(p.pid), "-o", img, "--kill", check=0)
     finally:
         kill_and_reap(p)
