@@ -47,7 +47,7 @@ demo: setup
 	$(VPY) examples/demo.py
 
 test: setup
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -m "not slow" tests
 
 lint: setup
 	$(VENV)/bin/ruff check gdbckpt tests benchmarks gdbinit.py examples
@@ -61,6 +61,7 @@ fuzz: setup
 	$(VPY) tools/fuzz_images.py --cases 100000
 
 soak: setup
+	$(VPY) -m pytest -q -m slow tests
 	$(VPY) tools/soak.py --rounds 200
 
 # pip install of a wheel outside the checkout (fetches the dependencies).

@@ -1,4 +1,5 @@
-"""Soak (short): a few save/restore rounds in a row; tools/soak.py runs 200."""
+"""Soak (short): a few save/restore rounds in a row; tools/soak.py runs 200. Both run
+in `make soak`, not in `make test` (marked slow)."""
 
 import os
 import re
@@ -7,8 +8,11 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tools"))
 
+import pytest  # noqa: E402
 from harness import shimmed_gdb  # noqa: E402
 from soak import soak  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 
 def test_ten_rounds_of_save_and_restore(tmp_path):
