@@ -504,3 +504,39 @@ def test_stdout_stands_in_for_a_saved_output_file_that_is_gone(tmp_path):
     r = batch("restore", img, "--stdout", other, "--json", check=0)
     wait_gone(json.loads(r.stdout.splitlines()[-1])["pid"])
     assert before + open(other).read() == want()
+
+
+def test_a_crafted_image_cannot_make_roots_restore_map_a_root_only_file(shared_dir, tmp_path):
+    """nobody's image, edited to map a file only root may read, shared and writable,
+    with that file's size, mtime and inode (so that it passes as unchanged): root's
+    restore opens it as nobody, and is refused; the file is untouched."""
+    argv = [example("counter"), "40", "20"]
+    out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
+    p = subprocess.Popen([*NOBODY, *argv], stdout=nobodys(out), stdin=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        wait_for_output(out, r"^step 3 ")
+        batch(str(p.pid), "-o", img, "--kill", prefix=NOBODY, check=0)
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root's own" * 1000)
+    os.chmod(secret, 0o600)
+    st = os.stat(secret)
+
+    def files(rec):
+        rec["files"][0].update(path=str(secret), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                               ino=st.st_ino, dev=st.st_dev, build_id=None, hash=None)
+        return rec
+
+    def vmas(rec):
+        v = next(v for v in rec["vmas"] if v["file"] == 0)
+        v.update(shared=True, prot=3, end=v["start"] + 4096, offset=0)
+        return rec
+    crafted = rewrite_record(rewrite_record(img, fmt.RecordType.FILES, files),
+                             fmt.RecordType.VMAS, vmas)
+    r = batch("restore", crafted, check=None)
+    assert r.returncode != 0, r.stdout
+    assert f"open {secret} as fd" in r.stderr and "Permission denied" in r.stderr, r.stderr
+    assert secret.read_bytes() == b"root's own" * 1000
