@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 
-from . import __version__
+from . import __version__, options
 from .engine.front import Front
 from .errors import CkptError, ImageError
 from .procfs import Proc
@@ -494,13 +494,10 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--stop", action="store_true", help="leave the process stopped")
     p.add_argument("--no-sync", action="store_true",
                    help="skip fsync of the image (on by default: ~1.5 s per GiB here)")
-    p.add_argument("--compress", action="store_true", help="compress memory with zstd")
     p.add_argument("--no-snapshot", action="store_true",
                    help="keep the process stopped while its memory is read (by default it "
                    "runs on, its memory read from a copy-on-write snapshot)")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse to save a process that a restore would not give back whole "
-                   "(a connection to another process, say)")
+    options.add_to(p, options.SAVE, "batch")      # --compress, --strict: as in GDB
     p.add_argument("--force", action="store_true",
                    help="with --kill: kill the process even if a restore would not give "
                    "all of it back")
@@ -522,26 +519,9 @@ def sub_parser(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gdbckpt-batch {name}")
     p.add_argument("image")
     if name == "restore":
-        p.add_argument("--gdb", action="store_true",
-                       help="stay in an interactive GDB at the saved point")
-        for s in ("stdin", "stdout", "stderr"):
-            p.add_argument(f"--{s}", metavar="FILE", help=f"the restored process's {s}")
-        p.add_argument("--vdso", choices=("auto", "move", "patch"), default="auto",
-                       help="auto: move this kernel's vDSO into place when it is the saved "
-                       "one, else patch the saved one; move or patch force a way")
-        p.add_argument("--force", action="store_true",
-                       help="restore even if a saved file is gone or shorter")
-        p.add_argument("--clocks", choices=("continue", "host"), default="continue",
-                       help="continue: monotonic and boot-time clocks go on from their saved "
-                       "values (a time namespace, where permitted); host: the host's")
-        p.add_argument("--lazy", action="store_true",
-                       help="map memory from the image, read when first touched")
-        p.add_argument("--dry-run", action="store_true",
-                       help="print the restore plan without changing anything")
-        p.add_argument("--no-verify", action="store_true",
-                       help="skip checking the memory checksums")
+        options.add_to(p, options.RESTORE, "batch")     # the options of ckpt restore
     if name == "info":
-        p.add_argument("--brief", action="store_true", help="leave out the mappings")
+        options.add_to(p, options.INFO, "batch")
     _common(p)
     return p
 

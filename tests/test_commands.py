@@ -18,6 +18,28 @@ def test_help_lists_subcommands(sessions):
     assert "Usage: ckpt save" in sessions().cli("help ckpt save")
 
 
+def test_gdb_and_batch_take_the_same_options_described_the_same(sessions):
+    """One definition (gdbckpt/options.py) makes both front ends' options and help."""
+    import re
+
+    from gdbckpt import options
+    s = sessions()
+    for command, opts in (("save", options.SAVE), ("restore", options.RESTORE),
+                          ("info", options.INFO)):
+        gdb_help = " ".join(s.cli(f"help ckpt {command}").split())
+        sub = ["restore"] if command == "restore" else ["info"] if command == "info" else []
+        batch_help = " ".join(subprocess.run([SYSTEM_PYTHON, "-m", "gdbckpt.batch", *sub,
+                                              "--help"], capture_output=True, text=True,
+                                             cwd=REPO).stdout.split())
+        for o in opts:
+            first_words = " ".join(o.help.split()[:6])
+            if o.only != "batch":
+                assert f"--{o.name}" in gdb_help and first_words in gdb_help, (command, o)
+            if o.only != "gdb":
+                assert re.search(rf"--{o.name}\b", batch_help), (command, o.name)
+                assert first_words in batch_help, (command, o.name)
+
+
 def test_usage_errors_are_one_line(sessions):
     s = sessions()
     assert error_of(s, "ckpt save").startswith("ckpt save: missing arguments; usage: ckpt save")
