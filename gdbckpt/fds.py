@@ -13,7 +13,6 @@ and the save says so.
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import os
 import re
@@ -21,25 +20,13 @@ import stat
 
 from .creds import as_fs_user
 from .errors import SaveError
+from .image.kinds import FdKind, LockKind
 from .image.model import FdInfo, FileLock
 from .libc import errno, libc
 
 KCMP_FILE = 0
 SYS_KCMP = 312
 TTY_MAJORS = {4, 5, 136, 137, 138, 139, 140, 141, 142, 143}   # ttys, console, pts
-
-
-class FdKind(enum.StrEnum):
-    FILE = "file"          # a regular file that is still on disk
-    DIR = "dir"
-    DELETED = "deleted"    # a regular file no longer on disk: its bytes are saved
-    CHARDEV = "chardev"    # /dev/null, /dev/urandom, ...
-    TTY = "tty"
-    PIPE = "pipe"
-    SOCKET = "socket"
-    MEMFD = "memfd"
-    ANON = "anon"          # eventfd, epoll, inotify, signalfd, timerfd, ...
-    OTHER = "other"
 
 
 # Kinds a restore recreates; the rest become /dev/null.
@@ -69,7 +56,8 @@ def parse_fdinfo(text: str) -> tuple[int, int]:
 
 LOCK_LINE = re.compile(r"^lock:\s+\d+: (FLOCK|POSIX|OFDLCK|LEASE)\s+(?:ADVISORY|ACTIVE)\s+"
                        r"(WRITE|READ)\s+\S+\s+\S+\s+(\d+) (\d+|EOF)$", re.M)
-LOCK_KINDS = {"FLOCK": "flock", "POSIX": "posix", "OFDLCK": "ofd", "LEASE": "lease"}
+LOCK_KINDS = {"FLOCK": LockKind.FLOCK, "POSIX": LockKind.POSIX, "OFDLCK": LockKind.OFD,
+              "LEASE": LockKind.LEASE}
 
 
 def parse_locks(text: str) -> list[FileLock]:
@@ -120,7 +108,7 @@ def read_fds(pid: int) -> list[FdInfo]:
         except OSError:
             st = None
         kind = classify(target, st)
-        info = FdInfo(fd=fd, kind=kind.value, target=target, flags=flags, pos=pos,
+        info = FdInfo(fd=fd, kind=kind, target=target, flags=flags, pos=pos,
                       locks=parse_locks(text))
         if kind in (FdKind.FILE, FdKind.DELETED) and st is not None:
             info.size, info.mtime_ns = st.st_size, st.st_mtime_ns

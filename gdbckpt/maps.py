@@ -6,29 +6,15 @@ Plain Python: works on text, so tests can feed it any maps line.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import re
 
 from .errors import SaveError
+from .image.kinds import Kind
 from .linux import Prot
 
 _LINE = re.compile(
     r"^(?P<start>[0-9a-f]+)-(?P<end>[0-9a-f]+) (?P<perms>[rwxsp-]{4}) (?P<offset>[0-9a-f]+) "
     r"(?P<dev>[0-9a-f]+:[0-9a-f]+) (?P<inode>\d+)\s*(?P<path>.*)$")
-
-
-class Kind(enum.StrEnum):
-    """What a mapping is, as far as save and restore are concerned."""
-    ANON = "anon"              # private anonymous memory (heap, stacks, malloc arenas)
-    FILE = "file"              # private mapping of a file that is still on disk
-    FILE_SHARED = "file-shared"  # MAP_SHARED of a file on disk: writes reach the file
-    SHMEM = "shmem"            # shared anonymous, SysV, deleted or memfd shared memory
-    DELETED = "deleted"        # private mapping of a file that was deleted: never reopened
-    VDSO = "vdso"
-    VVAR = "vvar"
-    VVAR_VCLOCK = "vvar_vclock"
-    VSYSCALL = "vsyscall"      # fixed by the kernel at the same address in every process
-    SPECIAL = "special"        # another kernel-made mapping ([uprobes]): not restorable
 
 
 SPECIALS = {

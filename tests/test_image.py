@@ -368,3 +368,23 @@ def test_chunk_outside_every_mapping(tmp_path):
                                                         shared=False, kind="anon", path="")]})
     with pytest.raises(ImageError, match=f"chunk at {HEAP:#x} lies outside"):
         Image.open(write_image(tmp_path / "a.img", records=tiny_heap))
+
+
+@pytest.mark.parametrize("record, key", [("VMAS", "vmas"), ("FDS", "fds")])
+def test_an_unknown_kind_is_refused_naming_the_field(tmp_path, record, key):
+    import dataclasses as dc
+
+    from gdbckpt.image.model import to_json
+    items = VMAS if key == "vmas" else FDS
+    bad = [to_json(dc.replace(items[0]))]
+    bad[0]["kind"] = "teleporter"
+
+    def records(w):
+        for rtype, obj in ((fmt.RecordType.PROCESS, PROCESS), (fmt.RecordType.THREAD, THREAD),
+                           (fmt.RecordType.VMAS, {"vmas": VMAS}),
+                           (fmt.RecordType.FDS, {"fds": FDS})):
+            w.add_record(rtype, {key: bad} if rtype.name == record else obj)
+    path = write_image(tmp_path / "k.img", records=records)
+    with pytest.raises(ImageError, match=rf"{key}\[0\]\.kind: unknown \w*Kind 'teleporter'.*"
+                                         "newer gdbckpt"):
+        Image.open(path)

@@ -7,10 +7,11 @@
 # written last records that it is complete (and with which packages); a root without it,
 # left by an interrupted run, is removed and made again. Each run copies the checkout's
 # files (git ls-files -co --exclude-standard: tracked and untracked-but-not-ignored, so no
-# .venv and no build outputs) afresh to /src in the root, mounts /proc, /sys and /dev
-# (with /dev/pts and /dev/shm) for the run, runs `cd /src && ./dev test` there and exits
-# with its status. On exit, failure, Ctrl-C or SIGTERM the processes left in the root are
-# ended and everything mounted under it is unmounted.
+# .venv and no build outputs) afresh to /src in the root, mounts the root onto itself (so
+# that mountinfo inside shows "/"), /proc, /sys and /dev (with /dev/pts and /dev/shm), runs
+# `cd /src && ./dev test` there and exits with its status. On exit, failure, Ctrl-C or
+# SIGTERM the processes left in the root are ended and everything mounted under it is
+# unmounted.
 #
 # Environment: GDBCKPT_COMPAT_ROOT (where the root lives), GDBCKPT_COMPAT_MIRROR (a Debian
 # mirror, http://deb.debian.org/debian by default). PIP_* and proxy variables, /etc/pip.conf
@@ -108,6 +109,10 @@ end_procs_in_root
 unmount_all || die "cannot unmount what an earlier run left mounted under $root"
 
 mount_all() {
+  # The root bound onto itself is a mount point: inside, /proc/*/mountinfo then shows "/"
+  # (with its device), as on a machine, not only the mounts below it.
+  mount --bind "$root" "$root" && mount --make-private "$root" \
+    || die "cannot bind $root onto itself"
   mount -t proc proc "$root/proc" || die "cannot mount /proc in $root"
   mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys" \
     || die "cannot bind /sys into $root"

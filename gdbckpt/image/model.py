@@ -9,6 +9,7 @@ version may add fields; fields with defaults may be missing.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
 import math
@@ -17,6 +18,7 @@ import typing
 
 from ..errors import ImageError
 from ..tcprepair import TcpConn
+from .kinds import FdKind, Kind, LockKind
 
 
 @dataclasses.dataclass
@@ -37,7 +39,7 @@ class Vma:
     end: int
     prot: int          # linux.Prot
     shared: bool
-    kind: str          # maps.Kind
+    kind: Kind
     path: str          # as /proc/PID/maps showed it
     offset: int = 0    # file offset of start
     file: int = -1     # index into FILES, or -1
@@ -203,7 +205,7 @@ class VdsoInfo:
 class FdInfo:
     """An open file descriptor; fds.py says how each kind is saved and restored."""
     fd: int
-    kind: str                  # fds.FdKind
+    kind: FdKind
     target: str                # readlink of /proc/PID/fd/N
     flags: int = 0             # open flags from fdinfo, O_CLOEXEC included
     pos: int = 0
@@ -222,7 +224,7 @@ class FdInfo:
 @dataclasses.dataclass
 class FileLock:
     """A lock the process holds through this descriptor (its fdinfo 'lock:' lines)."""
-    kind: str                  # flock, posix, ofd, lease
+    kind: LockKind
     write: bool
     start: int = 0
     end: int = -1              # the last byte locked; -1: to the end of the file
@@ -402,6 +404,12 @@ def from_json(typ, data, where: str):
         if not math.isfinite(value):
             raise ImageError(f"{where}: expected a finite number")
         return value
+    if isinstance(typ, type) and issubclass(typ, enum.Enum):
+        try:
+            return typ(data)
+        except ValueError:
+            raise ImageError(f"{where}: unknown {typ.__name__} '{data}': it was written by a "
+                             "newer gdbckpt; upgrade to restore it") from None
     if typ in (str, bool):
         if not isinstance(data, typ):
             raise ImageError(f"{where}: expected {typ.__name__}")

@@ -325,7 +325,6 @@ class _Loader:
         self._check_vmas(vmas, files, chunks)
         self._check_process(process)
         self._check_threads(threads)
-        self._check_kinds(fds)
         self._check_vdso(vdso)
         self._check_fd_data(fds, table)
         return Image(path=self.path, version=0, created_ns=0, flags=fmt.ImageFlags.NONE,
@@ -403,14 +402,6 @@ class _Loader:
             if r is not None and (len(r) != 2 or not 0 <= r[0] < r[1] < 1 << 64
                                   or r[0] % PAGE_SIZE or r[1] % PAGE_SIZE):
                 raise self.fail(f"is corrupt: its VDSO record's {name} is not a page range")
-
-    def _check_kinds(self, fds: list[FdInfo]) -> None:
-        from ..fds import FdKind  # fds imports the model: not at module level
-        known = {k.value for k in FdKind}
-        for f in fds:
-            if f.kind not in known:
-                raise self.fail(f"has fd {f.fd} of unknown kind '{f.kind}': it was written by a "
-                                "newer gdbckpt; upgrade to restore it")
 
     def _check_fd_data(self, fds: list[FdInfo], table: list[Chunk]) -> None:
         for f in fds:
