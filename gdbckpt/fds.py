@@ -31,7 +31,9 @@ TTY_MAJORS = {4, 5, 136, 137, 138, 139, 140, 141, 142, 143}   # ttys, console, p
 
 # Kinds a restore recreates; the rest become /dev/null.
 RESTORABLE = {FdKind.FILE, FdKind.DIR, FdKind.DELETED, FdKind.CHARDEV, FdKind.TTY,
-              FdKind.PIPE, FdKind.SOCKET, FdKind.ANON}
+              FdKind.PIPE, FdKind.SOCKET, FdKind.ANON, FdKind.MEMFD}
+F_GET_SEALS, F_ADD_SEALS, F_SEAL_SEAL = 1034, 1033, 1
+MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
 SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
 ACCMODE = 3
 O_RDWR = 2
@@ -227,10 +229,13 @@ def read_states(pid: int, fds: list[FdInfo], repair: bool) -> list[str]:
     grab = Grabber(pid)
     try:
         for f in fds:
-            if f.same_as >= 0 or f.kind not in (FdKind.PIPE, FdKind.SOCKET, FdKind.ANON):
+            if f.same_as >= 0 or f.kind not in (FdKind.PIPE, FdKind.SOCKET, FdKind.ANON,
+                                                 FdKind.MEMFD):
                 continue
             try:
-                if f.kind == FdKind.PIPE:
+                if f.kind == FdKind.MEMFD:
+                    lost += _save_memfd(f, grab, fds)
+                elif f.kind == FdKind.PIPE:
                     ours = grab.take(f.fd)
                     try:
                         f.pipe = pipes.save(ours, f.target)
@@ -251,6 +256,17 @@ def read_states(pid: int, fds: list[FdInfo], repair: bool) -> list[str]:
     finally:
         grab.close()
     return lost
+
+
+def _save_memfd(f: FdInfo, grab: Grabber, fds: list[FdInfo]) -> list[str]:
+    """Its seals (its bytes are saved as a deleted file's are)."""
+    ours = grab.take(f.fd)
+    try:
+        f.seals = fcntl.fcntl(ours, F_GET_SEALS)
+        f.ino = os.fstat(ours).st_ino
+    finally:
+        os.close(ours)
+    return []
 
 
 def _save_anon(pid: int, f: FdInfo, grab: Grabber) -> list[str]:
@@ -296,12 +312,13 @@ def _outside_peers(fds: list[FdInfo]) -> list[str]:
 CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SYS_ADMIN = 10, 12, 21
 
 
-def make_objects(kind: str, infos: tuple, creds=None, self_pid: int = 0
-                 ) -> tuple[list[int], list[str]]:
+def make_objects(kind: str, infos: tuple, creds=None, self_pid: int = 0,
+                 data=None) -> tuple[list[int], list[str]]:
     """Our fds of the objects a plan.MakeFds step makes, one per info (-1 where its
     info is None), and warnings. creds: the saved credentials when the restorer acts
     for another user: nothing is made that they could not have made themselves.
-    self_pid: the restored process's pid."""
+    self_pid: the restored process's pid. data(info): the bytes the image holds for
+    a descriptor (a memfd's)."""
     from . import anonfds, pipes, sockets, tcprepair
     if kind == "pipe":
         reader, writer = infos
@@ -309,6 +326,8 @@ def make_objects(kind: str, infos: tuple, creds=None, self_pid: int = 0
         ends = pipes.make(state, reader.flags if reader else None,
                           writer.flags if writer else None)
         return _keep(ends, infos), []
+    if kind == "memfd":
+        return [_make_memfd(infos[0], data(infos[0]))], []
     if kind == "anon":
         state = infos[0].anon
         if state.type == "fanotify" and creds is not None and \
@@ -346,6 +365,25 @@ def _status_flags(ours: list[int], infos: tuple) -> list[int]:
     for fd, info in zip(ours, infos, strict=True):
         fcntl.fcntl(fd, fcntl.F_SETFL, info.flags & O_NONBLOCK)
     return ours
+
+
+def _make_memfd(f: FdInfo, content: bytes) -> int:
+    """A memfd with the saved name, bytes, offset and seals."""
+    name = f.target.removeprefix("/memfd:").removesuffix(" (deleted)")
+    sealing = f.seals is not None and not f.seals & F_SEAL_SEAL
+    fd = os.memfd_create(name, MFD_CLOEXEC | (MFD_ALLOW_SEALING if sealing else 0))
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, f.pos, os.SEEK_SET)
+        if sealing and f.seals:
+            fcntl.fcntl(fd, F_ADD_SEALS, f.seals)
+        fcntl.fcntl(fd, fcntl.F_SETFL, f.flags & O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _keep(ours: tuple[int, ...], infos: tuple) -> list[int]:

@@ -111,7 +111,7 @@ def text(img: Image, *, mappings: bool = True) -> str:
 ALWAYS_LOST = (
     "the other end of a pipe or unix socket held by another process; established TCP "
     "connections without TCP_REPAIR (CAP_NET_ADMIN); descriptors in flight (SCM_RIGHTS); "
-    "events an inotify or fanotify descriptor had not yet delivered; memfd, io_uring, "
+    "events an inotify or fanotify descriptor had not yet delivered; io_uring, "
     "userfaultfd and other anon-inode descriptors",
     "child processes, ptrace relations, SysV semaphores and message queues",
     "credentials and capabilities when the restorer is not root (the process then runs "
@@ -133,6 +133,8 @@ def _fd_restore(f) -> str:
         return f"made again, {len(f.pipe.data)} bytes in it"
     if f.anon is not None:
         return f"made again ({f.anon.type})"
+    if f.kind == FdKind.MEMFD:
+        return "made again from the image"
     return {FdKind.FILE: "reopened at its offset", FdKind.DIR: "reopened",
             FdKind.DELETED: "recreated from the image", FdKind.CHARDEV: "reopened",
             FdKind.TTY: "this session's terminal"}[kind]

@@ -1208,6 +1208,8 @@ class _Builder:
                 self._null(f)
         elif kind in (fdsmod.FdKind.PIPE, fdsmod.FdKind.SOCKET, fdsmod.FdKind.ANON):
             self._kernel_object(f)
+        elif kind == fdsmod.FdKind.MEMFD and f.data is not None:
+            self._make("memfd", (f,))
         else:
             self.warnings.append(f"{fdsmod.describe(f)} cannot be restored: /dev/null in its "
                                  "place")

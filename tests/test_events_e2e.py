@@ -221,3 +221,31 @@ def test_a_lock_held_elsewhere_refuses_the_restore_in_one_line(tmp_path):
         assert subprocess.run(["pgrep", "-f", "gdbckpt-stub"], capture_output=True).stdout == b""
     finally:
         kill_and_reap(p)
+
+
+def test_a_memfd_comes_back_with_its_name_bytes_offset_and_seals(tmp_path):
+    code = ("import fcntl, os, time\n"
+            "fd = os.memfd_create('scratchpad', os.MFD_ALLOW_SEALING)\n"
+            "os.write(fd, b'memfd data ' * 1000)\n"
+            "os.lseek(fd, 11, os.SEEK_SET)\n"
+            "fcntl.fcntl(fd, 1033, 8)\n"                    # F_ADD_SEALS F_SEAL_WRITE
+            "print('ready', flush=True)\n"
+            "time.sleep(0.5)\n"
+            "print(os.read(fd, 10), fcntl.fcntl(fd, 1034), os.readlink(f'/proc/self/fd/{fd}'))\n"
+            "try:\n"
+            "    os.write(fd, b'x')\n"
+            "except OSError as e:\n"
+            "    print('write refused:', e.strerror)\n")
+    argv = ["/usr/bin/python3", "-c", code]
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "m.img")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, "^ready")
+        batch(str(p.pid), "-o", img, "--kill", check=0)
+    finally:
+        kill_and_reap(p)
+    batch_restore(img)
+    got = want()
+    assert read(out) == got
+    assert "b'memfd data' 8 /memfd:scratchpad (deleted)" in got and "write refused" in got

@@ -365,7 +365,8 @@ class _Executor:
         """Make the objects here, then have the stub take copies at their numbers."""
         creds = self.img.process.creds if self.take_creds else None
         try:
-            ours, warnings = fdsmod.make_objects(step.kind, step.infos, creds, self.stub.pid)
+            ours, warnings = fdsmod.make_objects(step.kind, step.infos, creds, self.stub.pid,
+                                                 data=self._fd_bytes)
         except OSError as e:
             raise RestoreError(e.strerror or str(e)) from None
         try:
@@ -382,6 +383,9 @@ class _Executor:
                 if mine >= 0:
                     os.close(mine)
         self.warnings += warnings
+
+    def _fd_bytes(self, f) -> bytes:
+        return b"".join(self.img.read_chunk(c) for c in self.img.fd_chunks(f))
 
     def _registers(self, state) -> None:
         """A thread's mask and register sets, with our own ptrace: general registers,

@@ -116,6 +116,7 @@ class _Saver:
         self._check_seccomp()
         fds = self._fds()
         maps = read_mappings(self.inf.pid)
+        self._memfds_mapped(fds, maps)
         phases["maps"] = time.perf_counter() - t0
         files, file_of = self._files(maps)
         threads = self._threads()
@@ -135,7 +136,7 @@ class _Saver:
             vdso = self._vdso(maps)     # read while stopped: the process may exit after
             # Deleted files' bytes while the process is stopped: it may write them.
             for f in fds:
-                if f.kind == fdsmod.FdKind.DELETED:
+                if f.kind in (fdsmod.FdKind.DELETED, fdsmod.FdKind.MEMFD) and f.same_as < 0:
                     f.data = self._file_data(w, f)
             t1 = time.perf_counter()
             dumper = MemoryDumper(self.inf.pid, w, self.front.inserted_breakpoints(self.inf))
@@ -228,6 +229,18 @@ class _Saver:
                             "keep what can be kept")
         self.notes += self.lost
         return fds
+
+    def _memfds_mapped(self, fds: list[FdInfo], maps: list[Mapping]) -> None:
+        """A memfd both held and mapped comes back as two copies, no longer one object."""
+        mapped = {m.inode for m in maps if m.shared}
+        for f in fds:
+            if f.kind == fdsmod.FdKind.MEMFD and f.ino in mapped and f.same_as < 0:
+                why = (f"{fdsmod.describe(f)} is also mapped shared: after a restore the "
+                       "descriptor and the mapping are separate copies")
+                if self.strict:
+                    raise SaveError(f"{why} (--strict)")
+                self.lost.append(why)
+                self.notes.append(why)
 
     def _file_data(self, w: ImageWriter, f: FdInfo) -> list[int]:
         """Store the bytes of a deleted file that is still open."""

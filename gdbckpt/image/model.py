@@ -219,6 +219,7 @@ class FdInfo:
     anon: AnonState | None = None
     sock: SockState | None = None
     locks: list[FileLock] = dataclasses.field(default_factory=list)
+    seals: int | None = None   # a memfd's seals (F_GET_SEALS); its bytes are in data
 
 
 @dataclasses.dataclass
