@@ -56,7 +56,7 @@ def save(pid: int, fd: int, target: str, fdinfo: str) -> tuple[AnonState | None,
             return _pidfd(pid, int(fields["Pid"]))
     except (KeyError, ValueError) as e:
         return None, f"its fdinfo could not be read ({e})"
-    return None, f"{target} descriptors are not restored yet"
+    return None, f"{target} descriptors are not restored: a restore puts /dev/null there"
 
 
 def _fields(text: str) -> dict[str, str]:

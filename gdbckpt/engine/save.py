@@ -222,8 +222,10 @@ class _Saver:
     def _fds(self) -> list[FdInfo]:
         fds = fdsmod.read_fds(self.inf.pid)
         self.lost = fdsmod.read_states(self.inf.pid, fds, repair=tcprepair.can_repair())
+        named = {line.split(":", 1)[0] for line in self.lost}
         self.lost += [f"{fdsmod.describe(f)} cannot be restored: a restore puts /dev/null "
-                      "there" for f in fds if not fdsmod.restorable(f) and f.same_as < 0]
+                      "there" for f in fds if not fdsmod.restorable(f) and f.same_as < 0
+                      and fdsmod.describe(f) not in named]
         if self.lost and self.strict:
             raise SaveError("; ".join(self.lost) + " (--strict); save without --strict to "
                             "keep what can be kept")
