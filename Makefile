@@ -7,9 +7,9 @@ EXAMPLES := $(patsubst examples/%.c,examples/build/%,$(filter-out examples/nolib
 	examples/build/nolibc \
 	examples/build/counter-static examples/build/counter-nopie
 
-.PHONY: setup native examples demo test lint bench fuzz soak test-install clean
+.PHONY: setup bytecode native examples demo test lint bench fuzz soak test-install test-compat clean
 
-setup: $(VENV)/.installed native examples
+setup: $(VENV)/.installed bytecode native examples
 
 # The environment is made with GDB's own interpreter: GDB embeds /usr/bin/python3.
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q --config-settings editable_mode=compat -e '.[test]'
 	touch $@
+
+# Bytecode, even where PYTHONDONTWRITEBYTECODE is set: each gdbckpt-batch start
+# would otherwise compile ~115 modules again (~50 ms).
+bytecode: $(VENV)/.installed
+	@$(VPY) -m compileall -q gdbckpt
 
 native:
 	$(MAKE) -s -C native
@@ -63,6 +68,11 @@ fuzz: setup
 soak: setup
 	$(VPY) -m pytest -q -m slow tests
 	$(VPY) tools/soak.py --rounds 200
+
+# The suite in a Debian 13 chroot it makes (and keeps) itself: GDB 16, Python 3.13,
+# glibc 2.41. Not the host's .venv: the chroot makes its own.
+test-compat:
+	tools/test_compat.sh
 
 # pip install of a wheel outside the checkout (fetches the dependencies).
 test-install: setup

@@ -59,6 +59,24 @@ class Ticker:
         self.p.wait()
 
 
+def _reap_orphans() -> None:
+    """Detached helpers of the tools (an old image's removal) end up ours to reap."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def cpu() -> str:
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -80,9 +98,12 @@ def bench_size(mib: int, reps: int, work: str) -> dict:
                     gcores.append(timed(["gcore", "-o", core, str(t.p.pid)]))
                     os.unlink(f"{core}.{t.p.pid}")
                 else:
+                    # A new file each time, as gcore writes one: no older image to retire.
+                    _unlink(img)
                     t.gap_ms()
                     saves.append(timed([BATCH, str(t.p.pid), "-o", img, "--no-sync"]))
                     pauses.append(t.gap_ms())
+            _unlink(img)
             synced.append(timed([BATCH, str(t.p.pid), "-o", img]))
     finally:
         t.close()
@@ -90,10 +111,17 @@ def bench_size(mib: int, reps: int, work: str) -> dict:
     for _ in range(reps):
         floors.append(timed([BIGMEM, str(mib), "0"]))
         t0 = time.perf_counter()
-        r = subprocess.run([BATCH, "restore", img, "--json"], check=True, capture_output=True,
-                           text=True)
+        # Its stdout was our pipe: a restored process would get our own stdout, and hold
+        # this capture open.
+        r = subprocess.run([BATCH, "restore", img, "--json", "--stdout", "/dev/null"],
+                           check=True, capture_output=True, text=True)
         restores.append(time.perf_counter() - t0)
-        os.kill(json.loads(r.stdout.splitlines()[-1])["pid"], signal.SIGKILL)
+        # The restored process is an orphan, and we its subreaper: reaped at once, its pid
+        # is free for the next restore (which would otherwise need new ids).
+        pid = json.loads(r.stdout.splitlines()[-1])["pid"]
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        _reap_orphans()
     os.unlink(img)
     med = statistics.median
     return {"MiB": mib, "save s": med(saves), "save --sync s": med(synced),
@@ -109,6 +137,9 @@ def main() -> int:
     ap.add_argument("--dir", default=None, help="where images go (default: a temporary dir)")
     args = ap.parse_args()
     work = args.dir or tempfile.mkdtemp(prefix="gdbckpt-bench-")
+    PR_SET_CHILD_SUBREAPER = 36
+    import ctypes
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"CPU: {cpu()}, {os.cpu_count()} cores; kernel {platform.release()}; "
           f"{args.reps} runs each, medians (pause: the worst)")

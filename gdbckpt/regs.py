@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from .engine.ptrace import USER_REGS
+from .errors import CkptError
 from .image.model import SyscallState
 from .linux import Restart, Sys
 
@@ -42,6 +43,10 @@ def put(regs: dict[str, int], name: str, value: int) -> None:
 
 # mov $imm32, %eax; syscall: how glibc's wrappers make most calls.
 MOV_EAX_SYSCALL = re.compile(rb"\xb8(....)\x0f\x05\Z", re.S)
+# glibc 2.41's cancellable calls: `mov disp8(%rsp), %rax; syscall` (the number is the
+# 7th argument of __internal_syscall_cancel, on the stack).
+MOV_RAX_STACK_SYSCALL = re.compile(rb"\x48\x8b\x44\x24(.)\x0f\x05\Z", re.S)
+MAX_SYSCALL = 1024
 EINTR = 4
 
 
@@ -68,7 +73,8 @@ def rewind(regs: dict[str, int]) -> None:
     put(regs, "orig_rax", -1)
 
 
-def apply_restart(regs: dict[str, int], code_before: bytes = b"") -> SyscallState | None:
+def apply_restart(regs: dict[str, int], code_before: bytes = b"",
+                  read=None) -> SyscallState | None:
     """Rewind a thread stopped inside a restartable system call, in place.
 
     A thread stopped in a system call has orig_rax = the call and rax =
@@ -80,22 +86,39 @@ def apply_restart(regs: dict[str, int], code_before: bytes = b"") -> SyscallStat
 
     A thread stopped a second time, inside restart_syscall itself, has lost
     which call it was making: code_before (the bytes up to and including the
-    syscall instruction) names it when it is glibc's `mov $nr, %eax;
-    syscall`; otherwise the call returns EINTR, as the kernel makes it do
-    when a handler runs.
+    syscall instruction) names it when it is glibc's `mov $nr, %eax; syscall`,
+    or glibc 2.41's `mov disp(%rsp), %rax; syscall` (read(addr, n) then gives
+    the stack's bytes); otherwise the call returns EINTR, as the kernel makes
+    it do when a handler runs.
     """
     nr = get_signed(regs, "orig_rax")
     err = -get_signed(regs, "rax")
     if nr < 0 or err not in Restart.__members__.values():
         return None
     if nr == Sys.restart_syscall:
-        m = MOV_EAX_SYSCALL.search(code_before)
-        if m is None:
+        nr = _call_before(regs, code_before, read)
+        if nr is None:
             put(regs, "rax", -EINTR)
             put(regs, "orig_rax", -1)
-            return SyscallState(nr=nr, errno=err, action="eintr")
-        nr = int.from_bytes(m.group(1), "little")
+            return SyscallState(nr=Sys.restart_syscall, errno=err, action="eintr")
     put(regs, "rip", get(regs, "rip") - len(SYSCALL_INSN))
     put(regs, "rax", nr)
     put(regs, "orig_rax", -1)
     return SyscallState(nr=nr, errno=err, action="restart")
+
+
+def _call_before(regs: dict[str, int], code: bytes, read) -> int | None:
+    """The call number the code before a syscall instruction loads, if it says."""
+    m = MOV_EAX_SYSCALL.search(code)
+    if m is not None:
+        return int.from_bytes(m.group(1), "little")
+    m = MOV_RAX_STACK_SYSCALL.search(code)
+    if m is None or read is None:
+        return None
+    disp = int.from_bytes(m.group(1), "little", signed=True)
+    try:
+        raw = read(get(regs, "rsp") + disp, 8)
+    except (CkptError, OSError):    # the stack unreadable: the call stays unknown
+        return None
+    nr = int.from_bytes(raw, "little")
+    return nr if 0 <= nr < MAX_SYSCALL and nr != Sys.restart_syscall else None

@@ -102,6 +102,9 @@ def _mounts(pid: int) -> _Mounts:
             point = fields[4].encode().decode("unicode_escape")
             out.by_id[int(fields[0])] = point
             out.by_dev.setdefault(major << 20 | minor, point)
+    # In a chroot whose root is no mount point, mountinfo lists nothing of it.
+    root = os.stat(f"/proc/{pid}/root")
+    out.by_dev.setdefault(os.major(root.st_dev) << 20 | os.minor(root.st_dev), "/")
     return out
 
 

@@ -131,3 +131,39 @@ def test_the_live_kernel_round_trips_through_split_and_merge():
     finally:
         p.kill()
         p.wait()
+
+
+STACK = 0x7FFF_FFFF_E000
+
+
+def stack_reader(words: dict[int, int]):
+    """Reads of the stack as a process's memory would give them."""
+    def read(addr, n):
+        if addr not in words:
+            raise RestoreError(f"cannot read {addr:#x}")
+        return words[addr].to_bytes(8, "little")[:n]
+    return read
+
+
+@pytest.mark.parametrize("code_before, words, want", [
+    # glibc 2.36: mov $0xe6, %eax; syscall
+    (b"\x90\x90\xb8\xe6\x00\x00\x00\x0f\x05"[-7:], {}, Sys.clock_nanosleep),
+    # glibc 2.41's __internal_syscall_cancel: mov 0x10(%rsp), %rax; syscall
+    (b"\x48\x8b\x44\x24\x10\x0f\x05", {STACK + 0x10: Sys.clock_nanosleep}, Sys.clock_nanosleep),
+    # the same, a stack that cannot be read: the call stays unknown
+    (b"\x48\x8b\x44\x24\x10\x0f\x05", {}, None),
+    # a number no call has: unknown
+    (b"\x48\x8b\x44\x24\x10\x0f\x05", {STACK + 0x10: 1 << 40}, None),
+    # glibc 2.41, several threads: mov %rsi, %rax; ...; syscall: nothing says
+    (b"\x48\x89\xf0\x90\x90\x0f\x05", {}, None),
+])
+def test_inside_restart_syscall_the_call_is_found_where_glibc_keeps_it(code_before, words, want):
+    r = blank(rax=-Restart.ERESTART_RESTARTBLOCK, orig_rax=Sys.restart_syscall, rip=RIP,
+              rsp=STACK)
+    state = apply_restart(r, code_before, stack_reader(words))
+    if want is None:
+        assert state.action == "eintr" and get_signed(r, "rax") == -4
+    else:
+        assert state == SyscallState(nr=want, errno=Restart.ERESTART_RESTARTBLOCK,
+                                     action="restart")
+        assert (get(r, "rip"), get(r, "rax")) == (RIP - 2, want)

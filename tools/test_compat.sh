@@ -94,7 +94,15 @@ unmount_all() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
-  [ -n "${child:-}" ] && kill -0 "$child" 2>/dev/null && kill -TERM "$child" 2>/dev/null
+  if [ -n "${child:-}" ]; then
+    # A set-up step leads its own process group; the test run does not.
+    kill -TERM -- -"$child" 2>/dev/null || kill -TERM "$child" 2>/dev/null || true
+    for _ in $(seq 50); do
+      kill -0 -- -"$child" 2>/dev/null || kill -0 "$child" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- -"$child" 2>/dev/null || kill -KILL "$child" 2>/dev/null || true
+  fi
   end_procs_in_root
   unmount_all || rc=1
   exit "$rc"
@@ -127,17 +135,24 @@ mount_all() {
   fi
 }
 
-in_root() {
-  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive \
-    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-}
+# A command in the root, with a clean environment (step needs it as a command, not a function).
+root_env=(chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
+in_root() { "${root_env[@]}" "$@"; }
 
 # Runs a set-up step with its output in the log; on failure one line says what failed.
 step() {
   local what=$1; shift
   echo "test-compat: $what" >&2
   echo "=== $what" >>"$log"
-  "$@" >>"$log" 2>&1 || die "$what failed (last line: $(tail -n 1 "$log"); whole output in $log)"
+  # In its own process group, waited for in the background: INT and TERM reach the traps
+  # at once, and cleanup ends the whole group (debootstrap's wget, dpkg...).
+  local rc=0
+  setsid "$@" >>"$log" 2>&1 </dev/null &
+  child=$!
+  wait "$child" || rc=$?
+  child=
+  [ "$rc" -eq 0 ] || die "$what failed (last line: $(tail -n 1 "$log"); whole output in $log)"
 }
 
 # Host settings the chroot needs for the network: DNS, hosts, extra CAs (a TLS-inspecting
@@ -198,9 +213,9 @@ EOF
 
 install_packages() {
   copy_host_settings
-  step "apt-get update in $root" in_root apt-get update -q
+  step "apt-get update in $root" "${root_env[@]}" apt-get update -q
   step "apt-get install ${packages[*]} in $root" \
-    in_root apt-get install -y -q --no-install-recommends "${packages[@]}"
+    "${root_env[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"
   in_root apt-get clean >>"$log" 2>&1 || true
   printf '%s\n' "${packages[@]}" >"$marker"
 }

@@ -364,7 +364,7 @@ class _Saver:
             before = self.inf.read(rip - 7, 7)
         except CkptError:
             before = b""
-        syscall = regsmod.apply_restart(regs, before)
+        syscall = regsmod.apply_restart(regs, before, self.inf.read)
         if syscall and syscall.action == "restart":
             self.notes.append(f"thread {tid} was inside system call {sysname(syscall.nr)}: "
                               "it makes the call again after a restore")
