@@ -54,7 +54,7 @@ def test_running_program_saved_by_pid_killed_and_restored_headless(tmp_path, pro
     assert "grew since the save" in r.stdout
 
 
-@pytest.mark.parametrize("snapshot", [True, False])
+@pytest.mark.parametrize("snapshot", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_a_save_of_a_busy_process_is_one_instant(tmp_path, snapshot):
     """mutator rewrites 64 MiB round after round and checks each page: an image whose
     memory is not one instant, or not the instant of its registers, restores into a

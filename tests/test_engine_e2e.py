@@ -195,7 +195,8 @@ def occupy(pid: int) -> subprocess.Popen | None:
 def test_a_thread_id_taken_during_the_restore_gives_new_ids_and_runs_right(tmp_path):
     """The kernel refuses a saved thread id that another process took after the check
     (a busy machine): the restore starts over with new thread ids and patches them in."""
-    argv = [example("threads"), "200", "5000"]
+    argv = [example("threads"), "100", "5000"]
+    want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "t.img")
     p = spawn(argv, out)
     try:
@@ -222,13 +223,13 @@ def test_a_thread_id_taken_during_the_restore_gives_new_ids_and_runs_right(tmp_p
         holder.kill()
         holder.wait()
     assert "was taken meanwhile: the threads got new ids" in r.stdout, r.stdout
-    assert read(out) == uninterrupted(argv)
+    assert read(out) == want()
 
 
 def test_a_program_without_a_c_library_in_gdb_with_another_language_set(sessions, tmp_path):
     """No glibc (as Go's binaries), and GDB's language set to Go: neither leaks into
     the save or the restore."""
-    argv = [example("nolibc"), "40"]
+    argv = [example("nolibc"), "25"]
     out, after, img = (str(tmp_path / n) for n in ("out", "after", "n.img"))
     s = sessions()
     s.start(argv, out, breakpoint="tick if step == 10")
@@ -245,7 +246,7 @@ def test_a_program_without_a_c_library_in_gdb_with_another_language_set(sessions
 
 
 def test_a_program_without_a_c_library_headless(tmp_path):
-    argv = [example("nolibc"), "60"]
+    argv = [example("nolibc"), "30"]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "n.img")
     p = spawn(argv, out)
