@@ -261,3 +261,35 @@ def test_a_memfd_comes_back_with_its_name_bytes_offset_and_seals(tmp_path):
     got = want()
     assert read(out) == got
     assert "b'memfd data' 8 /memfd:scratchpad (deleted)" in got and "write refused" in got
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs CAP_SYS_ADMIN")
+def test_a_fanotify_mark_comes_back_and_reports(tmp_path):
+    watched = tmp_path / "watched"
+    watched.write_text("x")
+    code = ("import ctypes, os, struct, sys, time\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "fd = libc.fanotify_init(0, os.O_RDONLY)\n"                # FAN_CLASS_NOTIF
+            "assert libc.fanotify_mark(fd, 1, ctypes.c_uint64(0x20), -100,\n"   # ADD, FAN_OPEN
+            "                          sys.argv[1].encode()) == 0\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(0.5)\n"
+            "open(sys.argv[1]).close()\n"
+            "ev = os.read(fd, 4096)\n"
+            "length, ver, _, meta, mask, efd, pid = struct.unpack_from('=IBBHQii', ev)\n"
+            "os.close(efd)\n"
+            "print('event', hex(mask), pid == os.getpid(), flush=True)\n")
+    argv = ["/usr/bin/python3", "-c", code, str(watched)]
+    other = tmp_path / "other"          # the reference run watches a file of its own
+    other.write_text("x")
+    want = uninterrupted_later([*argv[:-1], str(other)])
+    out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, "^ready")
+        batch(str(p.pid), "-o", img, "--kill", check=0)
+    finally:
+        kill_and_reap(p)
+    batch_restore(img)
+    got = want()
+    assert read(out) == got and "event 0x20 True" in got
