@@ -36,7 +36,7 @@ def one_line_error(r, code):
 
 @pytest.mark.parametrize("prog", ["counter", "threads"])
 def test_running_program_saved_by_pid_killed_and_restored_headless(tmp_path, prog):
-    argv = [example(prog), "200", "20"] if prog == "counter" else [example(prog), "200", "5000"]
+    argv = [example(prog), "80", "20"] if prog == "counter" else [example(prog), "200", "5000"]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
     p = spawn(argv, out)
@@ -210,7 +210,7 @@ def test_process_we_may_not_trace_is_left_alone(tmp_path):
 
 
 def test_restore_with_redirected_stdout(tmp_path):
-    argv = [example("counter"), "150", "20"]
+    argv = [example("counter"), "60", "20"]
     want = uninterrupted_later(argv)
     out, img, other = str(tmp_path / "out"), str(tmp_path / "p.img"), str(tmp_path / "other")
     p = spawn(argv, out)

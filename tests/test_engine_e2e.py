@@ -164,6 +164,7 @@ def test_a_thread_in_sigsuspend_keeps_its_real_mask(tmp_path):
     """In sigsuspend the kernel shows a temporary mask; the image must hold the real one,
     and the restored program still sleeps in sigsuspend until its signal comes."""
     argv = [example("suspender"), "8"]
+    want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
     with open(out, "w") as f:
         p = subprocess.Popen(argv, stdout=f, stdin=subprocess.DEVNULL)
@@ -175,7 +176,7 @@ def test_a_thread_in_sigsuspend_keeps_its_real_mask(tmp_path):
     finally:
         p.kill()
     batch_restore(img)
-    assert read(out) == uninterrupted(argv)
+    assert read(out) == want()
 
 
 def occupy(pid: int) -> subprocess.Popen | None:
