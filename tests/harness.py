@@ -60,10 +60,11 @@ def uninterrupted(argv: list[str], stdin: str = "/dev/null", timeout: float = 60
                               timeout=timeout).stdout
 
 
-def uninterrupted_later(argv: list[str], timeout: float = 60):
+def uninterrupted_later(argv: list[str], stdin: str = "/dev/null", timeout: float = 60):
     """uninterrupted(argv), run meanwhile: call the result for its output. For programs
     that take seconds, run beside the one a test saves and restores."""
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    with open(stdin) as inp:
+        p = subprocess.Popen(argv, stdin=inp, stdout=subprocess.PIPE, text=True)
 
     def output() -> str:
         out, _ = p.communicate(timeout=timeout)

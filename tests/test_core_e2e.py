@@ -15,6 +15,7 @@ from harness import (
     restore_and_finish,
     save_and_kill,
     uninterrupted,
+    uninterrupted_later,
 )
 
 from gdbckpt.image.format import FORMAT_VERSION
@@ -116,6 +117,9 @@ def test_saved_inside_nanosleep_restarts_the_sleep(sessions, tmp_path):
     argv = [example("sleeper"), "2"]
     img = str(tmp_path / "p.img")
     before = str(tmp_path / "before.out")
+    stdin = tmp_path / "input"
+    stdin.write_text("hello\n")
+    want = uninterrupted_later(argv, str(stdin))
     s = sessions()
     s.start(argv, before)
     s.interrupt_when(before, "^sleeping")
@@ -123,10 +127,8 @@ def test_saved_inside_nanosleep_restarts_the_sleep(sessions, tmp_path):
     s.cli("kill")
     info = sessions().cli(f"ckpt info --brief {img}")
     assert "inside clock_nanosleep: restarts" in info
-    stdin = tmp_path / "input"
-    stdin.write_text("hello\n")
     r, out, after = restore_to_end(sessions, tmp_path, img, str(stdin))
-    assert read(before) + read(after) == uninterrupted(argv, str(stdin))
+    assert read(before) + read(after) == want()
     assert "nanosleep returned 0 errno 0" in read(after)
 
 
