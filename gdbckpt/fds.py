@@ -340,7 +340,8 @@ def make_objects(kind: str, infos: tuple, creds=None, self_pid: int = 0,
             null = os.open("/dev/null", null_flags(infos[0]) & ACCMODE)
             return [null], [f"{describe(infos[0])}: {e.strerror}: /dev/null in its place"]
     if kind == "socketpair":
-        ours = list(sockets.make_pair(infos[0].sock, infos[1].sock))
+        with as_fs_user(creds):         # files in flight are opened as the user
+            ours = list(sockets.make_pair(infos[0].sock, infos[1].sock))
         return _status_flags(ours, infos), []
     repair = tcprepair.can_repair() and (creds is None or creds.effective >> CAP_NET_ADMIN & 1)
     ours, warnings = [], []

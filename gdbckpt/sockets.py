@@ -15,6 +15,7 @@ the stub takes a copy:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import socket
@@ -22,7 +23,7 @@ import stat
 import struct
 
 from . import sockdiag, tcprepair
-from .image.model import SockState
+from .image.model import InFlight, SockState
 
 SOL_SOCKET, SOL_TCP, SOL_IPV6 = socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.IPPROTO_IPV6
 SO_PEEK_OFF = 42
@@ -163,27 +164,33 @@ def _save_unix(s: socket.socket, st: SockState) -> list[str]:
         st.state, st.peer_name = "connected", (peer.name or b"") if peer else b""
     else:
         st.state = "bound" if st.name else "unbound"
-    st.queue, senders, fds_lost = _peek_queue(s)
-    if fds_lost:
-        lost.append("descriptors in flight (SCM_RIGHTS) are lost")
+    st.queue, senders, st.inflight, others = _peek_queue(s)
+    if others:
+        lost.append(f"{others} descriptor(s) in flight (SCM_RIGHTS) that are not files on "
+                    "disk, or ride a stream, are lost")
     if s.type == socket.SOCK_DGRAM and st.name and any(senders):
         # Only a datagram from an unnamed socket can be sent again as it was.
         named = sum(1 for frm in senders if frm)
-        st.queue = [m for m, frm in zip(st.queue, senders, strict=True) if not frm]
+        kept = [i for i, frm in enumerate(senders) if not frm]
+        st.queue = [st.queue[i] for i in kept]
+        st.inflight = [dataclasses.replace(f, message=kept.index(f.message))
+                       for f in st.inflight if f.message in kept]
         lost.append(f"{named} unread datagram(s) from named sockets are lost")
     return lost
 
 
-def _peek_queue(s: socket.socket) -> tuple[list[bytes], list, bool]:
+def _peek_queue(s: socket.socket) -> tuple[list[bytes], list, list[InFlight], int]:
     """Every unread message, in order, left unread: peeks that move on with
-    SO_PEEK_OFF, which is put back after. (messages, their senders, whether any
-    carried descriptors.) A stream or seqpacket socket says how many bytes wait
-    (SIOCINQ): the peeks stop there, as an empty peek may be end of file."""
+    SO_PEEK_OFF, which is put back after. (messages, their senders, the files in
+    flight that can be opened again, how many others.) A stream or seqpacket socket
+    says how many bytes wait (SIOCINQ): the peeks stop there, as an empty peek may be
+    end of file."""
     old = s.getsockopt(SOL_SOCKET, SO_PEEK_OFF)
     waiting = _inq(s) if s.type != socket.SOCK_DGRAM else None
     out: list[bytes] = []
     senders: list = []
-    fds = False
+    inflight: list[InFlight] = []
+    others = 0
     total = 0
     s.setsockopt(SOL_SOCKET, SO_PEEK_OFF, 0)
     try:
@@ -195,27 +202,55 @@ def _peek_queue(s: socket.socket) -> tuple[list[bytes], list, bool]:
                                                  socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except (BlockingIOError, ConnectionResetError):
                 break
-            fds |= _carried_fds(anc)
+            carried, lost = _carried(anc, len(out))
+            inflight += carried
+            others += lost
             out.append(data)
             senders.append(sender)
             total += len(data)
     finally:
         s.setsockopt(SOL_SOCKET, SO_PEEK_OFF, old)
     if s.type == socket.SOCK_STREAM and out:
-        out = [b"".join(out)]
-    return out, senders, fds
+        # A stream keeps no boundaries to put files back at: they are counted lost.
+        out, others, inflight = [b"".join(out)], others + len(inflight), []
+    return out, senders, inflight, others
 
 
-def _carried_fds(anc) -> bool:
-    """Whether a peeked message carries descriptors; the peek put copies of them in
-    our process, which are closed here (credentials, also seen, are nothing to keep)."""
-    found = False
+def _carried(anc, message: int) -> tuple[list[InFlight], int]:
+    """The files a peeked message carries: the peek put copies of them in our process,
+    described here (a regular file or directory on disk can be opened again) and
+    closed. Credentials, also seen, are nothing to keep."""
+    found, others = [], 0
     for level, kind, data in anc:
-        if level == SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            found = True
-            for i in range(0, len(data) - len(data) % 4, 4):
-                os.close(int.from_bytes(data[i:i + 4], "little"))
-    return found
+        if level != SOL_SOCKET or kind != socket.SCM_RIGHTS:
+            continue
+        for i in range(0, len(data) - len(data) % 4, 4):
+            fd = int.from_bytes(data[i:i + 4], "little")
+            try:
+                what = _reopenable(fd, message)
+            finally:
+                os.close(fd)
+            if what is None:
+                others += 1
+            else:
+                found.append(what)
+    return found, others
+
+
+def _reopenable(fd: int, message: int) -> InFlight | None:
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        st = os.fstat(fd)
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            info = f.read()
+    except OSError:
+        return None
+    if not target.startswith("/") or target.endswith(" (deleted)") or st.st_nlink == 0 \
+            or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return None
+    from .fds import parse_fdinfo
+    pos, flags = parse_fdinfo(info)
+    return InFlight(message=message, path=target, flags=flags, pos=pos)
 
 
 def _inq(s: socket.socket) -> int:
@@ -267,7 +302,7 @@ def _save_inet(s: socket.socket, st: SockState, repair: bool) -> list[str]:
 def _save_datagrams(s: socket.socket, st: SockState) -> list[str]:
     """Unread datagrams that the socket sent itself can be sent again by the restored
     one; from anyone else they cannot (their sender cannot be forged)."""
-    queue, senders, _ = _peek_queue(s)
+    queue, senders, _, _ = _peek_queue(s)
     own = [m for m, frm in zip(queue, senders, strict=True) if _is_self(st, frm)]
     if len(own) == len(queue):
         st.queue = own
@@ -299,8 +334,7 @@ def make_pair(a: SockState, b: SockState) -> tuple[int, int]:
     try:
         for mine, other, st in ((x, y, a), (y, x, b)):
             _apply_options(mine, st)
-            for msg in st.queue:
-                other.sendall(msg) if a.type == socket.SOCK_STREAM else other.send(msg)
+            _send_queue(other, st)
         for mine, st in ((x, a), (y, b)):
             _shutdown(mine, st.shutdown)
         return x.detach(), y.detach()
@@ -368,8 +402,7 @@ def _make_unix(s: socket.socket, st: SockState) -> None:
     if st.queue and st.name:
         # Datagrams from unnamed senders (the save kept only those): sent again.
         with socket.socket(socket.AF_UNIX, st.type) as sender:
-            for msg in st.queue:
-                sender.sendto(msg, st.name)
+            _send_queue(sender, st, to=st.name)
 
 
 def _bind_unix(s: socket.socket, name: bytes) -> None:
@@ -419,6 +452,44 @@ def _shutdown(s: socket.socket, mask: int) -> None:
             s.shutdown(how)
 
 
+def _send_queue(sender: socket.socket, st: SockState, to: bytes | None = None) -> None:
+    """st's unread messages, sent again in order, each with the files it carried
+    (opened again here, as they were: flags and offset)."""
+    if st.type == socket.SOCK_STREAM:
+        for msg in st.queue:
+            sender.sendall(msg)
+        return
+    for i, msg in enumerate(st.queue):
+        files = [_reopen(f) for f in st.inflight if f.message == i]
+        try:
+            if files:
+                anc = [(SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(files)}i", *files))]
+                sender.sendmsg([msg], anc, 0, *([to] if to else []))
+            else:
+                sender.sendto(msg, to) if to else sender.send(msg)
+        finally:
+            for fd in files:
+                os.close(fd)
+
+
+def _reopen(f: InFlight) -> int:
+    """A file in flight, opened again: never through a symlink, and only a regular
+    file or directory (an image is untrusted)."""
+    from .fds import CREATION_FLAGS
+    fd = os.open(f.path, (f.flags & ~CREATION_FLAGS) | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        os.close(fd)
+        raise OSError(f"{f.path} is no longer a file or directory")
+    if not f.flags & os.O_NONBLOCK:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETFL, f.flags & ~os.O_NONBLOCK & 0o7777777)
+    if f.pos and stat.S_ISREG(st.st_mode):
+        os.lseek(fd, f.pos, os.SEEK_SET)
+    return fd
+
+
 def _orphan(st: SockState) -> int:
     """A unix socket whose peer is gone or elsewhere, with its unread messages: it
     reads them, then end of file (writes fail with EPIPE), as the original would
@@ -426,8 +497,7 @@ def _orphan(st: SockState) -> int:
     x, y = socket.socketpair(socket.AF_UNIX, st.type)
     try:
         _apply_options(x, st)
-        for msg in st.queue:
-            y.sendall(msg) if st.type == socket.SOCK_STREAM else y.send(msg)
+        _send_queue(y, st)
         return x.detach()
     finally:
         x.close()

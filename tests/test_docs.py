@@ -46,7 +46,8 @@ def test_every_model_field_is_documented_where_its_class_is():
                 model.FdInfo, model.MmBounds, model.SigAction, model.Rseq, model.SyscallState,
                 model.SigAltStack, model.Rlimit, model.ItimerState, model.PosixTimer,
                 model.SysvShm, model.PipeState, model.AnonState, model.EpollTarget,
-                model.SockState, model.TcpConn, model.FileLock, model.Watch):
+                model.SockState, model.TcpConn, model.FileLock, model.Watch,
+                model.InFlight):
         text = home(cls.__name__)
         assert text, f"{cls.__name__} is not described"
         for f in dataclasses.fields(cls):

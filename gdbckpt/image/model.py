@@ -281,6 +281,15 @@ class Watch:
 
 
 @dataclasses.dataclass
+class InFlight:
+    """A file in flight: a descriptor that an unread message carries (SCM_RIGHTS)."""
+    message: int               # which message of the queue carries it
+    path: str
+    flags: int
+    pos: int = 0
+
+
+@dataclasses.dataclass
 class SockState:
     """A socket (sockets.py)."""
     family: int
@@ -299,6 +308,7 @@ class SockState:
     shutdown: int = 0          # RCV_SHUTDOWN 1, SEND_SHUTDOWN 2
     options: dict[str, int] = dataclasses.field(default_factory=dict)
     queue: list[bytes] = dataclasses.field(default_factory=list)   # unread: one per message
+    inflight: list[InFlight] = dataclasses.field(default_factory=list)   # files they carry
     tcp: TcpConn | None = None   # an established TCP connection, saved with TCP_REPAIR
 
 
