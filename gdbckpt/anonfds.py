@@ -17,7 +17,8 @@ import struct
 import time
 
 from .image.model import AnonState, EpollTarget
-from .libc import errno, libc
+from .libc import checked, libc
+from .linux import Sys
 
 TYPES = {"[eventfd]": "eventfd", "[timerfd]": "timerfd", "[signalfd]": "signalfd",
          "[eventpoll]": "epoll", "inotify": "inotify", "[fanotify]": "fanotify",
@@ -27,7 +28,6 @@ O_NONBLOCK = 0o4000
 TFD_TIMER_ABSTIME = 1
 TFD_IOC_SET_TICKS = 0x40085400     # _IOW('T', 0, u64): needs CONFIG_CHECKPOINT_RESTORE
 EFD_SEMAPHORE = 1
-SYS_KCMP = 312
 KCMP_EPOLL_TFD = 7
 NS = 1_000_000_000
 
@@ -138,7 +138,7 @@ def _epoll(pid: int, epfd: int, fdinfo: str) -> tuple[AnonState, str]:
 
 def _same_target(pid: int, epfd: int, tfd: int, nth: int) -> bool:
     slot = struct.pack("<III", epfd, tfd, nth)
-    return libc().syscall(SYS_KCMP, pid, pid, KCMP_EPOLL_TFD, tfd, ctypes.c_char_p(slot)) == 0
+    return libc().syscall(Sys.kcmp, pid, pid, KCMP_EPOLL_TFD, tfd, ctypes.c_char_p(slot)) == 0
 
 
 # -- making them again --------------------------------------------------------
@@ -175,12 +175,12 @@ def make(state: AnonState, flags: int, self_pid: int = 0) -> int:
         return _make_timerfd(state, nonblock)
     if state.type == "signalfd":
         mask = ctypes.c_uint64(state.sigmask)
-        return _check(libc().signalfd(-1, ctypes.byref(mask), nonblock), "signalfd")
+        return checked(libc().signalfd(-1, ctypes.byref(mask), nonblock), "signalfd")
     if state.type in ("inotify", "fanotify"):
         from . import watches
         return watches.make(state, flags)
     if state.type == "epoll":
-        fd = _check(libc().epoll_create1(0), "epoll_create1")
+        fd = checked(libc().epoll_create1(0), "epoll_create1")
         if nonblock:
             fcntl.fcntl(fd, fcntl.F_SETFL, nonblock)
         return fd
@@ -188,7 +188,7 @@ def make(state: AnonState, flags: int, self_pid: int = 0) -> int:
 
 
 def _make_timerfd(state: AnonState, nonblock: int) -> int:
-    fd = _check(libc().timerfd_create(state.clock, nonblock), "timerfd_create")
+    fd = checked(libc().timerfd_create(state.clock, nonblock), "timerfd_create")
     try:
         value, flags = state.value_ns, 0
         if state.abstime and state.value_ns:
@@ -201,7 +201,7 @@ def _make_timerfd(state: AnonState, nonblock: int) -> int:
             value = state.interval_ns      # expired, not yet read: it rearms on the read
         spec = _Itimerspec(_ts(state.interval_ns), _ts(value))
         if value:
-            _check(libc().timerfd_settime(fd, flags, ctypes.byref(spec), None),
+            checked(libc().timerfd_settime(fd, flags, ctypes.byref(spec), None),
                    "timerfd_settime")
         if state.ticks:
             fcntl.ioctl(fd, TFD_IOC_SET_TICKS, struct.pack("<Q", state.ticks))
@@ -209,10 +209,3 @@ def _make_timerfd(state: AnonState, nonblock: int) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        e = errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-    return ret

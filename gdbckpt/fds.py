@@ -23,9 +23,9 @@ from .errors import SaveError
 from .image.kinds import FdKind, LockKind
 from .image.model import FdInfo, FileLock
 from .libc import errno, libc
+from .linux import Sys
 
 KCMP_FILE = 0
-SYS_KCMP = 312
 TTY_MAJORS = {4, 5, 136, 137, 138, 139, 140, 141, 142, 143}   # ttys, console, pts
 
 
@@ -34,7 +34,6 @@ RESTORABLE = {FdKind.FILE, FdKind.DIR, FdKind.DELETED, FdKind.CHARDEV, FdKind.TT
               FdKind.PIPE, FdKind.SOCKET, FdKind.ANON, FdKind.MEMFD}
 F_GET_SEALS, F_ADD_SEALS, F_SEAL_SEAL = 1034, 1033, 1
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
-SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
 ACCMODE = 3
 O_RDWR = 2
 O_CLOEXEC = 0o2000000
@@ -129,7 +128,7 @@ def _shared_with(pid: int, info: FdInfo, earlier: list[FdInfo], st) -> int:
 
 
 def _kcmp(pid: int, fd1: int, fd2: int) -> bool:
-    return libc().syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2) == 0
+    return libc().syscall(Sys.kcmp, pid, pid, KCMP_FILE, fd1, fd2) == 0
 
 
 def reopen_flags(f: FdInfo) -> int:
@@ -207,12 +206,12 @@ class Grabber:
     the same open files, so their state can be read as the process would)."""
 
     def __init__(self, pid: int):
-        self.pidfd = libc().syscall(SYS_PIDFD_OPEN, pid, 0)
+        self.pidfd = libc().syscall(Sys.pidfd_open, pid, 0)
         if self.pidfd < 0:
             raise SaveError(f"pidfd_open({pid}): {os.strerror(errno())}")
 
     def take(self, fd: int) -> int:
-        ours = libc().syscall(SYS_PIDFD_GETFD, self.pidfd, fd, 0)
+        ours = libc().syscall(Sys.pidfd_getfd, self.pidfd, fd, 0)
         if ours < 0:
             raise OSError(errno(), f"pidfd_getfd of fd {fd}: {os.strerror(errno())}")
         return ours
@@ -287,16 +286,15 @@ def _save_anon(pid: int, f: FdInfo, grab: Grabber) -> list[str]:
 
 def _outside_peers(fds: list[FdInfo]) -> list[str]:
     """Pipes and unix sockets whose other end is in another process."""
-    from .pipes import ACCMODE as PIPE_ACC
     ends: dict[int, set[int]] = {}
     for f in fds:
         if f.pipe is not None:
-            ends.setdefault(f.pipe.ino, set()).add(f.flags & PIPE_ACC)
+            ends.setdefault(f.pipe.ino, set()).add(f.flags & ACCMODE)
     inos = {f.sock.ino for f in fds if f.sock is not None}
     out = []
     for f in fds:
         if f.pipe is not None and len(ends[f.pipe.ino]) < 2 and f.fd > 2 and not f.pipe.alone:
-            if f.flags & PIPE_ACC == os.O_RDONLY:
+            if f.flags & ACCMODE == os.O_RDONLY:
                 out.append(f"{describe(f)}: its writer is another process: it will read "
                            "what was in it, then end of file")
             else:

@@ -4,6 +4,7 @@ signalfd, timerfd)."""
 
 import ctypes
 import functools
+import os
 
 
 @functools.cache
@@ -21,3 +22,18 @@ def libc() -> ctypes.CDLL:
 
 def errno() -> int:
     return ctypes.get_errno()
+
+
+def checked(ret: int, what: str) -> int:
+    """A libc call's result, or OSError naming the call (its errno, its text)."""
+    if ret < 0:
+        e = errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return ret
+
+
+def unread_bytes(fd: int) -> int:
+    """FIONREAD: what waits to be read in a pipe, socket, inotify or fanotify fd."""
+    import fcntl
+    import termios
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), "little")

@@ -143,6 +143,7 @@ class Sys(enum.IntEnum):
     prlimit64 = 302
     setns = 308
     copy_file_range = 326
+    kcmp = 312
     pidfd_open = 434
     pidfd_getfd = 438
     rseq = 334

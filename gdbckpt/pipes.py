@@ -17,11 +17,10 @@ import os
 import select
 
 from .image.model import PipeState
-from .libc import errno, libc
+from .libc import errno, libc, unread_bytes
 
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
-FIONREAD = 0x541B
 SPLICE_F_NONBLOCK = 2
 O_DIRECT = 0o40000
 O_NONBLOCK = 0o4000
@@ -52,7 +51,7 @@ def save(ours: int, target: str) -> PipeState:
 
 
 def _peek(reader: int, size: int) -> bytes:
-    pending = int.from_bytes(fcntl.ioctl(reader, FIONREAD, b"\0" * 4), "little")
+    pending = unread_bytes(reader)
     if not pending:
         return b""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -24,6 +24,7 @@ import struct
 
 from . import sockdiag, tcprepair
 from .image.model import InFlight, SockState
+from .libc import unread_bytes
 
 SOL_SOCKET, SOL_TCP, SOL_IPV6 = socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.IPPROTO_IPV6
 SO_PEEK_OFF = 42
@@ -186,7 +187,7 @@ def _peek_queue(s: socket.socket) -> tuple[list[bytes], list, list[InFlight], in
     says how many bytes wait (SIOCINQ): the peeks stop there, as an empty peek may be
     end of file."""
     old = s.getsockopt(SOL_SOCKET, SO_PEEK_OFF)
-    waiting = _inq(s) if s.type != socket.SOCK_DGRAM else None
+    waiting = unread_bytes(s.fileno()) if s.type != socket.SOCK_DGRAM else None
     out: list[bytes] = []
     senders: list = []
     inflight: list[InFlight] = []
@@ -251,12 +252,6 @@ def _reopenable(fd: int, message: int) -> InFlight | None:
     from .fds import parse_fdinfo
     pos, flags = parse_fdinfo(info)
     return InFlight(message=message, path=target, flags=flags, pos=pos)
-
-
-def _inq(s: socket.socket) -> int:
-    import fcntl
-    import termios
-    return int.from_bytes(fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0" * 4), "little")
 
 
 def _save_inet(s: socket.socket, st: SockState, repair: bool) -> list[str]:

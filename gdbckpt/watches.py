@@ -16,10 +16,9 @@ import ctypes
 import fcntl
 import os
 import re
-import termios
 
 from .image.model import AnonState, Watch
-from .libc import errno, libc
+from .libc import checked, errno, libc, unread_bytes
 
 IN_NONBLOCK = 0o4000
 IN_EXCL_UNLINK = 0x04000000
@@ -49,7 +48,10 @@ FAN_FS = re.compile(r"fanotify sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f
 def save(pid: int, kind: str, fdinfo: str, ours: int) -> tuple[AnonState | None, list[str]]:
     """An inotify or fanotify instance's watches, with paths; ours is our copy of it."""
     lost = []
-    waiting = _pending(ours)
+    try:
+        waiting = unread_bytes(ours)
+    except OSError:
+        waiting = 0
     if waiting:
         lost.append(f"{waiting} bytes of events not yet read are lost")
     mounts = _mounts(pid)
@@ -77,13 +79,6 @@ def save(pid: int, kind: str, fdinfo: str, ours: int) -> tuple[AnonState | None,
         return state, lost
     except (OSError, KeyError, TypeError) as e:
         return None, [f"its watches cannot be found again by path ({e})"]
-
-
-def _pending(fd: int) -> int:
-    try:
-        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4), "little")
-    except OSError:
-        return 0
 
 
 class _Mounts:
@@ -137,13 +132,13 @@ def make(state: AnonState, flags: int) -> int:
     """A new instance with the saved watches (inotify: at their saved numbers)."""
     if state.type == "inotify":
         return _make_inotify(state, flags & IN_NONBLOCK)
-    fd = _check(libc().fanotify_init(state.fan_flags & ~FAN_NONBLOCK | (
+    fd = checked(libc().fanotify_init(state.fan_flags & ~FAN_NONBLOCK | (
         FAN_NONBLOCK if flags & IN_NONBLOCK else 0), state.fan_event_flags), "fanotify_init")
     try:
         for w in state.watches:
             for mask, extra in ((w.mask, 0), (w.ignored, FAN_MARK_IGNORED_MASK)):
                 if mask:
-                    _check(libc().fanotify_mark(fd, FAN_MARK_ADD | w.flags | extra,
+                    checked(libc().fanotify_mark(fd, FAN_MARK_ADD | w.flags | extra,
                                                 ctypes.c_uint64(mask), AT_FDCWD,
                                                 os.fsencode(w.path)), f"fanotify_mark {w.path}")
     except BaseException:
@@ -153,7 +148,7 @@ def make(state: AnonState, flags: int) -> int:
 
 
 def _make_inotify(state: AnonState, nonblock: int) -> int:
-    fd = _check(libc().inotify_init1(os.O_NONBLOCK), "inotify_init1")
+    fd = checked(libc().inotify_init1(os.O_NONBLOCK), "inotify_init1")
     try:
         placeholders = 0
         for w in sorted(state.watches, key=lambda w: w.wd):
@@ -172,7 +167,7 @@ def _watch_at(fd: int, w: Watch, state: AnonState) -> int:
     """Add w so that it gets wd w.wd; returns how many placeholders that took."""
     used = 0
     for _ in range(MAX_WD_STEPS):
-        wd = _check(libc().inotify_add_watch(fd, os.fsencode(w.path), w.mask),
+        wd = checked(libc().inotify_add_watch(fd, os.fsencode(w.path), w.mask),
                     f"inotify_add_watch {w.path}")
         if wd == w.wd:
             return used
@@ -190,10 +185,3 @@ def _drain(fd: int) -> None:
                 return
         except BlockingIOError:
             return
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        e = errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-    return ret

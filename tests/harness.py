@@ -210,6 +210,19 @@ def spawn(argv, out, **kw) -> subprocess.Popen:
                                 stderr=subprocess.DEVNULL, **kw)
 
 
+def saved_by_pid(argv: list[str], out: str, img: str, ready: str, *opts: str) -> None:
+    """argv run on its own (stdout to out) until its output shows ready, then saved by
+    pid with `gdbckpt-batch PID -o IMG --kill OPTS`, and reaped."""
+    p = spawn(argv, out)
+    try:
+        wait_for_output(out, ready)
+        batch(str(p.pid), "-o", img, "--kill", *opts, check=0)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
 def batch_restore(img: str, *opts: str, prefix=()) -> subprocess.CompletedProcess:
     """gdbckpt-batch restore IMG, and wait until the restored process has finished."""
     r = subprocess.run([*prefix, *BATCH, "restore", img, "--json", *opts],

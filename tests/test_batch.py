@@ -17,6 +17,7 @@ from harness import (
     batch_restore,
     example,
     rewrite_record,
+    saved_by_pid,
     spawn,
     uninterrupted,
     uninterrupted_later,
@@ -214,13 +215,7 @@ def test_restore_with_redirected_stdout(tmp_path):
     argv = [example("counter"), "60", "20"]
     want = uninterrupted_later(argv)
     out, img, other = str(tmp_path / "out"), str(tmp_path / "p.img"), str(tmp_path / "other")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, r"^step 4 ")
-        batch(str(p.pid), "--kill", "-o", img, check=0)
-    finally:
-        p.kill()
-        p.wait()
+    saved_by_pid(argv, out, img, r"^step 4 ")
     before = open(out).read()
     r = batch("restore", img, "--stdout", other, check=0)
     wait_gone(int(r.stdout.split("as process ")[1].split()[0]))
@@ -492,13 +487,7 @@ def test_stdout_stands_in_for_a_saved_output_file_that_is_gone(tmp_path):
     argv = [example("counter"), "20", "10"]
     want = uninterrupted_later(argv)
     out, img, other = str(tmp_path / "out"), str(tmp_path / "p.img"), str(tmp_path / "other")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, r"^step 3 ")
-        batch(str(p.pid), "--kill", "-o", img, check=0)
-    finally:
-        p.kill()
-        p.wait()
+    saved_by_pid(argv, out, img, r"^step 3 ")
     before = open(out).read()
     os.unlink(out)
     r = batch("restore", img, check=1)         # without --stdout: the file is gone

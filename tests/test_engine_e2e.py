@@ -14,13 +14,12 @@ from harness import (
     BATCH,
     REPO,
     SHIM,
-    batch,
     batch_restore,
     error_of,
     example,
     read,
+    saved_by_pid,
     shimmed_gdb,
-    spawn,
     uninterrupted,
     uninterrupted_later,
     wait_for_output,
@@ -199,13 +198,7 @@ def test_a_thread_id_taken_during_the_restore_gives_new_ids_and_runs_right(tmp_p
     argv = [example("threads"), "100", "5000"]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "t.img")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, r"^round 5 ")
-        batch(str(p.pid), "-o", img, "--kill", check=0)
-    finally:
-        p.kill()
-        p.wait()
+    saved_by_pid(argv, out, img, r"^round 5 ")
     from gdbckpt.image import Image
     tids = [t.tid for t in Image.open(img).threads]
     holder = occupy(tids[-1])
@@ -250,12 +243,6 @@ def test_a_program_without_a_c_library_headless(tmp_path):
     argv = [example("nolibc"), "30"]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "n.img")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, r"^tick 10 ")
-        batch(str(p.pid), "-o", img, "--kill", check=0)
-    finally:
-        p.kill()
-        p.wait()
+    saved_by_pid(argv, out, img, r"^tick 10 ")
     batch_restore(img)
     assert read(out) == want()

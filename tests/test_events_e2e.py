@@ -14,6 +14,7 @@ from harness import (
     batch_restore,
     example,
     read,
+    saved_by_pid,
     spawn,
     uninterrupted,
     uninterrupted_later,
@@ -60,12 +61,7 @@ def test_every_kind_comes_back_headless_while_running(tmp_path):
     want = uninterrupted_later([example("events"), str(ref), "1.5"])
     argv = [example("events"), str(tmp_path), "1.5"]
     out, img = str(tmp_path / "out"), str(tmp_path / "e.img")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, "^ready")
-        batch(str(p.pid), "-o", img, "--kill", check=0)
-    finally:
-        kill_and_reap(p)
+    saved_by_pid(argv, out, img, "^ready")
     batch_restore(img)
     assert read(out) == want()
 
@@ -75,12 +71,7 @@ def test_asyncio_server_and_its_client_run_on(tmp_path):
     argv = ["/usr/bin/python3", os.path.join(EXAMPLES, "aioserver.py"), "20"]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "a.img")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, r"^ROUND 6 ")
-        batch(str(p.pid), "-o", img, "--kill", check=0)
-    finally:
-        kill_and_reap(p)
+    saved_by_pid(argv, out, img, r"^ROUND 6 ")
     batch_restore(img)
     assert read(out) == want()
 
@@ -251,12 +242,7 @@ def test_a_memfd_comes_back_with_its_name_bytes_offset_and_seals(tmp_path):
     argv = ["/usr/bin/python3", "-c", code]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "m.img")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, "^ready")
-        batch(str(p.pid), "-o", img, "--kill", check=0)
-    finally:
-        kill_and_reap(p)
+    saved_by_pid(argv, out, img, "^ready")
     batch_restore(img)
     got = want()
     assert read(out) == got
@@ -284,12 +270,7 @@ def test_a_fanotify_mark_comes_back_and_reports(tmp_path):
     other.write_text("x")
     want = uninterrupted_later([*argv[:-1], str(other)])
     out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, "^ready")
-        batch(str(p.pid), "-o", img, "--kill", check=0)
-    finally:
-        kill_and_reap(p)
+    saved_by_pid(argv, out, img, "^ready")
     batch_restore(img)
     got = want()
     assert read(out) == got and "event 0x20 True" in got

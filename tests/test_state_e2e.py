@@ -188,7 +188,7 @@ def test_terminal_goes_to_the_restoring_session(tmp_path):
 
 def test_a_deleted_file_comes_back_from_a_compressed_image(tmp_path):
     """--compress leaves a deleted file's bytes as they are (the stub copies them)."""
-    from harness import batch, batch_restore, spawn, wait_for_output
+    from harness import batch_restore, saved_by_pid
     code = ("import hashlib, os, sys, time\n"
             "path = os.path.join(sys.argv[1], 'scratch')\n"
             "f = open(path, 'w+b'); os.unlink(path)\n"
@@ -201,12 +201,6 @@ def test_a_deleted_file_comes_back_from_a_compressed_image(tmp_path):
     (tmp_path / "ref").mkdir()
     want = uninterrupted_later([*argv[:-1], str(tmp_path / "ref")])
     out, img = str(tmp_path / "out"), str(tmp_path / "c.img")
-    p = spawn(argv, out)
-    try:
-        wait_for_output(out, "^ready")
-        batch(str(p.pid), "-o", img, "--compress", "--kill", check=0)
-    finally:
-        p.kill()
-        p.wait()
+    saved_by_pid(argv, out, img, "^ready", "--compress")
     batch_restore(img)
     assert read(out) == want()

@@ -222,10 +222,11 @@ class _Saver:
     def _fds(self) -> list[FdInfo]:
         fds = fdsmod.read_fds(self.inf.pid)
         self.lost = fdsmod.read_states(self.inf.pid, fds, repair=tcprepair.can_repair())
-        named = {line.split(":", 1)[0] for line in self.lost}
+        named = {f.fd for f in fds if any(line.startswith(fdsmod.describe(f) + ":")
+                                          for line in self.lost)}
         self.lost += [f"{fdsmod.describe(f)} cannot be restored: a restore puts /dev/null "
                       "there" for f in fds if not fdsmod.restorable(f) and f.same_as < 0
-                      and fdsmod.describe(f) not in named]
+                      and f.fd not in named]
         if self.lost and self.strict:
             raise SaveError("; ".join(self.lost) + " (--strict); save without --strict to "
                             "keep what can be kept")
