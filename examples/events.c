@@ -33,7 +33,11 @@
  *     of DIR/lock.ofd (a child process checks them, from outside, at the end);
  *   - an inotify descriptor with watches 1 (DIR, IN_CREATE), 2 (DIR/sub,
  *     IN_DELETE) and 4 (DIR/sub2, IN_CREATE): watch 3 was removed;
- *   - a pidfd of the process itself.
+ *   - a pidfd of the process itself;
+ *   - a memfd with 3000 bytes, its offset at 100 and F_SEAL_WRITE;
+ *   - a datagram socketpair whose unread message carries DIR/carried (offset 3);
+ *   - a fanotify descriptor marking DIR/fan-watched for FAN_OPEN, where permitted
+ *     (root); "fanotify: unavailable" otherwise, before and after a restore alike.
  *
  * Failed calls print "FAILED: what: error" and exit 1. A reading that would
  * block forever if state were lost waits at most 2 s and reports "timeout".
@@ -55,7 +59,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/fanotify.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -82,7 +88,8 @@ static int ep, ep_nested;
 static int stream_pair[2], dgram_pair[2], seqpacket_pair[2];
 static int unix_listener, abstract_listener, tcp4_listener, tcp6_listener, udp;
 static int tcp_a, tcp_b; /* tcp_a connected, TCP_NODELAY; tcp_b accepted, SO_KEEPALIVE */
-static int lock_flock, lock_posix, lock_ofd, watcher, self_pidfd;
+static int lock_flock, lock_posix, lock_ofd, watcher, self_pidfd, memfd, fan = -1;
+static int carrier_pair[2];
 static uint16_t port4, port6, port_udp;
 
 __attribute__((noinline)) void checkpoint_here(void)
@@ -324,8 +331,42 @@ static void posix_lock(int fd, int cmd, short type, off_t start, off_t len, cons
 	ok(fcntl(fd, cmd, &fl), what);
 }
 
+static void set_up_memfd_carrier_and_fanotify(void)
+{
+	char buf[3000];
+	fill(buf, sizeof buf, 7);
+	memfd = (int)ok(memfd_create("events-memfd", MFD_ALLOW_SEALING | MFD_CLOEXEC), "memfd");
+	write_all(memfd, buf, sizeof buf, "memfd write");
+	ok(lseek(memfd, 100, SEEK_SET), "memfd lseek");
+	ok(fcntl(memfd, F_ADD_SEALS, F_SEAL_WRITE), "F_ADD_SEALS");
+
+	ok(socketpair(AF_UNIX, SOCK_DGRAM, 0, carrier_pair), "socketpair");
+	int carried = (int)ok(open(in_dir("carried"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+				   0600), "open carried");
+	write_all(carried, "carried file", 12, "write carried");
+	ok(lseek(carried, 3, SEEK_SET), "lseek carried");
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	struct iovec iov = { "carrier", 7 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			      .msg_controllen = sizeof cbuf };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &carried, sizeof carried);
+	ok(sendmsg(carrier_pair[0], &msg, 0), "sendmsg SCM_RIGHTS");
+	close(carried);
+
+	close(open(in_dir("fan-watched"), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+	fan = fanotify_init(FAN_CLASS_NOTIF | FAN_NONBLOCK | FAN_CLOEXEC, O_RDONLY);
+	if (fan >= 0 && fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN, AT_FDCWD,
+				      in_dir("fan-watched")) < 0)
+		fail("fanotify_mark");
+}
+
 static void set_up_locks_and_watches(void)
 {
+	set_up_memfd_carrier_and_fanotify();	/* its files made before DIR is watched */
 	lock_flock = open_lockfile("lock.flock");
 	ok(flock(lock_flock, LOCK_EX | LOCK_NB), "flock");
 	lock_posix = open_lockfile("lock.posix");
@@ -845,6 +886,51 @@ static void report_pidfd(void)
 	say("pidfd: names this process %d", atoi(pid) == getpid());
 }
 
+static void report_memfd_carrier_and_fanotify(void)
+{
+	char buf[16] = { 0 }, want[3000], name[64] = { 0 };
+	fill(want, sizeof want, 7);
+	ssize_t n = read(memfd, buf, 10);
+	char link[64];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", memfd);
+	readlink(link, name, sizeof name - 1);
+	say("memfd: %s; read %zd at 100 same %d; seals %d; write refused %d", name, n,
+	    n == 10 && memcmp(buf, want + 100, 10) == 0, fcntl(memfd, F_GET_SEALS),
+	    write(memfd, "x", 1) < 0 && errno == EPERM);
+
+	char cbuf[CMSG_SPACE(sizeof(int))], data[16] = { 0 };
+	struct iovec iov = { data, sizeof data - 1 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			      .msg_controllen = sizeof cbuf };
+	ssize_t got = recvmsg(carrier_pair[1], &msg, MSG_DONTWAIT);
+	struct cmsghdr *c = got >= 0 ? CMSG_FIRSTHDR(&msg) : NULL;
+	if (!c || c->cmsg_type != SCM_RIGHTS) {
+		say("in flight: '%s' without a file", got >= 0 ? data : "nothing");
+	} else {
+		int fd;
+		memcpy(&fd, CMSG_DATA(c), sizeof fd);
+		char rest[16] = { 0 };
+		read(fd, rest, sizeof rest - 1);
+		say("in flight: '%s' carrying a file that reads '%s'", data, rest);
+		close(fd);
+	}
+
+	if (fan < 0) {
+		say("fanotify: unavailable");
+		return;
+	}
+	close(open(in_dir("fan-watched"), O_RDONLY | O_CLOEXEC));
+	struct fanotify_event_metadata ev;
+	ssize_t r = -1;
+	for (int tries = 0; tries < 3 && r < 0; tries++)
+		if (readable(fan, WAIT_MS))
+			r = read(fan, &ev, sizeof ev);
+	if (r >= (ssize_t)sizeof ev && ev.fd >= 0)
+		close(ev.fd);
+	say("fanotify: event %s, from this process %d", r < 0 ? "none" :
+	    ev.mask & FAN_OPEN ? "open" : "other", r >= 0 && ev.pid == getpid());
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -877,6 +963,7 @@ int main(int argc, char **argv)
 	report_locks();
 	report_inotify();
 	report_pidfd();
+	report_memfd_carrier_and_fanotify();
 	unlink(listen_path);
 	say("done");
 	return 0;

@@ -52,6 +52,12 @@ def test_every_kind_comes_back_in_a_fresh_gdb(sessions, tmp_path):
     assert r.finish().get("reason") == "exited-normally"
     assert read(out) == want.removeprefix("ready\n")
     assert "FAILED" not in want and "timeout" not in want
+    for line in ("memfd: /memfd:events-memfd (deleted); read 10 at 100 same 1; seals 8; "
+                 "write refused 1", "in flight: 'carrier' carrying a file that reads 'ried file'",
+                 "locks: flock held 1", "pidfd: names this process 1"):
+        assert line in want, line
+    assert "fanotify: event open, from this process 1" in want or \
+        (os.geteuid() != 0 and "fanotify: unavailable" in want), want
 
 
 @needs_repair
