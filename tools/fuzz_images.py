@@ -61,6 +61,7 @@ import zstandard  # noqa: E402
 from gdbckpt import fds, info, regs  # noqa: E402,F401  (imported here, not while traced)
 from gdbckpt import plan as planmod  # noqa: E402
 from gdbckpt import vdso as vdsomod  # noqa: E402
+from gdbckpt.engine.xstate import live_xcr0  # noqa: E402
 from gdbckpt.errors import CkptError, ImageError  # noqa: E402
 from gdbckpt.image import format as fmt  # noqa: E402
 from gdbckpt.image.model import (  # noqa: E402
@@ -473,7 +474,7 @@ def plan_for(img: Image) -> None:
                         vdso=vdsomod.own_vdso(), fd_limit=1024, image_path=img.path,
                         file_problems=planmod.check_files(img),
                         fd_checks=planmod.check_fds(img), same_ids=True,
-                        xcr0=0xe7, image_fd=1000, force=True)
+                        xcr0=live_xcr0(), image_fd=1000, force=True)
     # The saved vDSO claims to be this kernel's, so that the plan goes past it.
     same = dataclasses.replace(img, vdso=dataclasses.replace(
         img.vdso, hash=vdsomod.digest(live.vdso))) if img.vdso.vdso else img
