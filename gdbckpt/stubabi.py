@@ -26,6 +26,7 @@ class StubOp(enum.IntEnum):
     QUEUE_SELF = 1005
     XCOMP = 1006
     TAKE_FD = 1007
+    FORK = 1008
 
 
 class StubOpFlags(enum.IntFlag):

@@ -41,6 +41,7 @@
 #define STAT_MODE     24	/* offsetof(struct stat, st_mode) on x86-64 */
 #define RESOLVE_NO_SYMLINKS 0x04
 #define EMEDIUMTYPE   124
+#define SYS_clone3    435
 #define SYS_pidfd_open  434
 #define SYS_pidfd_getfd 438
 #define F_SETFD       2
@@ -273,6 +274,29 @@ static long queue_self(long sig, long info)
 	return stub_syscall(SYS_rt_tgsigqueueinfo, tgid, tid, sig, info, 0, 0);
 }
 
+/*
+ * A child of this stub, for a process of a saved tree: a copy of the stub as it
+ * is now (the restore forks before it changes anything), with pid want if not 0
+ * (clone3 set_tid). The child parks as a new stub does, for the engine to seize;
+ * it never returns into the batch its parent is running.
+ */
+static long fork_stub(long want)
+{
+	int tid = (int)want;
+	struct clone_args args = {
+		.exit_signal = 17, /* SIGCHLD: its parent waits for it as for any child */
+		.set_tid = want ? (unsigned long)&tid : 0,
+		.set_tid_size = want ? 1 : 0,
+	};
+	long pid = stub_syscall(SYS_clone3, (long)&args, sizeof args, 0, 0, 0, 0);
+	if (pid != 0)
+		return pid;
+	for (;;) {
+		stub_park();
+		stub_syscall(SYS_pause, 0, 0, 0, 0, 0, 0);
+	}
+}
+
 static long run_one(struct stub_op *op)
 {
 	long *a = op->arg;
@@ -293,6 +317,8 @@ static long run_one(struct stub_op *op)
 		return xcomp(a[0], (unsigned long)a[1]);
 	case STUB_OP_TAKE_FD:
 		return take_fd(a[0], a[1], a[2], a[3]);
+	case STUB_OP_FORK:
+		return fork_stub(a[0]);
 	default:
 		return stub_syscall(op->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	}

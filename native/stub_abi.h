@@ -33,6 +33,9 @@
 				   * open file (pidfd_getfd) and move it to fd; gdbckpt makes
 				   * pipes, sockets and the like in its own process first */
 
+#define STUB_OP_FORK       1008 /* pid (0: any): a child that is a copy of the stub, parked
+				   * as a new stub is (a process of a saved tree) */
+
 #define STUB_OPF_IGNORE_ERROR 1 /* a failure is recorded in ret but does not stop the run */
 
 #ifndef __ASSEMBLER__

@@ -3,6 +3,7 @@
 Corrupt images are made by writing a valid one and patching its bytes.
 """
 
+import dataclasses
 import os
 import stat
 
@@ -12,6 +13,7 @@ import zstandard
 from gdbckpt.errors import ImageError, SaveError
 from gdbckpt.image import format as fmt
 from gdbckpt.image.model import (
+    Member,
     FdInfo,
     FileRef,
     MmBounds,
@@ -51,6 +53,23 @@ VDSO = VdsoInfo(vdso=[0x7000_0000, 0x7000_2000], hash="0123456789abcdef")
 FDS = [FdInfo(fd=0, kind="tty", target="/dev/pts/0")]
 
 
+CHILD = dataclasses.replace(THREAD, tid=1235)
+CHILD_VMAS = [Vma(start=HEAP, end=HEAP + 0x1000, prot=3, shared=False, kind="anon", path="")]
+
+
+def add_members(w):
+    """A child with a page of its own, and a zombie child."""
+    first = len(w.chunks)
+    w.add_chunk(HEAP, RANDOM[:PAGE], fmt.ChunkFlags.DIRTY)
+    w.add_record(fmt.RecordType.MEMBER, Member(pid=1235, ppid=1234, pgid=1235, sid=1,
+                                               chunks=[first, 1]))
+    w.add_record(fmt.RecordType.PROCESS, dataclasses.replace(PROCESS, pid=1235))
+    w.add_record(fmt.RecordType.THREAD, CHILD)
+    w.add_record(fmt.RecordType.VMAS, {"vmas": CHILD_VMAS})
+    w.add_record(fmt.RecordType.MEMBER, Member(pid=1236, ppid=1234, pgid=1234, sid=1,
+                                               exit_status=3 << 8))
+
+
 def write_image(path, *, compress=False, extra=(), records=None):
     """A valid image: a raw chunk, a compressible chunk, a zero chunk, every record."""
     comp = zstandard.ZstdCompressor() if compress else None
@@ -66,6 +85,7 @@ def write_image(path, *, compress=False, extra=(), records=None):
             w.add_record(fmt.RecordType.VDSO, VDSO)
             w.add_record(fmt.RecordType.FDS, {"fds": FDS})
             w.add_record(fmt.RecordType.NOTES, {"notes": ["a note"]})
+            add_members(w)
         else:
             records(w)
         for rtype, payload, flags in extra:
@@ -139,7 +159,7 @@ def test_round_trip(tmp_path, compress):
     assert img.read_chunk(raw) == RANDOM
     assert img.read_chunk(packed) == PATTERN
     assert img.read_chunk(zero) == bytes(PAGE)
-    assert img.verify_chunks() == raw.span + packed.span
+    assert img.verify_chunks() == raw.span + packed.span + PAGE   # the child's page too
     assert img.chunks_in(HEAP + 0x5000, HEAP + 0x9000) == [packed, zero]
     assert img.file_size == os.path.getsize(img.path)
 
@@ -388,3 +408,27 @@ def test_an_unknown_kind_is_refused_naming_the_field(tmp_path, record, key):
     with pytest.raises(ImageError, match=rf"{key}\[0\]\.kind: unknown \w*Kind 'teleporter'.*"
                                          "newer gdbckpt"):
         Image.open(path)
+
+
+def test_a_tree_reads_as_the_root_with_its_members(image):
+    path, _ = image
+    img = Image.open(path)
+    assert img.process.pid == 1234 and [c.vaddr for c in img.chunks] == \
+        [HEAP, HEAP + 0x4000, HEAP + 0x8000]
+    (child, child_img), (zombie, none) = img.members
+    assert (child.pid, child.pgid, zombie.exit_status, none) == (1235, 1235, 3 << 8, None)
+    assert child_img.process.pid == 1235 and child_img.threads[0].tid == 1235
+    assert [c.vaddr for c in child_img.chunks] == [HEAP]
+    assert child_img.read_chunk(child_img.chunks[0]) == RANDOM[:PAGE]
+    assert child_img.fds == [] and child_img.fd == img.fd
+
+
+def test_a_member_claiming_the_roots_chunks_is_refused(tmp_path):
+    def records(w):
+        w.add_record(fmt.RecordType.PROCESS, PROCESS)
+        w.add_record(fmt.RecordType.THREAD, THREAD)
+        w.add_record(fmt.RecordType.VMAS, {"vmas": VMAS})
+        w.add_record(fmt.RecordType.MEMBER, Member(pid=5, ppid=1234, pgid=5, sid=5,
+                                                   exit_status=0, chunks=[0, 9]))
+    with pytest.raises(ImageError, match="process 5 of its tree names chunks"):
+        Image.open(write_image(tmp_path / "m.img", records=records))

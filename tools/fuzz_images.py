@@ -66,6 +66,7 @@ from gdbckpt.errors import CkptError, ImageError  # noqa: E402
 from gdbckpt.image import format as fmt  # noqa: E402
 from gdbckpt.image.model import (  # noqa: E402
     FdInfo,
+    Member,
     FileRef,
     ItimerState,
     MmBounds,
@@ -179,6 +180,18 @@ def build_image(path: str) -> bytes:
                                                    hash="0123456789abcdef"))
         w.add_record(fmt.RecordType.FDS, {"fds": fds})
         w.add_record(fmt.RecordType.NOTES, {"notes": ["fd 4 (socket) cannot be restored"]})
+        # A tree: a child with a page of its own and a descriptor it shares, and a zombie.
+        first = len(w.chunks)
+        w.add_chunk(HEAP, noise(PAGE), fmt.ChunkFlags.DIRTY)
+        w.add_record(fmt.RecordType.MEMBER, Member(pid=4243, ppid=4242, pgid=4243, sid=4242,
+                                                   comm="child", chunks=[first, 1]))
+        w.add_record(fmt.RecordType.PROCESS, dataclasses.replace(process, pid=4243, ppid=4242))
+        w.add_record(fmt.RecordType.THREAD, dataclasses.replace(thread, tid=4243))
+        w.add_record(fmt.RecordType.VMAS, {"vmas": [vmas[2]]})
+        w.add_record(fmt.RecordType.FDS, {"fds": [FdInfo(fd=1, kind="tty", target="/dev/pts/0",
+                                                         flags=2, shared_from=[4242, 1])]})
+        w.add_record(fmt.RecordType.MEMBER, Member(pid=4244, ppid=4242, pgid=4242, sid=4242,
+                                                   comm="done", exit_status=0x0100))
         w.commit()
     with open(path, "rb") as f:
         return f.read()

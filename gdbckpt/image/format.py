@@ -98,6 +98,8 @@ class RecordType(enum.IntEnum):
     VDSO = 6      # model.VdsoInfo: vDSO/vvar layout and identity
     FDS = 7       # {"fds": [model.FdInfo]}: open file descriptors
     NOTES = 8     # {"notes": [str]}: what the save could not capture
+    MEMBER = 9    # model.Member: another process of the saved tree; the records up to
+                  # the next MEMBER are its own (the root's come first, with none)
 
 
 class RecordFlags(enum.IntFlag):

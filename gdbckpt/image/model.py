@@ -22,6 +22,20 @@ from .kinds import FdKind, Kind, LockKind
 
 
 @dataclasses.dataclass
+class Member:
+    """A process of a saved tree other than its root (format.RecordType.MEMBER). The
+    records after this one, up to the next MEMBER, are its own; a zombie has none."""
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    comm: str = ""
+    exit_status: int | None = None   # a zombie: its status, as wait() gives it
+    chunks: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # [first, count]
+                                     # of CHUNKS: its memory
+
+
+@dataclasses.dataclass
 class FileRef:
     """A file some mapping came from, and how to tell whether it changed."""
     path: str
@@ -163,6 +177,11 @@ class ProcessInfo:
     xcomp_perm: int = 0         # ARCH_GET_XCOMP_PERM: XSAVE components the process may use
     clocks: ClockState | None = None
     creds: Credentials | None = None
+    ppid: int = 0               # its place in a saved tree (engine/tree.py)
+    pgid: int = 0
+    sid: int = 0
+    subreaper: bool = False     # PR_SET_CHILD_SUBREAPER
+    pdeathsig: int = 0          # PR_SET_PDEATHSIG
 
 
 @dataclasses.dataclass
@@ -220,6 +239,9 @@ class FdInfo:
     sock: SockState | None = None
     locks: list[FileLock] = dataclasses.field(default_factory=list)
     seals: int | None = None   # a memfd's seals (F_GET_SEALS); its bytes are in data
+    # The same open file description as fd [1] of process [0], restored before this one
+    # in the same tree (kcmp): one description, one shared offset.
+    shared_from: list[int] | None = None
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from ..errors import ImageError
 from ..linux import EM_X86_64, PAGE_SIZE
 from ..maps import Kind
 from . import format as fmt
-from .model import FdInfo, FileRef, ProcessInfo, ThreadState, VdsoInfo, Vma, decode
+from .model import FdInfo, FileRef, Member, ProcessInfo, ThreadState, VdsoInfo, Vma, decode
 
 KINDS = {k.value for k in Kind}
 
@@ -60,6 +60,9 @@ class Image:
     vdso: VdsoInfo
     fds: list[FdInfo]
     notes: list[str]
+    # The other processes of a saved tree, in the order a restore makes them: each
+    # with its own image (sharing this one's file), or None for a zombie.
+    members: list[tuple[Member, Image | None]] = dataclasses.field(default_factory=list)
     _starts: list[int] | None = dataclasses.field(default=None, repr=False)
     # The one open file everything is read from (and a restore's stub inherits): what was
     # checked is what is restored, whatever happens to the path meanwhile.
@@ -203,15 +206,16 @@ class _Loader:
                 self._records(meta, nrec)
                 raise self.fail("is corrupt: whole-image checksum mismatch (header or metadata)")
             records = self._records(meta, nrec)
-            img = self._build(records, size, meta_off)
+            img = self._tree(records, size, meta_off)
         except OSError as e:
             os.close(fd)
             raise self.fail(f"cannot be read: {e.strerror}") from None
         except BaseException:
             os.close(fd)
             raise
-        img.version, img.flags, img.created_ns = version, fmt.ImageFlags(flags), created
-        img.fd = fd
+        for one in [img] + [m for _, m in img.members if m is not None]:
+            one.version, one.flags, one.created_ns = version, fmt.ImageFlags(flags), created
+            one.fd = fd
         weakref.finalize(img, os.close, fd)
         return img
 
@@ -281,19 +285,67 @@ class _Loader:
             raise self.fail(f"is corrupt: {len(out)} metadata records, the trailer says {nrec}")
         return out
 
-    def _build(self, records, size: int, meta_off: int) -> Image:
-        found: dict[fmt.RecordType, list] = {t: [] for t in fmt.RecordType}
+    def _tree(self, records, size: int, meta_off: int) -> Image:
+        """The root's image, with one per MEMBER group after it; the CHUNKS record, the
+        last, serves them all, each member owning a range of it."""
         if not records or records[-1][0] != fmt.RecordType.CHUNKS:
             raise self.fail("is corrupt: its CHUNKS record is not the last one")
-        for i, (rtype, rflags, payload) in enumerate(records):
+        table = self._chunks((len(records) - 1, records[-1][2]), meta_off)
+        groups: list[tuple[int, list]] = [(-1, [])]
+        for i, rec in enumerate(records[:-1]):
+            if rec[0] == fmt.RecordType.MEMBER:
+                groups.append((i, []))
+            else:
+                groups[-1][1].append((i, rec))
+        members = [(decode(Member, records[i][2], f"{self.where} record {i} (MEMBER)"), recs)
+                   for i, recs in groups[1:]]
+        owned = self._member_ranges([m for m, _ in members], table)
+        root = self._build(groups[0][1], table, set(range(len(table))) - owned, size, meta_off)
+        for member, recs in members:
+            first, count = member.chunks
+            known = any(r[0] in fmt.RecordType.__members__.values()
+                        or not r[1] & fmt.RecordFlags.OPTIONAL for _, r in recs)
+            image = self._build(recs, table, set(range(first, first + count)), size, meta_off,
+                                f" (process {member.pid})") if known else None
+            if image is None and (member.exit_status is None or count):
+                raise self.fail(f"is corrupt: process {member.pid} of its tree has no records")
+            root.members.append((member, image))
+        return root
+
+    def _member_ranges(self, members: list[Member], table: list[Chunk]) -> set[int]:
+        owned: set[int] = set()
+        for m in members:
+            if len(m.chunks) != 2 or m.chunks[0] < 0 or m.chunks[1] < 0 \
+                    or sum(m.chunks) > len(table):
+                raise self.fail(f"is corrupt: process {m.pid} of its tree names chunks it "
+                                "does not have")
+            mine = set(range(m.chunks[0], sum(m.chunks)))
+            if mine & owned:
+                raise self.fail(f"is corrupt: process {m.pid} of its tree shares chunks")
+            owned |= mine
+        return owned
+
+    def _build(self, records, table: list[Chunk], own: set[int], size: int,
+               meta_off: int, who: str = "") -> Image:
+        found: dict[fmt.RecordType, list] = {t: [] for t in fmt.RecordType}
+        where = self.where
+        self.where = f"{where}{who}"
+        try:
+            return self._build_one(records, found, table, own, size, meta_off)
+        finally:
+            self.where = where
+
+    def _build_one(self, records, found, table, own, size, meta_off) -> Image:
+        for i, (rtype, rflags, payload) in records:
             if rtype not in fmt.RecordType.__members__.values():
                 if rflags & fmt.RecordFlags.OPTIONAL:
                     continue
                 raise self.fail(f"has record {i} of unknown type {rtype}: it was written by a "
                                 "newer gdbckpt; upgrade to restore it")
             found[fmt.RecordType(rtype)].append((i, payload))
-        for need in (fmt.RecordType.PROCESS, fmt.RecordType.VMAS, fmt.RecordType.CHUNKS,
-                     fmt.RecordType.THREAD):
+        if found[fmt.RecordType.CHUNKS]:
+            raise self.fail("is corrupt: its CHUNKS record is not the last one")
+        for need in (fmt.RecordType.PROCESS, fmt.RecordType.VMAS, fmt.RecordType.THREAD):
             if not found[need]:
                 raise self.fail(f"is corrupt: it has no {need.name} record")
         for rtype, recs in found.items():
@@ -320,8 +372,8 @@ class _Loader:
         fds = listed(fmt.RecordType.FDS, "fds", FdInfo)
         notes = listed(fmt.RecordType.NOTES, "notes", str)
         vdso = one(fmt.RecordType.VDSO, VdsoInfo) if found[fmt.RecordType.VDSO] else VdsoInfo()
-        table = self._chunks(found[fmt.RecordType.CHUNKS][0], meta_off)
-        chunks = [c for c in table if not c.flags & fmt.ChunkFlags.FILE_DATA]
+        chunks = [c for i, c in enumerate(table)
+                  if i in own and not c.flags & fmt.ChunkFlags.FILE_DATA]
         self._check_vmas(vmas, files, chunks)
         self._check_process(process)
         self._check_threads(threads)
