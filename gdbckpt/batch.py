@@ -222,29 +222,47 @@ def seize(pid: int, name: str):
 
 
 def save_once(pid: int, name: str, path: str, args, advance, after: str):
-    """Seize, save, then leave the process running, stopped or killed.
+    """Seize the process and its descendants, save, then leave them running, stopped or
+    killed.
 
-    A process that runs on is stopped only while its state is read: its memory
+    A tree that runs on is stopped only while its state is read: the root's memory
     comes from a copy-on-write snapshot while it runs (--no-snapshot: stopped
     throughout).
     """
     from .engine import save as engine_save
+    from .engine import tree
     proc = seize(pid, name)
-    resume = proc.release if after == "running" and not args.no_snapshot else None
+    members = []
+    try:
+        if not args.single:
+            members = tree.seize_descendants(pid)
+    except CkptError as e:
+        proc.release()
+        raise BatchError(f"cannot attach to the children of process {pid}: {e}",
+                         Exit.FAILED) from None
+
+    def resume() -> None:
+        proc.release()
+        tree.release(members)
     try:
         result = engine_save.save(proc, path, front=BatchFront(advance), sync=not args.no_sync,
-                                  compress=args.compress, strict=args.strict, resume=resume)
+                                  compress=args.compress, strict=args.strict,
+                                  resume=resume if after == "running" and not args.no_snapshot
+                                  else None, members=members)
         if after == "killed":
             if result.lost and not args.force:
                 raise BatchError(f"saved to {result.path}, but the process was left running: "
                                  f"a restore would not give back {'; '.join(result.lost)} "
                                  "(--force kills it anyway)", Exit.FAILED)
+            tree.kill(members)
             engine_save.quiet_connections(proc)
-            os.kill(pid, signal.SIGKILL)
+            proc.kill()
     finally:
+        tree.release(members, stop=after == "stopped")
         proc.release(stop=after == "stopped")
     if after == "killed":
-        _wait_reaped(pid)
+        for p in [pid] + [m.pid for m in members]:
+            _wait_reaped(p)
     return result
 
 

@@ -220,9 +220,10 @@ class Grabber:
         os.close(self.pidfd)
 
 
-def read_states(pid: int, fds: list[FdInfo], repair: bool) -> list[str]:
+def read_states(pid: int, fds: list[FdInfo], repair: bool, tree=None) -> list[str]:
     """Fill in the state of every pipe, socket and anon-inode descriptor of the
-    stopped process pid; returns what a restore will not give back, one line each."""
+    stopped process pid; returns what a restore will not give back, one line each.
+    tree (engine.tree.TreeEnds): the ends held by the other processes saved with it."""
     from . import pipes, sockets
     lost: list[str] = []
     grab = Grabber(pid)
@@ -251,7 +252,7 @@ def read_states(pid: int, fds: list[FdInfo], repair: bool) -> list[str]:
                     lost += [f"{describe(f)}: {why}" for why in whys]
             except OSError as e:
                 lost.append(f"{describe(f)}: cannot be saved: {e.strerror or e}")
-        lost += _outside_peers(fds)
+        lost += _outside_peers(fds, tree)
     finally:
         grab.close()
     return lost
@@ -284,13 +285,17 @@ def _save_anon(pid: int, f: FdInfo, grab: Grabber) -> list[str]:
     return [why] if why else []
 
 
-def _outside_peers(fds: list[FdInfo]) -> list[str]:
-    """Pipes and unix sockets whose other end is in another process."""
+def _outside_peers(fds: list[FdInfo], tree=None) -> list[str]:
+    """Pipes and unix sockets whose other end is in a process that is not saved."""
     ends: dict[int, set[int]] = {}
     for f in fds:
         if f.pipe is not None:
             ends.setdefault(f.pipe.ino, set()).add(f.flags & ACCMODE)
     inos = {f.sock.ino for f in fds if f.sock is not None}
+    if tree is not None:
+        for ino, modes in tree.pipes.items():
+            ends.setdefault(ino, set()).update(modes)
+        inos |= tree.sockets
     out = []
     for f in fds:
         if f.pipe is not None and len(ends[f.pipe.ino]) < 2 and f.fd > 2 and not f.pipe.alone:

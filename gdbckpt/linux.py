@@ -103,6 +103,9 @@ class Sys(enum.IntEnum):
     clone = 56
     wait4 = 61
     kill = 62
+    setpgid = 109
+    setsid = 112
+    rt_sigtimedwait = 128
     fcntl = 72
     flock = 73
     chdir = 80
@@ -164,6 +167,9 @@ class Restart(enum.IntEnum):
 
 class Prctl(enum.IntEnum):
     SET_PDEATHSIG = 1
+    GET_PDEATHSIG = 2
+    SET_CHILD_SUBREAPER = 36
+    GET_CHILD_SUBREAPER = 37
     GET_DUMPABLE = 3
     SET_DUMPABLE = 4
     SET_KEEPCAPS = 8
@@ -220,7 +226,7 @@ class Auxv(enum.IntEnum):
     AT_MINSIGSTKSZ = 51
 
 
-SIGTRAP, SIGKILL, SIGSTOP, SIGCONT = 5, 9, 19, 18
+SIGTRAP, SIGKILL, SIGSTOP, SIGCONT, SIGCHLD = 5, 9, 19, 18, 17
 SI_USER = 0          # si_code of a signal kill() sent
 # The kernel's struct sigaction as rt_sigaction takes it: handler, flags, restorer, mask.
 KERNEL_SIGACTION = struct.Struct("<QQQQ")

@@ -35,6 +35,8 @@ SAVE = (
     Opt("strict", "refuse to save a process that a restore would not give back whole (a "
         "socket whose peer is another process, a TCP connection without TCP_REPAIR, ...); "
         "by default the save names each such thing"),
+    Opt("single", "save this process only, not its children and their descendants (a "
+        "restored parent then waits for children that are not there: the save names them)"),
 )
 
 RESTORE = (

@@ -221,6 +221,43 @@ class MakeFds(Step):
 
 
 @dataclasses.dataclass(frozen=True)
+class TakeFrom(Step):
+    """The open file description that fd theirs of process pid (of the same tree, restored
+    before this one) has: one description, one offset, as the saved processes shared."""
+    pid: int = 0               # as saved
+    theirs: int = 0
+    fd: int = 0
+    cloexec: bool = False
+    python = True
+
+    def describe(self):
+        return f"fd {self.fd}: the open file of process {self.pid}'s fd {self.theirs}, shared"
+
+
+@dataclasses.dataclass(frozen=True)
+class TakeShared(Step):
+    """Shared anonymous memory that processes of the tree map together: one memfd that
+    gdbckpt makes for all of them, taken at fd for the mappings to come."""
+    inode: int = 0
+    fd: int = 0
+    python = True
+
+    def describe(self):
+        return f"take the shared memory object {self.inode} of the tree at fd {self.fd}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeAttrs(Step):
+    """Being a child subreaper, and the parent-death signal."""
+    subreaper: bool = False
+    pdeathsig: int = 0
+
+    def describe(self):
+        return f"child subreaper {'on' if self.subreaper else 'off'}, parent-death signal " \
+               f"{self.pdeathsig}"
+
+
+@dataclasses.dataclass(frozen=True)
 class TakeLock(Step):
     """Take a lock the saved process held through fd (flock, POSIX, OFD or lease), never
     waiting: a lock another process holds now fails the restore."""
@@ -646,6 +683,10 @@ class Live:
     image_fd: int | None = None     # where the stub holds the image it was handed (the open
                                     # file that was checked), if it was
     stub_nice: int = 0
+    # A process of a saved tree: pipes with an end in another of its processes, and the
+    # shared anonymous memory it maps with others (inode -> whether this one fills it).
+    tree_pipes: set[int] = dataclasses.field(default_factory=set)
+    tree_shmem: dict[int, bool] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -795,7 +836,8 @@ class _Builder:
         self.shift: int | None = None
         self.attached: set[tuple[int, int]] = set()
         self.shm_remove: list[int] = []
-        self.views = _shared_groups(img.vmas)       # inode -> mappings of one object
+        self.views = {inode: g for inode, g in _shared_groups(img.vmas).items()
+                      if inode not in live.tree_shmem}   # inode -> mappings of one object
         self.later_views: dict[int, Vma] = {}
 
     def build(self) -> Plan:
@@ -932,6 +974,13 @@ class _Builder:
         if v.shm is not None and v.shm.id in self.live.sysv:
             if not self._attach_sysv(v):
                 chunks = []         # the segment still exists: its content is the live one
+        elif kind == Kind.SHMEM and v.shm is None and v.inode in self.live.tree_shmem:
+            fd = self.fds.take()
+            self.steps.append(TakeShared(inode=v.inode, fd=fd))
+            self.steps.append(Map(vma=v, fd=fd, shared=True, note="shared with the tree"))
+            self.steps.append(CloseFd(fd=fd))
+            if not self.live.tree_shmem[v.inode]:
+                chunks = []         # another process of the tree fills it
         elif kind == Kind.SHMEM and v.inode in self.views:
             self._shared_view(v)
         else:
@@ -1051,6 +1100,12 @@ class _Builder:
         for f in sorted(self.img.fds, key=lambda f: f.fd):
             if f.fd in self.stdio or f.fd in self.made:
                 continue
+            if f.shared_from is not None:
+                pid, theirs = f.shared_from
+                self.steps.append(TakeFrom(pid=pid, theirs=theirs, fd=f.fd,
+                                           cloexec=bool(f.flags & fdsmod.O_CLOEXEC)))
+                self.made.add(f.fd)
+                continue
             if f.same_as >= 0 and f.same_as in saved and f.same_as not in self.stdio:
                 self.steps.append(DupFd(fd=f.same_as, to=f.fd))
                 if not f.flags & fdsmod.O_CLOEXEC:
@@ -1127,7 +1182,8 @@ class _Builder:
                 and g.pipe.ino == f.pipe.ino and g.fd not in self.stdio]
         reader = next((g for g in ends if g.flags & fdsmod.ACCMODE == os.O_RDONLY), None)
         writer = next((g for g in ends if g.flags & fdsmod.ACCMODE == os.O_WRONLY), None)
-        if (reader is None or writer is None) and f.fd <= 2 and f.fd in self.live.stub_fds:
+        if (reader is None or writer is None) and f.fd <= 2 and f.fd in self.live.stub_fds \
+                and f.pipe.ino not in self.live.tree_pipes:
             self.warnings.append(f"{fdsmod.describe(f)}: its other end was another process: "
                                  f"the restored process gets this session's "
                                  f"{STDIO_NAMES[f.fd]}")
@@ -1245,6 +1301,8 @@ class _Builder:
         self.steps.append(ProcessAttrs(cwd=p.cwd, umask=p.umask, personality=p.personality,
                                        comm=p.comm))
         self.steps.append(SigActions(actions=p.sigactions))
+        if p.subreaper or p.pdeathsig:
+            self.steps.append(TreeAttrs(subreaper=p.subreaper, pdeathsig=p.pdeathsig))
 
     def _limits(self) -> None:
         p = self.img.process
@@ -1436,6 +1494,12 @@ def _take_lock(step: TakeLock, scratch: Scratch) -> list[Op]:
 def _epoll_ctl(step: EpollCtl, scratch: Scratch) -> list[Op]:
         event = scratch.put(EPOLL_EVENT.pack(step.events, step.data))
         return [Op(Sys.epoll_ctl, (step.epfd, EPOLL_CTL_ADD, step.fd, event))]
+
+
+@encode.register
+def _tree_attrs(step: TreeAttrs, scratch: Scratch) -> list[Op]:
+    return [Op(Sys.prctl, (Prctl.SET_CHILD_SUBREAPER, int(step.subreaper))),
+            Op(Sys.prctl, (Prctl.SET_PDEATHSIG, step.pdeathsig))]
 
 
 @encode.register

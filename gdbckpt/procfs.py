@@ -18,6 +18,7 @@ STAT_FIELDS = {
     "state": 3, "ppid": 4, "pgrp": 5, "session": 6, "flags": 9, "nice": 19, "num_threads": 20,
     "start_code": 26, "end_code": 27, "start_stack": 28, "start_data": 45, "end_data": 46,
     "start_brk": 47, "arg_start": 48, "arg_end": 49, "env_start": 50, "env_end": 51,
+    "exit_code": 52,
 }
 MM_FIELDS = ("start_code", "end_code", "start_data", "end_data", "start_brk", "start_stack",
              "arg_start", "arg_end", "env_start", "env_end")

@@ -132,6 +132,22 @@ class Process:
                 pass        # it ended
         self.owned = False
 
+    def kill(self) -> None:
+        """SIGKILL a process we seized, and take each thread's death as its tracer: only
+        then can its parent (or init) reap it, and its pid be free for a restore."""
+        self.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.owned:
+            for tid in self.tids:
+                try:
+                    os.waitpid(tid, ptrace.WALL)
+                except ChildProcessError:
+                    pass
+        self.owned = False
+
     # -- registers -------------------------------------------------------------
 
     def regs(self, tid: int | None = None) -> dict[str, int]:

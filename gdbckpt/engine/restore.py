@@ -49,6 +49,8 @@ class RestoreResult:
     phases: dict[str, float]
     tids: dict[int, int] = dataclasses.field(default_factory=dict)   # saved tid -> live
     creds_taken: bool = False        # the process became the saved user
+    members: dict[int, int] = dataclasses.field(default_factory=dict)   # the rest of a
+                                     # saved tree: saved pid -> live pid, running on
 
 
 @dataclasses.dataclass
@@ -68,6 +70,7 @@ class Prepared:
     clocks_note: str = ""
     clocks_back: bool = False
     take_creds: bool = False
+    member_fds: dict[int, dict] = dataclasses.field(default_factory=dict)  # a tree's others
     t0: float = 0.0
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -97,6 +100,14 @@ def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
                       vdso_mode=vdso_mode)
     p.time_offsets, p.clocks_note, p.clocks_back = clockmod.plan_for(img.process.clocks, clocks)
     p.take_creds = credsmod.check(img.process.creds, credsmod.own())
+    for _, one in img.members:
+        if one is not None:
+            p.member_fds[one.process.pid] = planmod.check_fds(one)
+            planmod.preflight(one, live_vdso=vdsomod.own_vdso(),
+                              live_layout=vdsomod.own_layout(), xcr0=xstatemod.live_xcr0(),
+                              fd_checks=p.member_fds[one.process.pid], force=force, fill=fill,
+                              vdso_mode=vdso_mode)
+            credsmod.check(one.process.creds, credsmod.own())
     p.phases["read image"] = time.perf_counter() - t0
     return p
 
@@ -131,6 +142,8 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
     then sets the dumpable flag: a non-dumpable process refuses an unprivileged
     attach) or running on its own (dumpable set here)."""
     front = front or Front()
+    if p.img.members:
+        return _restore_tree(p, front, stopped, new_session)
     try:
         return _restore(p, front, stopped, new_session, keep_tids=True)
     except _TidTaken as e:
@@ -180,6 +193,64 @@ def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
                          p.take_creds)
 
 
+def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -> RestoreResult:
+    """A saved tree (engine/tree_restore.py): every process with its pid, the root's
+    plan first; the descendants run on, the root is let go as asked."""
+    from . import tree_restore as treemod
+    img, t0, phases = p.img, p.t0, p.phases
+    treemod.check_pids(img, _checkpoint_capable())
+    root = _start_stub(img.process.pid, new_session, _image_hand(img))
+    stubs = {img.process.pid: root}
+    images = [img] + [m for _, m in img.members if m is not None]
+    objects = treemod.Objects(images)
+    warnings: list[str] = []
+    try:
+        if root.pid != img.process.pid:
+            raise RestoreError(f"process {img.process.pid} came back as {root.pid}")
+        p.same_ids = True
+        stubs = treemod.make_processes(root, img, os.getpgid(root.pid))
+        phases["start stubs"] = time.perf_counter() - t0
+        p.sysv = treemod.sysv_segments(img)
+        objects.pids = {saved: stub.pid for saved, stub in stubs.items()}
+        shared = treemod.shared_memory(images)
+        for one in images:
+            stub = stubs[one.process.pid]
+            live = _live(stub, p, one, objects.tree_pipes(one), objects.tree_shmem(one, shared))
+            plan = planmod.build(one, live, p.vdso_mode, p.stdio if one is img else {}, p.fill)
+            executor = _Executor(stub, one, plan, front, live.take_creds, objects)
+            try:
+                found = list(plan.warnings) + executor.run(phases, t0)
+            finally:
+                executor.close()
+            who = "" if one is img else f"process {one.process.pid}: "
+            warnings += [who + w for w in found]
+            if one is img:
+                root_plan = plan
+        phases["plans"] = time.perf_counter() - t0
+        objects.close()
+        for one in images[1:]:
+            stub = stubs[one.process.pid]
+            warnings += set_dumpable(stub.proc, one, p.take_creds)
+            stub.release(False)
+        if not stopped:
+            warnings += set_dumpable(root.proc, img, p.take_creds)
+        if p.clocks_back:
+            warnings.append(f"clocks: {p.clocks_note}")
+        tids = dict(root.scratch.tids)
+        root.release(stopped)
+        phases["process ready"] = time.perf_counter() - t0
+    except BaseException:
+        objects.close()
+        for stub in reversed(list(stubs.values())):
+            if stub.proc.owned:
+                stub.kill()
+        sysv.remove(p.sysv)
+        raise
+    members = {m.pid: m.pid for m, _ in img.members}
+    return RestoreResult(root.pid, img, root_plan, warnings, time.perf_counter() - t0, phases,
+                         tids, p.take_creds, members)
+
+
 PID_TRIES = 5
 
 
@@ -218,22 +289,29 @@ def set_dumpable(proc: Process, img: Image, creds_taken: bool = False) -> list[s
     return []
 
 
-def _live(stub: Stub, p: Prepared) -> planmod.Live:
+def _live(stub: Stub, p: Prepared, img: Image | None = None, tree_pipes=frozenset(),
+          tree_shmem=None) -> planmod.Live:
+    """What the stub looks like; img: a process of a tree other than the root, with the
+    pipes and shared memory it has with the others."""
+    root = img is None or img is p.img
+    img = img or p.img
+    take_creds = p.take_creds if root else credsmod.check(img.process.creds, credsmod.own())
     maps = stub.mappings()
     vdso = next((m for m in maps if m.kind == Kind.VDSO), None)
     proc = Proc(stub.pid)
     return planmod.Live(
         stub_maps=maps, scratch=stub.scratch.base,
         vdso=stub.proc.read(vdso.start, vdso.size) if vdso else None,
-        fd_limit=stub.fd_limit(), image_path=p.img.path, file_problems=p.files,
+        fd_limit=stub.fd_limit(), image_path=p.img.path,
+        file_problems=p.files if root else planmod.check_files(img),
         can_set_exe=_checkpoint_capable(), stub_pid=stub.pid,
         stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")} - {stub.image_fd},
         stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
-        has_tty=_has_tty(), fd_checks=p.fds, force=p.force,
-        timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
+        has_tty=_has_tty(), fd_checks=p.fds if root else p.member_fds.get(img.process.pid, {}),
+        force=p.force, timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
         sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),
-        time_offsets=_time_offsets(p), take_creds=p.take_creds,
-        image_fd=stub.image_fd)
+        time_offsets=_time_offsets(p), take_creds=take_creds,
+        image_fd=stub.image_fd, tree_pipes=set(tree_pipes), tree_shmem=tree_shmem or {})
 
 
 def _time_offsets(p: Prepared) -> tuple[int, int] | None:
@@ -269,7 +347,8 @@ def _exists(tid: int) -> bool:
 
 class _Executor:
     def __init__(self, stub: Stub, img: Image, plan: planmod.Plan, front: Front,
-                 take_creds: bool = False):
+                 take_creds: bool = False, objects=None):
+        self.objects = objects          # a tree's shared objects (engine/tree_restore.py)
         self.stub = stub
         self.proc = stub.proc
         self.img = img
@@ -358,17 +437,36 @@ class _Executor:
                 self._take_credentials(step.creds)
             elif isinstance(step, planmod.MakeFds):
                 self._make_fds(i, step)
+            elif isinstance(step, planmod.TakeFrom):
+                self._take(i, self.objects.pid_of(step.pid), step.theirs, step.fd, step.cloexec)
+            elif isinstance(step, planmod.TakeShared):
+                self._take(i, os.getpid(), self.objects.shmem(step.inode), step.fd, False)
         except CkptError as e:
             raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
+
+    def _take(self, index: int, pid: int, theirs: int, fd: int, cloexec: bool) -> None:
+        try:
+            self.stub.run([(index, planmod.Op(StubOp.TAKE_FD, (pid, theirs, fd, int(cloexec))))])
+        except OpFailed as e:
+            raise RestoreError(str(e)) from None
 
     def _make_fds(self, index: int, step: planmod.MakeFds) -> None:
         """Make the objects here, then have the stub take copies at their numbers."""
         creds = self.img.process.creds if self.take_creds else None
+        shared = self.objects.made_for(step, creds) if self.objects else None
+        if shared is not None:
+            # Made once for the whole tree, and kept until it is all restored.
+            self._hand_over(index, step, [os.dup(fd) if fd >= 0 else -1 for fd in shared], [])
+            return
         try:
             ours, warnings = fdsmod.make_objects(step.kind, step.infos, creds, self.stub.pid,
                                                  data=self._fd_bytes)
         except OSError as e:
             raise RestoreError(e.strerror or str(e)) from None
+        self._hand_over(index, step, ours, warnings)
+
+    def _hand_over(self, index: int, step: planmod.MakeFds, ours: list[int],
+                   warnings: list[str]) -> None:
         try:
             me = os.getpid()
             batch = [(index, planmod.Op(StubOp.TAKE_FD, (me, mine, fd, cloexec)))

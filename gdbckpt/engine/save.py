@@ -24,6 +24,7 @@ from ..image import format as fmt
 from ..image.model import (
     FdInfo,
     FileRef,
+    Member,
     MmBounds,
     ProcessInfo,
     Rlimit,
@@ -47,6 +48,7 @@ from ..procfs import (
     sigset,
 )
 from . import xstate as xstatemod
+from . import tree as treemod
 from .front import Front
 from .process import Process, drop_snapshot, reap_snapshot
 from .state import StateReader, debuggers_own
@@ -67,24 +69,71 @@ class SaveResult:
     phases: dict[str, float] = dataclasses.field(default_factory=dict)   # seconds each
     lost: list[str] = dataclasses.field(default_factory=list)   # what a restore will not
                                                                 # give back as it was
+    members: list[treemod.TreeProcess] = dataclasses.field(default_factory=list)
 
 
 def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = False,
-         compress: bool = False, strict: bool = False, resume=None) -> SaveResult:
-    """Save proc, whose threads are all stopped under our (or the front end's) ptrace.
+         compress: bool = False, strict: bool = False, resume=None,
+         members: list[treemod.TreeProcess] = ()) -> SaveResult:
+    """Save proc, whose threads are all stopped under our (or the front end's) ptrace,
+    with the descendants given (engine/tree.py: seized, or zombies).
 
     With resume, the process is stopped only for what must be consistent
     (registers, mappings, descriptors, shared memory): its private memory is
     then read from a copy-on-write snapshot (a child made by an injected
     clone, as Redis's BGSAVE and DMTCP's forked checkpoints do), and
-    resume() is called to let the process run on meanwhile.
+    resume() is called to let the process (and its tree) run on meanwhile.
+    The descendants are saved first, whole, while everything is stopped.
     """
     t0 = time.perf_counter()
     front = front or Front()
     try:
-        return _Saver(proc, path, front, sync, compress, strict, resume).run(t0)
+        return _save_tree(proc, path, front, sync, compress, strict, resume, list(members), t0)
     finally:
         front.changed(proc)
+
+
+def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: bool,
+               strict: bool, resume, members: list[treemod.TreeProcess],
+               t0: float) -> SaveResult:
+    living = [m for m in members if m.proc is not None]
+    tables = {p.pid: fdsmod.read_fds(p.pid) for p in [proc] + [m.proc for m in living]}
+    ends = None
+    if members:
+        treemod.shared_descriptions(tables)
+        ends = treemod.ends(tables)
+    compressor = None
+    if compress:
+        import zstandard
+        compressor = zstandard.ZstdCompressor(level=1)
+    with ImageWriter(path, sync=sync, compressor=compressor) as w:
+        saved = []
+        for m in members:
+            first, records, result = len(w.chunks), [], None
+            if m.proc is not None:
+                result, records = _Saver(m.proc, front, strict, tables[m.pid], ends).run(w, t0)
+            saved.append((Member(pid=m.pid, ppid=m.ppid, pgid=m.pgid, sid=m.sid, comm=m.comm,
+                                 exit_status=m.exit_status, chunks=[first, len(w.chunks) - first]),
+                          records, result))
+        result, records = _Saver(proc, front, strict, tables[proc.pid], ends, resume).run(w, t0)
+        t1 = time.perf_counter()
+        for rtype, obj in records:
+            w.add_record(rtype, obj)
+        for member, records, _ in saved:
+            w.add_record(fmt.RecordType.MEMBER, member)
+            for rtype, obj in records:
+                w.add_record(rtype, obj)
+        result.path = w.commit()
+    result.phases["metadata and commit"] = time.perf_counter() - t1
+    for member, _, one in saved:
+        if one is not None:
+            who = f"process {member.pid} ({member.comm})"
+            result.notes += [f"{who}: {n}" for n in one.notes]
+            result.lost += [f"{who}: {n}" for n in one.lost]
+    result.members = members
+    result.image_size = os.path.getsize(result.path)
+    result.seconds = time.perf_counter() - t0
+    return result
 
 
 def quiet_connections(proc: Process) -> None:
@@ -94,15 +143,16 @@ def quiet_connections(proc: Process) -> None:
 
 
 class _Saver:
-    def __init__(self, inf: Process, path: str, front: Front, sync: bool, compress: bool,
-                 strict: bool, resume=None):
+    """One process of the saved tree: its chunks into the writer, its records returned."""
+
+    def __init__(self, inf: Process, front: Front, strict: bool, fds: list[FdInfo],
+                 ends: treemod.TreeEnds | None, resume=None):
         self.inf = inf
         self.front = front
         self.resume = resume
-        self.path = path
-        self.sync = sync
-        self.compress = compress
         self.strict = strict
+        self.fd_table = fds
+        self.ends = ends
         self.proc = Proc(inf.pid)
         self.state = StateReader(inf, self.proc)
         self.notes: list[str] = []
@@ -111,8 +161,9 @@ class _Saver:
         self.lazy_images: set[str] = set()
         self.lost: list[str] = []
 
-    def run(self, t0: float) -> SaveResult:
+    def run(self, w: ImageWriter, t0: float) -> tuple[SaveResult, list[tuple]]:
         phases: dict[str, float] = {}
+        t0, start = time.perf_counter(), t0
         self._check_seccomp()
         fds = self._fds()
         maps = read_mappings(self.inf.pid)
@@ -122,76 +173,65 @@ class _Saver:
         threads = self._threads()
         process = self._process(files, fds, threads)
         phases["state"] = time.perf_counter() - t0 - phases["maps"]
-        compressor = None
-        if self.compress:
-            import zstandard
-            compressor = zstandard.ZstdCompressor(level=1)
-        with ImageWriter(self.path, sync=self.sync, compressor=compressor) as w:
-            todo = [r for m in maps if m.kind in STORED_KINDS
-                    for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
-            total = sum(r.count for r in todo) * PAGE_SIZE
-            progress = self.front.progress("save", total)
-            if compressor is None:
-                w.reserve(total)
-            vdso = self._vdso(maps)     # read while stopped: the process may exit after
-            # Deleted files' bytes while the process is stopped: it may write them.
-            for f in fds:
-                if f.kind in (fdsmod.FdKind.DELETED, fdsmod.FdKind.MEMFD) and f.same_as < 0:
-                    f.data = self._file_data(w, f)
-            t1 = time.perf_counter()
-            dumper = MemoryDumper(self.inf.pid, w, self.front.inserted_breakpoints(self.inf))
-            child = None
-            try:
-                now, later = _split(todo) if self.resume else (todo, [])
-                for region in now:
+        todo = [r for m in maps if m.kind in STORED_KINDS
+                for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
+        total = sum(r.count for r in todo) * PAGE_SIZE
+        progress = self.front.progress("save", total)
+        if w.compressor is None:
+            w.reserve(total)
+        vdso = self._vdso(maps)     # read while stopped: the process may exit after
+        # Deleted files' bytes while the process is stopped: it may write them.
+        for f in fds:
+            if f.kind in (fdsmod.FdKind.DELETED, fdsmod.FdKind.MEMFD) and f.same_as < 0:
+                f.data = self._file_data(w, f)
+        t1 = time.perf_counter()
+        dumper = MemoryDumper(self.inf.pid, w, self.front.inserted_breakpoints(self.inf))
+        child = None
+        try:
+            now, later = _split(todo) if self.resume else (todo, [])
+            for region in now:
+                dumper.dump(region)
+                progress(dumper.stats.mapped)
+            if later:
+                child = self._snapshot()
+                if child:
+                    dumper.switch(child)
+                phases["stopped"] = time.perf_counter() - start
+                if child:
+                    self.resume()
+                for region in later:
                     dumper.dump(region)
                     progress(dumper.stats.mapped)
-                if later:
-                    child = self._snapshot()
-                    if child:
-                        dumper.switch(child)
-                    phases["stopped"] = time.perf_counter() - t0
-                    if child:
-                        self.resume()
-                    for region in later:
-                        dumper.dump(region)
-                        progress(dumper.stats.mapped)
-                progress(dumper.stats.mapped, final=True)
+            progress(dumper.stats.mapped, final=True)
+        finally:
+            try:
+                dumper.close()
             finally:
-                try:
-                    dumper.close()
-                finally:
-                    if child:
-                        drop_snapshot(child)
-                        reap_snapshot(self.inf.pid, child)
-            phases["memory"] = time.perf_counter() - t1
-            if child is None and self.resume:
-                self.resume()
-            if dumper.stats.unreadable:
-                self.notes.append(f"{dumper.stats.unreadable // PAGE_SIZE} pages could not be read "
-                                  "(past the end of a mapped file): a restore leaves them as "
-                                  "the file or zero")
-            phases["memory: reading"] = dumper.read_seconds
-            phases["memory: finding zero pages"] = dumper.scan_seconds
-            phases["memory: checksums and writing (overlapped)"] = dumper.write_seconds
-            t1 = time.perf_counter()
-            w.add_record(fmt.RecordType.PROCESS, process)
-            for th in threads:
-                w.add_record(fmt.RecordType.THREAD, th)
-            w.add_record(fmt.RecordType.VMAS, {"vmas": [self._vma(m, file_of) for m in maps]})
-            w.add_record(fmt.RecordType.FILES, {"files": files})
-            w.add_record(fmt.RecordType.VDSO, vdso)
-            w.add_record(fmt.RecordType.FDS, {"fds": fds})
-            if self.notes:
-                w.add_record(fmt.RecordType.NOTES, {"notes": self.notes})
-            final = w.commit()
-        phases["metadata and commit"] = time.perf_counter() - t1
+                if child:
+                    drop_snapshot(child)
+                    reap_snapshot(self.inf.pid, child)
+        phases["memory"] = time.perf_counter() - t1
+        if child is None and self.resume:
+            self.resume()
+        if dumper.stats.unreadable:
+            self.notes.append(f"{dumper.stats.unreadable // PAGE_SIZE} pages could not be read "
+                              "(past the end of a mapped file): a restore leaves them as "
+                              "the file or zero")
+        phases["memory: reading"] = dumper.read_seconds
+        phases["memory: finding zero pages"] = dumper.scan_seconds
+        phases["memory: checksums and writing (overlapped)"] = dumper.write_seconds
+        records = [(fmt.RecordType.PROCESS, process)]
+        records += [(fmt.RecordType.THREAD, th) for th in threads]
+        records += [(fmt.RecordType.VMAS, {"vmas": [self._vma(m, file_of) for m in maps]}),
+                    (fmt.RecordType.FILES, {"files": files}), (fmt.RecordType.VDSO, vdso),
+                    (fmt.RecordType.FDS, {"fds": fds})]
+        if self.notes:
+            records.append((fmt.RecordType.NOTES, {"notes": self.notes}))
         st = dumper.stats
-        return SaveResult(path=final, pid=self.inf.pid, comm=process.comm, threads=len(threads),
+        return SaveResult(path="", pid=self.inf.pid, comm=process.comm, threads=len(threads),
                           mappings=len(maps), stored=st.stored, mapped=st.mapped,
-                          image_size=os.path.getsize(final),
-                          seconds=time.perf_counter() - t0, notes=self.notes, phases=phases,
-                          lost=self.lost)
+                          image_size=0, seconds=0.0, notes=self.notes, phases=phases,
+                          lost=self.lost), records
 
     def _snapshot(self) -> int | None:
         """A copy-on-write snapshot, or None where one cannot be made (a process limit,
@@ -220,8 +260,9 @@ class _Saver:
         return self.image_sizes.get(m.start)
 
     def _fds(self) -> list[FdInfo]:
-        fds = fdsmod.read_fds(self.inf.pid)
-        self.lost = fdsmod.read_states(self.inf.pid, fds, repair=tcprepair.can_repair())
+        fds = self.fd_table
+        self.lost = fdsmod.read_states(self.inf.pid, fds, repair=tcprepair.can_repair(),
+                                       tree=self.ends)
         named = {f.fd for f in fds if any(line.startswith(fdsmod.describe(f) + ":")
                                           for line in self.lost)}
         self.lost += [f"{fdsmod.describe(f)} cannot be restored: a restore puts /dev/null "
@@ -317,6 +358,8 @@ class _Saver:
             rlimits=[Rlimit(*r) for r in parse_limits(self.proc.limits())],
             itimers=self.state.itimers(), timers=timers,
             no_new_privs=status.get("NoNewPrivs", "0") == "1",
+            ppid=int(stat["ppid"]), pgid=int(stat["pgrp"]), sid=int(stat["session"]),
+            subreaper=self.state.subreaper(), pdeathsig=self.state.pdeathsig(),
             dumpable=self.state.dumpable(), nice=int(stat["nice"]),
             not_restored=self._not_restored(fds), tid_offset=self._tid_offset(threads),
             xcomp_perm=self.state.xcomp_perm(), clocks=clockmod.of_process(self.inf.pid),

@@ -102,6 +102,18 @@ class StateReader:
         return self.inf.syscall_ok(Sys.prctl, Prctl.GET_SECUREBITS,
                                    what="prctl(PR_GET_SECUREBITS)")
 
+    def pdeathsig(self) -> int:
+        """The signal the process gets when its parent dies (PR_GET_PDEATHSIG)."""
+        _, raw = self.inf.call_with_output(Sys.prctl, (Prctl.GET_PDEATHSIG,), 4,
+                                           what="prctl(PR_GET_PDEATHSIG)")
+        return int.from_bytes(raw, "little")
+
+    def subreaper(self) -> bool:
+        """Whether orphaned descendants are reparented to it (PR_GET_CHILD_SUBREAPER)."""
+        _, raw = self.inf.call_with_output(Sys.prctl, (Prctl.GET_CHILD_SUBREAPER,), 4,
+                                           what="prctl(PR_GET_CHILD_SUBREAPER)")
+        return int.from_bytes(raw, "little") != 0
+
     def dumpable(self) -> int:
         return self.inf.syscall_ok(Sys.prctl, Prctl.GET_DUMPABLE, what="prctl(PR_GET_DUMPABLE)")
 

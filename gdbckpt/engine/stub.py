@@ -100,6 +100,56 @@ class Stub:
                 _kill_and_reap(pid)
                 raise RestoreError(f"cannot take hold of the restart stub: {e}") from None
 
+    def fork(self, want_pid: int = 0) -> Stub:
+        """A child of this stub, made before any op changed it: a copy, parked and seized,
+        with pid want_pid if not 0 (a process of a saved tree)."""
+        try:
+            _, (pid,) = self.run([(0, Op(StubOp.FORK, (want_pid,)))])
+        except OpFailed as e:
+            raise RestoreError(f"cannot make process {want_pid or ''} of the tree: "
+                               f"{os.strerror(e.errno)}") from None
+        with deferred_signals():
+            try:
+                ptrace.seize(pid, TRACE_OPTIONS)
+                ptrace.interrupt(pid)
+                _wait_event_stop(pid)
+            except (ptrace.PtraceError, RestoreError) as e:
+                _kill_and_reap(pid)
+                raise RestoreError(f"cannot take hold of restored process {pid}: {e}") from None
+        child = Stub.__new__(Stub)
+        child.pid = pid
+        child.proc = Process(pid, [pid], RestoreError)
+        child.proc.owned = True
+        child.call_at, child.trap_at, child.stack_top = self.call_at, self.trap_at, self.stack_top
+        child.scratch = Scratch(self.scratch.base, DATA_AREA)
+        child.ops_at, child._written = self.ops_at, 0
+        child.image_fd = self.image_fd
+        return child
+
+    def end_with(self, status: int, ops: list[Op]) -> None:
+        """Run ops that end the stub (a zombie of the tree: exit, or a signal) and take
+        its death as its tracer, leaving the zombie to its parent, which reaps it."""
+        self._flush_scratch()
+        blob = b"".join(STUB_OP.pack(op.nr, *op.args, *([0] * (6 - len(op.args))),
+                                     int(op.flags), 0) for op in ops)
+        self.proc.write(self.ops_at, blob)
+        self.proc.close()
+        regs = self.proc.regs(self.pid)
+        regs.update(rip=self.call_at, rdi=self.ops_at, rsi=len(ops), rsp=self.stack_top,
+                    rax=0, orig_rax=-1)
+        self.proc.set_regs(regs, self.pid)
+        ptrace.cont(self.pid)
+        while True:
+            got = ptrace.wait(self.pid)
+            if not os.WIFSTOPPED(got):
+                break
+            ptrace.cont(self.pid, 0 if ptrace.event(got) or os.WSTOPSIG(got) == signal.SIGTRAP
+                        else os.WSTOPSIG(got))
+        self.proc.owned = False
+        if (got & 0x7f, got >> 8 & 0xff) != (status & 0x7f, status >> 8 & 0xff):
+            raise RestoreError(f"zombie {self.pid} ended with status {got:#x}, not the saved "
+                               f"{status:#x}")
+
     def kill(self) -> None:
         threads = [t for t in self.proc.tids if t != self.pid]
         self.proc.close()
