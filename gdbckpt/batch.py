@@ -284,10 +284,13 @@ def save(args, out: Out) -> Exit:
         r = save_once(pid, name, path, args, advance, after)
     for note in r.notes:
         out.line(f"note: {note}")
-    out.line(f"Saved process {r.pid} ({r.comm}) to {r.path}: {r.threads} thread(s), "
+    from .info import tree_summary
+    out.line(f"Saved process {r.pid} ({r.comm}){tree_summary(r.members)} to {r.path}: "
+             f"{r.threads} thread(s), "
              f"{r.mappings} mappings, {r.stored / 2**20:.1f} MiB of memory "
              f"({r.image_size / 2**20:.1f} MiB image) in {r.seconds:.2f} s; it is {after}.")
     out.result({"image": os.path.abspath(r.path), "pid": pid, "name": name, "process": after,
+                "members": [m.pid for m in r.members],
                 "seconds": round(r.seconds, 4), "notes": r.notes, "not_restorable": r.lost})
     return Exit.INTERRUPTED if guard.interrupted else Exit.OK
 
@@ -361,9 +364,11 @@ def restore(args, out: Out) -> Exit:
         r = engine.restore(prepared, stopped=False, new_session=True)
     for warning in r.warnings:
         out.line(f"warning: {warning}")
+    from .info import restored_members
     out.line(f"restored {img} as process {r.pid} in {r.seconds:.2f} s "
-             f"(vDSO: {r.plan.vdso_mode})")
+             f"(vDSO: {r.plan.vdso_mode}){restored_members(r.members)}")
     out.result({"image": img, "pid": r.pid, "seconds": round(r.seconds, 4),
+                "members": {str(k): v for k, v in r.members.items()},
                 "warnings": r.warnings, "vdso": r.plan.vdso_mode})
     return Exit.INTERRUPTED if guard.interrupted else Exit.OK
 

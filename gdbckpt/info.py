@@ -47,6 +47,7 @@ def text(img: Image, *, mappings: bool = True) -> str:
         f"Program:   {p.exe}",
         f"Command:   {' '.join(p.cmdline)}",
         f"Cwd:       {p.cwd}",
+        *_tree_lines(img),
         f"Memory:    {len(img.vmas)} mappings, {mib(mapped)} mapped, {mib(memory)} of pages "
         f"saved in {len(img.chunks)} chunks ({mib(stored)} stored)",
         f"Brk:       {p.mm.start_brk:#x}-{p.mm.brk:#x}",
@@ -113,13 +114,43 @@ ALWAYS_LOST = (
     "connections without TCP_REPAIR (CAP_NET_ADMIN); descriptors in flight (SCM_RIGHTS); "
     "events an inotify or fanotify descriptor had not yet delivered; io_uring, "
     "userfaultfd and other anon-inode descriptors",
-    "child processes, ptrace relations, SysV semaphores and message queues",
+    "child processes of an image saved with --single; ptrace relations, SysV semaphores "
+    "and message queues",
     "credentials and capabilities when the restorer is not root (the process then runs "
     "with the restorer's, who must be the saved user), "
     "namespaces, cgroups, seccomp filters, scheduling policy",
     "the pid and thread ids, unless the restore may choose them (root, or "
     "CAP_CHECKPOINT_RESTORE, and the old ids free)",
 )
+
+
+def _tree_lines(img: Image) -> list[str]:
+    """The saved tree, parents before children: pids, parents, groups, what each holds."""
+    if not img.members:
+        return []
+    p = img.process
+    lines = [f"Tree:      {1 + len(img.members)} processes, restored with the same pids",
+             f"  {p.pid} (root) '{p.comm}' session {p.sid}, group {p.pgid}: "
+             f"{_holds(img)}"]
+    for m, one in img.members:
+        what = _holds(one) if one is not None else \
+            f"zombie, {_status(m.exit_status)}, for its parent to reap"
+        command = f" ({' '.join(one.process.cmdline)})" if one is not None else ""
+        lines.append(f"  {m.pid} child of {m.ppid} '{m.comm}'{command} session {m.sid}, "
+                     f"group {m.pgid}: {what}")
+    return lines
+
+
+def _holds(img: Image) -> str:
+    memory = sum(c.size for c in img.chunks if not c.flags & fmt.ChunkFlags.ZERO)
+    shared = sum(f.shared_from is not None for f in img.fds)
+    return (f"{len(img.threads)} thread(s), {mib(memory)} of memory, {len(img.fds)} "
+            f"descriptors ({shared} shared with an earlier process)")
+
+
+def _status(status: int) -> str:
+    return f"killed by signal {status & 0x7f}" if status & 0x7f else \
+        f"exit status {status >> 8 & 0xff}"
 
 
 def _fd_restore(f) -> str:
@@ -165,6 +196,10 @@ def as_json(img: Image) -> dict:
         "vdso_restore": {"mode": mode, "why": why}, "fds": [to_json(f) for f in img.fds],
         "clocks_restore": clockmod.plan_for(img.process.clocks, "continue")[1],
         "notes": img.notes,
+        "members": [{**to_json(m), "process": to_json(one.process) if one else None,
+                     "threads": len(one.threads) if one else 0,
+                     "fds": [to_json(f) for f in one.fds] if one else []}
+                    for m, one in img.members],
         "chunks": [{"vaddr": c.vaddr, "size": c.size, "offset": c.offset, "stored": c.stored,
                     "flags": c.flags.name or "NONE", "codec": c.codec.name,
                     "csum": f"{c.csum:016x}"}
@@ -183,3 +218,21 @@ def _date(timestamp: float) -> str:
             "%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, OSError, ValueError):
         return f"timestamp {timestamp!r} (out of range)"
+
+
+def tree_summary(members) -> str:
+    """' with its N descendants (pids ...)' for a save's line, or ''."""
+    if not members:
+        return ""
+    zombies = sum(m.exit_status is not None for m in members)
+    extra = f", {zombies} of them zombies" if zombies else ""
+    return (f" with {len(members)} descendant(s) ({', '.join(str(m.pid) for m in members)}"
+            f"{extra})")
+
+
+def restored_members(members: dict[int, int]) -> str:
+    """'; its descendants run on as pids ...' for a restore's line, or ''."""
+    if not members:
+        return ""
+    return "; its descendants run on: " + ", ".join(
+        str(live) if live == saved else f"{saved} as {live}" for saved, live in members.items())

@@ -210,17 +210,31 @@ def spawn(argv, out, **kw) -> subprocess.Popen:
                                 stderr=subprocess.DEVNULL, **kw)
 
 
-def saved_by_pid(argv: list[str], out: str, img: str, ready: str, *opts: str) -> None:
+def saved_by_pid(argv: list[str], out: str, img: str, ready: str, *opts: str) -> dict:
     """argv run on its own (stdout to out) until its output shows ready, then saved by
-    pid with `gdbckpt-batch PID -o IMG --kill OPTS`, and reaped."""
+    pid with `gdbckpt-batch PID -o IMG --kill OPTS`, and reaped with its children.
+    Returns the save's JSON."""
     p = spawn(argv, out)
     try:
         wait_for_output(out, ready)
-        batch(str(p.pid), "-o", img, "--kill", *opts, check=0)
+        r = batch(str(p.pid), "-o", img, "--kill", "--json", *opts, check=0)
+        done = json.loads(r.stdout.splitlines()[-1])
     finally:
         if p.poll() is None:
             p.kill()
         p.wait()
+    reap(done["members"])
+    return done
+
+
+def reap(pids) -> None:
+    """Wait for processes that ended and came to the test run (a child subreaper): the
+    children of a killed tree."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            wait_gone(pid)
 
 
 def batch_restore(img: str, *opts: str, prefix=()) -> subprocess.CompletedProcess:

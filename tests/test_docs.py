@@ -47,7 +47,7 @@ def test_every_model_field_is_documented_where_its_class_is():
                 model.SigAltStack, model.Rlimit, model.ItimerState, model.PosixTimer,
                 model.SysvShm, model.PipeState, model.AnonState, model.EpollTarget,
                 model.SockState, model.TcpConn, model.FileLock, model.Watch,
-                model.InFlight):
+                model.InFlight, model.Member):
         text = home(cls.__name__)
         assert text, f"{cls.__name__} is not described"
         for f in dataclasses.fields(cls):

@@ -13,9 +13,9 @@ import zstandard
 from gdbckpt.errors import ImageError, SaveError
 from gdbckpt.image import format as fmt
 from gdbckpt.image.model import (
-    Member,
     FdInfo,
     FileRef,
+    Member,
     MmBounds,
     ProcessInfo,
     Rseq,

@@ -66,9 +66,9 @@ from gdbckpt.errors import CkptError, ImageError  # noqa: E402
 from gdbckpt.image import format as fmt  # noqa: E402
 from gdbckpt.image.model import (  # noqa: E402
     FdInfo,
-    Member,
     FileRef,
     ItimerState,
+    Member,
     MmBounds,
     ProcessInfo,
     Rlimit,

@@ -141,7 +141,8 @@ class Process:
         except ProcessLookupError:
             pass
         if self.owned:
-            for tid in self.tids:
+            # The leader's end is told only once every other thread has been reaped.
+            for tid in sorted(self.tids, key=lambda t: t == self.pid):
                 try:
                     os.waitpid(tid, ptrace.WALL)
                 except ChildProcessError:

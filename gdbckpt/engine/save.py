@@ -47,8 +47,8 @@ from ..procfs import (
     read_sysv_shm,
     sigset,
 )
-from . import xstate as xstatemod
 from . import tree as treemod
+from . import xstate as xstatemod
 from .front import Front
 from .process import Process, drop_snapshot, reap_snapshot
 from .state import StateReader, debuggers_own
@@ -106,16 +106,21 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
     if compress:
         import zstandard
         compressor = zstandard.ZstdCompressor(level=1)
+    # Everything but memory is read before the image file exists: a program watching
+    # the image's directory (inotify) would otherwise have an event the save made.
+    savers = {m.pid: _Saver(m.proc, front, strict, tables[m.pid], ends).read(t0)
+              for m in living}
+    root = _Saver(proc, front, strict, tables[proc.pid], ends, resume).read(t0)
     with ImageWriter(path, sync=sync, compressor=compressor) as w:
         saved = []
         for m in members:
             first, records, result = len(w.chunks), [], None
             if m.proc is not None:
-                result, records = _Saver(m.proc, front, strict, tables[m.pid], ends).run(w, t0)
+                result, records = savers[m.pid].run(w, t0)
             saved.append((Member(pid=m.pid, ppid=m.ppid, pgid=m.pgid, sid=m.sid, comm=m.comm,
                                  exit_status=m.exit_status, chunks=[first, len(w.chunks) - first]),
                           records, result))
-        result, records = _Saver(proc, front, strict, tables[proc.pid], ends, resume).run(w, t0)
+        result, records = root.run(w, t0)
         t1 = time.perf_counter()
         for rtype, obj in records:
             w.add_record(rtype, obj)
@@ -161,18 +166,26 @@ class _Saver:
         self.lazy_images: set[str] = set()
         self.lost: list[str] = []
 
-    def run(self, w: ImageWriter, t0: float) -> tuple[SaveResult, list[tuple]]:
-        phases: dict[str, float] = {}
-        t0, start = time.perf_counter(), t0
+    def read(self, start: float) -> _Saver:
+        """Everything of the stopped process but its memory."""
+        self.phases: dict[str, float] = {}
+        t0 = time.perf_counter()
         self._check_seccomp()
-        fds = self._fds()
-        maps = read_mappings(self.inf.pid)
-        self._memfds_mapped(fds, maps)
-        phases["maps"] = time.perf_counter() - t0
-        files, file_of = self._files(maps)
-        threads = self._threads()
-        process = self._process(files, fds, threads)
-        phases["state"] = time.perf_counter() - t0 - phases["maps"]
+        self.fds = self._fds()
+        self.maps = read_mappings(self.inf.pid)
+        self._memfds_mapped(self.fds, self.maps)
+        self.phases["maps"] = time.perf_counter() - t0
+        self.files, self.file_of = self._files(self.maps)
+        self.threads = self._threads()
+        self.process = self._process(self.files, self.fds, self.threads)
+        self.phases["state"] = time.perf_counter() - t0 - self.phases["maps"]
+        return self
+
+    def run(self, w: ImageWriter, start: float) -> tuple[SaveResult, list[tuple]]:
+        """The memory into w; returns the result and the records to write."""
+        phases = self.phases
+        fds, maps, files, file_of = self.fds, self.maps, self.files, self.file_of
+        threads, process = self.threads, self.process
         todo = [r for m in maps if m.kind in STORED_KINDS
                 for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
         total = sum(r.count for r in todo) * PAGE_SIZE

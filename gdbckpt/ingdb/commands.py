@@ -84,12 +84,13 @@ The process stays stopped where it was; 'continue' runs it on."""
         from . import save as savemod
         args = options.parse_gdb("ckpt save", options.SAVE, _argv(arg, "ckpt save"))
         r = savemod.save(args.image, sync=args.sync or None, compress=args.compress,
-                         strict=args.strict)
+                         strict=args.strict, single=args.single)
         for note in r.notes:
             gdb.write(f"ckpt save: note: {note}\n")
-        gdb.write(f"Saved process {r.pid} ({r.comm}) to {r.path}: {r.threads} thread(s), "
-                  f"{r.mappings} mappings, {infomod.mib(r.stored)} of memory "
-                  f"({infomod.mib(r.image_size)} image) in {r.seconds:.2f} s.\n")
+        gdb.write(f"Saved process {r.pid} ({r.comm}){infomod.tree_summary(r.members)} to "
+                  f"{r.path}: {r.threads} thread(s), {r.mappings} mappings, "
+                  f"{infomod.mib(r.stored)} of memory ({infomod.mib(r.image_size)} image) in "
+                  f"{r.seconds:.2f} s.\n")
 
 
 class CkptRestore(gdb.Command):
@@ -131,7 +132,8 @@ TCP connection through TCP_REPAIR, where permitted; otherwise it is reset).
         p = r.image.process
         detached = ", detached: it runs on its own" if args.detach else ""
         gdb.write(f"Restored process {p.pid} ({p.comm}) as process {r.pid} in "
-                  f"{r.seconds:.2f} s (vDSO: {r.plan.vdso_mode}){detached}.\n")
+                  f"{r.seconds:.2f} s (vDSO: {r.plan.vdso_mode}){detached}"
+                  f"{infomod.restored_members(r.members)}.\n")
         if not args.detach:
             gdb.execute("frame", to_string=False)
 

@@ -1,0 +1,106 @@
+"""Process trees: a process saved with its children, and restored with them.
+
+examples/family.c holds a worker it talks to through pipes, a zombie child and a
+child in its own process group sharing MAP_SHARED memory; each child is reaped
+with its status at the end. bash pipelines and a multiprocessing Pool run on too.
+"""
+
+import json
+import os
+import re
+import signal
+
+from harness import (
+    batch,
+    batch_restore,
+    example,
+    read,
+    reap,
+    restore_and_finish,
+    saved_by_pid,
+    uninterrupted,
+    uninterrupted_later,
+)
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+FAMILY_END = "subreaper 1\nzombie exited 7\nworker exited 5\ndoubler exited 13\n"
+
+
+def kill_tree(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    reap(pids)
+
+
+def test_a_family_comes_back_in_a_fresh_gdb(sessions, tmp_path):
+    argv = [example("family"), "12", "5"]
+    want = uninterrupted(argv)
+    assert want.endswith(FAMILY_END), want
+    out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
+    s = sessions()
+    s.start(argv, out, breakpoint="checkpoint_here")
+    text = s.save(img)
+    m = re.search(r"with 3 descendant\(s\) \(([\d, ]+), 1 of them zombies\)", text)
+    assert m, text
+    children = [int(p) for p in m.group(1).split(", ")]
+    assert "cannot be restored" not in text and "another process" not in text, text
+    s.cli("kill")
+    kill_tree(children)
+    r, text, pid = restore_and_finish(sessions, img)
+    assert f"its descendants run on: {', '.join(map(str, children))}" in text, text
+    assert read(out) == want
+
+
+def test_a_family_saved_by_pid_comes_back_headless(tmp_path):
+    argv = [example("family"), "40", "20"]
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
+    saved_by_pid(argv, out, img, r"^step 10:")
+    info = json.loads(batch("info", img, "--json", check=0).stdout)
+    assert [m["exit_status"] for m in info["members"]].count(7 << 8) == 1, info["members"]
+    r = batch_restore(img)
+    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
+    assert read(out) == want()
+    assert read(out).endswith(FAMILY_END)
+
+
+def test_single_saves_the_one_process_and_names_what_it_misses(tmp_path):
+    out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
+    from harness import spawn, wait_for_output
+    p = spawn([example("family"), "400", "20"], out)
+    try:
+        wait_for_output(out, r"^step 3:")
+        r = batch(str(p.pid), "-o", img, "--single", "--json", check=0)
+        done = json.loads(r.stdout.splitlines()[-1])
+        assert done["members"] == []
+        assert any("another process" in n for n in done["not_restorable"]), done
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_bash_pipeline_with_a_while_read_loop_finishes_right(tmp_path):
+    argv = ["/bin/bash", os.path.join(EXAMPLES, "pipeline.sh"), "50"]
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    done = saved_by_pid(argv, out, img, r"^line 12 ")
+    assert len(done["members"]) >= 2, done         # two subshells, and maybe a sleep
+    r = batch_restore(img)
+    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
+    assert read(out) == want()
+    assert read(out).endswith("line 50 sum 1275\npipeline done\n")
+
+
+def test_a_multiprocessing_pool_in_the_middle_of_a_map_finishes_right(tmp_path):
+    argv = ["/usr/bin/python3", os.path.join(EXAMPLES, "pool.py"), "80"]
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    done = saved_by_pid(argv, out, img, r"^result 20 ")
+    assert len(done["members"]) == 2, done
+    r = batch_restore(img)
+    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
+    assert read(out) == want()
+    assert read(out).endswith("result 79 6241\npool done\n")
