@@ -10,7 +10,8 @@
  * The parent is a child subreaper. Each step it asks the worker, asks the
  * shared page, and prints both answers; halfway it calls checkpoint_here()
  * (a breakpoint target). At the end it stops its children and reaps each
- * one, printing its status. The children print nothing.
+ * one, printing its status, and says whether its pid is still the one it
+ * started with (in getpid() and in /proc/self). The children print nothing.
  *
  *   ./family [STEPS] [MS_PER_STEP]
  */
@@ -79,6 +80,7 @@ static void report(const char *who, pid_t pid)
 int main(int argc, char **argv)
 {
 	int steps = argc > 1 ? atoi(argv[1]) : 20;
+	pid_t me = getpid();
 	int ms = argc > 2 ? atoi(argv[2]) : 20;
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	struct shared *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
@@ -127,6 +129,9 @@ int main(int argc, char **argv)
 	int reaper = 0;
 	prctl(PR_GET_CHILD_SUBREAPER, &reaper);
 	printf("subreaper %d\n", reaper);
+	char self[32] = "";
+	readlink("/proc/self", self, sizeof self - 1);
+	printf("own pid kept %d, /proc/self agrees %d\n", getpid() == me, atoi(self) == me);
 	report("zombie", zombie);
 	report("worker", work);
 	report("doubler", dbl);

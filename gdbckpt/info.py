@@ -231,8 +231,8 @@ def tree_summary(members) -> str:
 
 
 def restored_members(members: dict[int, int]) -> str:
-    """'; its descendants run on as pids ...' for a restore's line, or ''."""
+    """'; the rest of its tree: pids ...' for a restore's line, or ''."""
     if not members:
         return ""
-    return "; its descendants run on: " + ", ".join(
+    return "; the rest of its tree: " + ", ".join(
         str(live) if live == saved else f"{saved} as {live}" for saved, live in members.items())

@@ -125,6 +125,7 @@ class Sys(enum.IntEnum):
     prctl = 157
     arch_prctl = 158
     setrlimit = 160
+    mount = 165
     gettid = 186
     futex = 202
     sched_setaffinity = 203

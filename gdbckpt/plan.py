@@ -687,6 +687,8 @@ class Live:
     # shared anonymous memory it maps with others (inode -> whether this one fills it).
     tree_pipes: set[int] = dataclasses.field(default_factory=set)
     tree_shmem: dict[int, bool] = dataclasses.field(default_factory=dict)
+    held_fds: set[int] = dataclasses.field(default_factory=set)   # the stub's own, kept
+                                    # until the descriptors are made (a pidfd of gdbckpt)
 
 
 @dataclasses.dataclass
@@ -828,7 +830,7 @@ class _Builder:
         self.fill = fill
         self.steps: list[Step] = []
         self.warnings: list[str] = []
-        self.fds = _FdAlloc(live.fd_limit, {f.fd for f in img.fds} | (
+        self.fds = _FdAlloc(live.fd_limit, {f.fd for f in img.fds} | live.held_fds | (
             {live.image_fd} if live.image_fd is not None else set()))
         self.stub = [m for m in live.stub_maps if m.kind not in SPECIAL_KINDS
                      and m.kind != Kind.VSYSCALL and m.path != "[stack]"]

@@ -27,6 +27,7 @@ class StubOp(enum.IntEnum):
     XCOMP = 1006
     TAKE_FD = 1007
     FORK = 1008
+    REAP = 1009
 
 
 class StubOpFlags(enum.IntFlag):

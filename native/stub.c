@@ -177,14 +177,17 @@ static long open_at(long path, long flags, long mode, long want, long kind)
 	return r;
 }
 
+/* pid < 0: -pid is a pidfd the stub holds already (of a process its pid namespace
+ * cannot name: gdbckpt's own, for a tree restored in a new one). */
 static long take_fd(long pid, long theirs, long want, long cloexec)
 {
-	long pidfd = stub_syscall(SYS_pidfd_open, pid, 0, 0, 0, 0, 0);
+	long pidfd = pid < 0 ? -pid : stub_syscall(SYS_pidfd_open, pid, 0, 0, 0, 0, 0);
 	if (pidfd < 0)
 		return pidfd;
 	/* The copy comes close-on-exec, at the lowest free number. */
 	long fd = stub_syscall(SYS_pidfd_getfd, pidfd, theirs, 0, 0, 0, 0);
-	stub_syscall(SYS_close, pidfd, 0, 0, 0, 0, 0);
+	if (pid > 0)
+		stub_syscall(SYS_close, pidfd, 0, 0, 0, 0, 0);
 	if (fd < 0)
 		return fd;
 	if (fd == want)
@@ -297,6 +300,22 @@ static long fork_stub(long want)
 	}
 }
 
+#define SYS_wait4 61
+#define SYS_exit_group 231
+#define ECHILD 10
+#define WALL 0x40000000
+
+/* The init of a new pid namespace a tree is restored in: it reaps whatever ends in
+ * it, and ends (and with it the namespace) once nothing is left. */
+static __attribute__((noreturn)) long reap_all(void)
+{
+	for (;;) {
+		long r = stub_syscall(SYS_wait4, -1, 0, WALL, 0, 0, 0);
+		if (r == -ECHILD)
+			stub_syscall(SYS_exit_group, 0, 0, 0, 0, 0, 0);
+	}
+}
+
 static long run_one(struct stub_op *op)
 {
 	long *a = op->arg;
@@ -319,6 +338,8 @@ static long run_one(struct stub_op *op)
 		return take_fd(a[0], a[1], a[2], a[3]);
 	case STUB_OP_FORK:
 		return fork_stub(a[0]);
+	case STUB_OP_REAP:
+		return reap_all();
 	default:
 		return stub_syscall(op->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	}

@@ -23,7 +23,8 @@ from harness import (
 )
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-FAMILY_END = "subreaper 1\nzombie exited 7\nworker exited 5\ndoubler exited 13\n"
+FAMILY_END = ("subreaper 1\nown pid kept 1, /proc/self agrees 1\nzombie exited 7\n"
+              "worker exited 5\ndoubler exited 13\n")
 
 
 def kill_tree(pids: list[int]) -> None:
@@ -50,8 +51,28 @@ def test_a_family_comes_back_in_a_fresh_gdb(sessions, tmp_path):
     s.cli("kill")
     kill_tree(children)
     r, text, pid = restore_and_finish(sessions, img)
-    assert f"its descendants run on: {', '.join(map(str, children))}" in text, text
+    assert f"the rest of its tree: {', '.join(map(str, children))}" in text, text
     assert read(out) == want
+
+
+def test_a_family_whose_pids_are_taken_comes_back_in_a_pid_namespace(sessions, tmp_path):
+    """Saved in GDB and killed there: its children live on, holding their pids. The
+    restore makes the tree in a new pid namespace, where every pid is the saved one."""
+    argv = [example("family"), "12", "5"]
+    want = uninterrupted(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
+    s = sessions()
+    s.start(argv, out, breakpoint="checkpoint_here")
+    text = s.save(img)
+    children = [int(p) for p in re.search(r"descendant\(s\) \(([\d, ]+),", text)[1].split(", ")]
+    s.cli("kill")
+    try:
+        r, text, pid = restore_and_finish(sessions, img)
+        assert "it runs in a new pid namespace" in text, text
+        assert pid not in children and not re.search(rf"\b{pid}\b", " ".join(argv))
+        assert read(out) == want
+    finally:
+        kill_tree(children)
 
 
 def test_a_family_saved_by_pid_comes_back_headless(tmp_path):

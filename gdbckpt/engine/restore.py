@@ -198,20 +198,26 @@ def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -
     plan first; the descendants run on, the root is let go as asked."""
     from . import tree_restore as treemod
     img, t0, phases = p.img, p.t0, p.phases
-    treemod.check_pids(img, _checkpoint_capable())
-    root = _start_stub(img.process.pid, new_session, _image_hand(img))
+    in_ns = treemod.check_pids(img, _checkpoint_capable())
+    hand = _image_hand(img)
+    if in_ns:
+        root, helpers = treemod.start_in_namespace(img, new_session, hand)
+    else:
+        root, helpers = _start_stub(img.process.pid, new_session, hand), []
     stubs = {img.process.pid: root}
     images = [img] + [m for _, m in img.members if m is not None]
     objects = treemod.Objects(images)
     warnings: list[str] = []
     try:
-        if root.pid != img.process.pid:
-            raise RestoreError(f"process {img.process.pid} came back as {root.pid}")
+        if root.inner_pid != img.process.pid:
+            raise RestoreError(f"process {img.process.pid} came back as {root.inner_pid}")
         p.same_ids = True
-        stubs = treemod.make_processes(root, img, os.getpgid(root.pid))
+        made: dict[int, int] = {}
+        stubs = treemod.make_processes(root, img, None if in_ns else os.getpgid(root.pid),
+                                       made)
         phases["start stubs"] = time.perf_counter() - t0
         p.sysv = treemod.sysv_segments(img)
-        objects.pids = {saved: stub.pid for saved, stub in stubs.items()}
+        objects.pids = {saved: stub.inner_pid for saved, stub in stubs.items()}
         shared = treemod.shared_memory(images)
         for one in images:
             stub = stubs[one.process.pid]
@@ -241,12 +247,15 @@ def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -
         phases["process ready"] = time.perf_counter() - t0
     except BaseException:
         objects.close()
-        for stub in reversed(list(stubs.values())):
-            if stub.proc.owned:
-                stub.kill()
+        for stub in reversed(list(stubs.values()) + helpers):
+            stub.kill()
         sysv.remove(p.sysv)
         raise
-    members = {m.pid: m.pid for m, _ in img.members}
+    members = {m.pid: made[m.pid] for m, _ in img.members}
+    if in_ns:
+        warnings.append(f"the tree's pids were taken here: it runs in a new pid namespace, "
+                        f"where its processes have their saved pids; here the root is "
+                        f"{root.pid}")
     return RestoreResult(root.pid, img, root_plan, warnings, time.perf_counter() - t0, phases,
                          tids, p.take_creds, members)
 
@@ -304,14 +313,15 @@ def _live(stub: Stub, p: Prepared, img: Image | None = None, tree_pipes=frozense
         vdso=stub.proc.read(vdso.start, vdso.size) if vdso else None,
         fd_limit=stub.fd_limit(), image_path=p.img.path,
         file_problems=p.files if root else planmod.check_files(img),
-        can_set_exe=_checkpoint_capable(), stub_pid=stub.pid,
+        can_set_exe=_checkpoint_capable(), stub_pid=stub.inner_pid,
         stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")} - {stub.image_fd},
         stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
         has_tty=_has_tty(), fd_checks=p.fds if root else p.member_fds.get(img.process.pid, {}),
         force=p.force, timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
         sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),
         time_offsets=_time_offsets(p), take_creds=take_creds,
-        image_fd=stub.image_fd, tree_pipes=set(tree_pipes), tree_shmem=tree_shmem or {})
+        image_fd=stub.image_fd, tree_pipes=set(tree_pipes), tree_shmem=tree_shmem or {},
+        held_fds={stub.our_pidfd} if stub.our_pidfd is not None else set())
 
 
 def _time_offsets(p: Prepared) -> tuple[int, int] | None:
@@ -396,6 +406,7 @@ class _Executor:
         for (index, _), ret in zip(batch, results, strict=False):
             step = self.plan.steps[index]
             if isinstance(step, planmod.CloneThread):
+                ret = self.stub.outer(ret)
                 self.stub.scratch.tids[step.state.tid] = ret
                 self._check_setup(index, step)
                 self.stub.take_thread(ret)
@@ -440,11 +451,13 @@ class _Executor:
             elif isinstance(step, planmod.TakeFrom):
                 self._take(i, self.objects.pid_of(step.pid), step.theirs, step.fd, step.cloexec)
             elif isinstance(step, planmod.TakeShared):
-                self._take(i, os.getpid(), self.objects.shmem(step.inode), step.fd, False)
+                self._take(i, None, self.objects.shmem(step.inode), step.fd, False)
         except CkptError as e:
             raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
 
-    def _take(self, index: int, pid: int, theirs: int, fd: int, cloexec: bool) -> None:
+    def _take(self, index: int, pid: int | None, theirs: int, fd: int, cloexec: bool) -> None:
+        """The stub takes a copy of fd theirs of process pid (None: ours)."""
+        pid = self.stub.source() if pid is None else pid
         try:
             self.stub.run([(index, planmod.Op(StubOp.TAKE_FD, (pid, theirs, fd, int(cloexec))))])
         except OpFailed as e:
@@ -468,7 +481,7 @@ class _Executor:
     def _hand_over(self, index: int, step: planmod.MakeFds, ours: list[int],
                    warnings: list[str]) -> None:
         try:
-            me = os.getpid()
+            me = self.stub.source()
             batch = [(index, planmod.Op(StubOp.TAKE_FD, (me, mine, fd, cloexec)))
                      for mine, fd, info in zip(ours, step.fds, step.infos, strict=True)
                      if fd >= 0 and mine >= 0

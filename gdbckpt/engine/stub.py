@@ -76,6 +76,25 @@ class Stub:
         self.scratch = Scratch(scratch, DATA_AREA)
         self.ops_at = scratch + DATA_AREA
         self._written = 0
+        self.image_fd = None
+        # In a pid namespace of its own (a tree whose pids are taken here): its pids
+        # there, and a pidfd of gdbckpt it holds for TAKE_FD (it cannot name our pid).
+        self.in_ns = False
+        self.inner_pid = pid
+        self.our_pidfd: int | None = None
+
+    def source(self) -> int:
+        """TAKE_FD's first argument for a descriptor of gdbckpt's own process."""
+        return -self.our_pidfd if self.our_pidfd is not None else os.getpid()
+
+    def outer(self, inner: int) -> int:
+        """Our pid for a thread of this stub that it knows as inner."""
+        if not self.in_ns:
+            return inner
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            if _ns_pids(f"/proc/{self.pid}/task/{tid}")[-1:] == [inner]:
+                return int(tid)
+        raise RestoreError(f"thread {inner} of process {self.inner_pid} is not to be found")
 
     @classmethod
     def start(cls, want_pid: int = 0, new_session: bool = False,
@@ -104,10 +123,11 @@ class Stub:
         """A child of this stub, made before any op changed it: a copy, parked and seized,
         with pid want_pid if not 0 (a process of a saved tree)."""
         try:
-            _, (pid,) = self.run([(0, Op(StubOp.FORK, (want_pid,)))])
+            _, (inner,) = self.run([(0, Op(StubOp.FORK, (want_pid,)))])
         except OpFailed as e:
             raise RestoreError(f"cannot make process {want_pid or ''} of the tree: "
                                f"{os.strerror(e.errno)}") from None
+        pid = self._child(inner)
         with deferred_signals():
             try:
                 ptrace.seize(pid, TRACE_OPTIONS)
@@ -123,8 +143,38 @@ class Stub:
         child.call_at, child.trap_at, child.stack_top = self.call_at, self.trap_at, self.stack_top
         child.scratch = Scratch(self.scratch.base, DATA_AREA)
         child.ops_at, child._written = self.ops_at, 0
-        child.image_fd = self.image_fd
+        child.image_fd, child.our_pidfd = self.image_fd, self.our_pidfd
+        child.in_ns = self.in_ns or self.unshared
+        child.inner_pid = _ns_pids(f"/proc/{pid}")[-1] if child.in_ns else pid
         return child
+
+    unshared = False        # made a new pid namespace for its children to be in
+
+    def _child(self, inner: int) -> int:
+        """Our pid for the child that this stub knows as inner."""
+        if not self.in_ns:
+            return inner        # the stub sees our pids (if unshared, only its children not)
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{tid}/children") as f:
+                for child in f.read().split():
+                    if _ns_pids(f"/proc/{child}")[-1:] == [inner]:
+                        return int(child)
+        raise RestoreError(f"the child {inner} of the restart stub is not to be found")
+
+    def run_detached(self, ops: list[Op]) -> None:
+        """Let the stub go, running ops that never end (the init of a pid namespace)."""
+        self._flush_scratch()
+        blob = b"".join(STUB_OP.pack(op.nr, *op.args, *([0] * (6 - len(op.args))),
+                                     int(op.flags), 0) for op in ops)
+        self.proc.write(self.ops_at, blob)
+        self.proc.close()
+        regs = self.proc.regs(self.pid)
+        regs.update(rip=self.call_at, rdi=self.ops_at, rsi=len(ops), rsp=self.stack_top,
+                    rax=0, orig_rax=-1)
+        self.proc.set_regs(regs, self.pid)
+        ptrace.set_options(self.pid, ptrace.Opt.TRACESYSGOOD)      # no EXITKILL any more
+        ptrace.detach(self.pid)
+        self.proc.owned = False
 
     def end_with(self, status: int, ops: list[Op]) -> None:
         """Run ops that end the stub (a zombie of the tree: exit, or a signal) and take
@@ -262,6 +312,18 @@ class Stub:
         if len(data) > self._written:
             self.proc.write(self.scratch.base + self._written, data[self._written:])
             self._written = len(data)
+
+
+def _ns_pids(base: str) -> list[int]:
+    """NSpid from base/status: the ids of a task in each pid namespace, ours first."""
+    try:
+        with open(f"{base}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except OSError:
+        pass
+    return []
 
 
 def _wait_event_stop(tid: int) -> None:

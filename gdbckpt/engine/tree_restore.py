@@ -26,7 +26,7 @@ from ..image import Image
 from ..image.model import FdInfo, Member
 from ..linux import SIGCHLD, Sys
 from ..maps import Kind
-from ..stubabi import StubOpFlags
+from ..stubabi import StubOp, StubOpFlags
 from .stub import Stub
 
 SIG_UNBLOCK = 1
@@ -137,24 +137,71 @@ def shared_memory(images: list[Image]) -> set[int]:
     return {inode for inode, pids in seen.items() if len(pids) > 1}
 
 
-def check_pids(img: Image, capable: bool) -> None:
-    """A tree comes back only with the pids it had: its processes know one another's."""
+def check_pids(img: Image, capable: bool) -> bool:
+    """A tree comes back only with the pids it had: its processes know one another's.
+    True when they are taken here: the tree then gets a pid namespace of its own."""
     pids = [t.tid for t in img.threads] + [m.pid for m, _ in img.members] + \
         [t.tid for _, i in img.members if i is not None for t in i.threads[1:]]
     if not capable:
         raise RestoreError(f"a saved tree ({1 + len(img.members)} processes) needs its pids "
                            "back, which takes root or CAP_CHECKPOINT_RESTORE; save with "
                            "--single to restore the one process elsewhere")
-    taken = [p for p in pids if os.path.exists(f"/proc/{p}")]
-    if taken:
-        raise RestoreError(f"the saved tree's ids {', '.join(map(str, taken[:8]))} are in use "
-                           "now (is the saved tree still running?); a tree comes back only "
-                           "with the pids it had")
+    return any(os.path.exists(f"/proc/{p}") for p in pids)
 
 
-def make_processes(root: Stub, img: Image, root_pgid: int) -> dict[int, Stub]:
+CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+
+
+def start_in_namespace(img: Image, new_session: bool, hand) -> tuple[Stub, list[Stub]]:
+    """The root's stub as its saved pid in a new pid namespace, whose init (a stub
+    that reaps) runs in a new mount namespace with the namespace's own /proc: the
+    tree sees its own pids everywhere. Returns the root and the init."""
+    outer = Stub.start(0, new_session=new_session, hand=hand)
+    init = None
+    try:
+        # A pidfd of ours, for TAKE_FD: the namespace cannot name our pid.
+        number = _free_number(img, hand[1])
+        ours = os.pidfd_open(os.getpid())
+        try:
+            outer.run([(0, planmod.Op(StubOp.TAKE_FD, (os.getpid(), ours, number, 0)))])
+        finally:
+            os.close(ours)
+        outer.our_pidfd = number
+        _call(outer, Sys.unshare, CLONE_NEWPID)
+        outer.unshared = True
+        init = outer.fork(0)
+        s = init.scratch
+        for nr, args in ((Sys.unshare, (CLONE_NEWNS,)),
+                         (Sys.mount, (0, s.cstr("/"), 0, MS_REC | MS_PRIVATE, 0)),
+                         (Sys.mount, (s.cstr("proc"), s.cstr("/proc"), s.cstr("proc"),
+                                      MS_NOSUID | MS_NODEV | MS_NOEXEC, 0))):
+            _call(init, nr, *args)
+        root = init.fork(img.process.pid)
+        init.run_detached([planmod.Op(StubOp.REAP, ())])
+    except BaseException:
+        for stub in (init, outer):
+            if stub is not None:
+                stub.kill()
+        raise
+    outer.kill()            # the init goes on, a child of whoever reaps orphans here
+    return root, [init]
+
+
+def _free_number(img: Image, below: int) -> int:
+    taken = {f.fd for i in [img] + [m for _, m in img.members if m] for f in i.fds}
+    number = below - 1
+    while number in taken:
+        number -= 1
+    return number
+
+
+def make_processes(root: Stub, img: Image, root_pgid: int | None,
+                   made: dict[int, int]) -> dict[int, Stub]:
     """One stub per process of the tree, forked by its parent's stub with its saved
-    pid, in its session and process group; zombies end with their saved status."""
+    pid, in its session and process group; zombies end with their saved status.
+    root_pgid: the root's group now, if the processes can name it. made: saved pid ->
+    our pid, for every process made (zombies included)."""
     stubs = {img.process.pid: root}
     for m, _ in img.members:
         parent = stubs.get(m.ppid)
@@ -162,8 +209,9 @@ def make_processes(root: Stub, img: Image, root_pgid: int) -> dict[int, Stub]:
             raise RestoreError(f"the image's process {m.pid} has parent {m.ppid}, which is "
                                "not restored before it")
         stubs[m.pid] = child = parent.fork(m.pid)
-        if child.pid != m.pid:
-            raise RestoreError(f"process {m.pid} of the tree came back as {child.pid}")
+        made[m.pid] = child.pid
+        if child.inner_pid != m.pid:
+            raise RestoreError(f"process {m.pid} of the tree came back as {child.inner_pid}")
         if m.sid == m.pid:
             _call(child, Sys.setsid)
     members = [m for m, _ in img.members]
@@ -175,7 +223,7 @@ def make_processes(root: Stub, img: Image, root_pgid: int) -> dict[int, Stub]:
             _call(stubs[m.pid], Sys.setpgid, 0, 0)
         elif m.pgid in stubs and m.pgid != img.process.pid:
             _call(stubs[m.pid], Sys.setpgid, 0, m.pgid)
-        elif m.pgid == img.process.pgid:
+        elif m.pgid == img.process.pgid and root_pgid is not None:
             _call(stubs[m.pid], Sys.setpgid, 0, root_pgid)
     for m in members:
         if m.exit_status is not None:
@@ -200,7 +248,7 @@ def _ending(stub: Stub, m: Member) -> list[planmod.Op]:
     mask = stub.scratch.put(SIGSET.pack(1 << (sig - 1)))
     return [planmod.Op(Sys.prctl, (4, 0)),             # PR_SET_DUMPABLE 0: no core
             planmod.Op(Sys.rt_sigprocmask, (SIG_UNBLOCK, mask, 0, 8)),
-            planmod.Op(Sys.kill, (stub.pid, sig))]
+            planmod.Op(Sys.kill, (stub.inner_pid, sig))]
 
 
 def _drain_sigchld(stub: Stub) -> None:
