@@ -128,6 +128,23 @@ def calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
     return out
 
 
+def keep_only_calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
+    """The system calls that leave a thread with only c's capabilities, its ids
+    unchanged: for a restore in a user namespace of its own, where the stub had every
+    capability (of that namespace only) to choose pids and mount /proc."""
+    out: list[tuple[int, object, bytes | None]] = []
+    for cap in range(cap_last() + 1):
+        if not c.bounding >> cap & 1:
+            out.append((Sys.prctl, (PR_CAPBSET_DROP, cap), None))
+    data = b"".join(CAP_DATA.pack(c.effective >> k & 0xFFFFFFFF, c.permitted >> k & 0xFFFFFFFF,
+                                  c.inheritable >> k & 0xFFFFFFFF) for k in (0, 32))
+    out.append((Sys.capset, lambda at: (at, at + CAP_HEADER.size),
+                CAP_HEADER.pack(CAP_V3, 0) + data))
+    out += [(Sys.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap), None)
+            for cap in range(cap_last() + 1) if c.ambient >> cap & 1]
+    return out
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 

@@ -152,6 +152,7 @@ class Sys(enum.IntEnum):
     pidfd_getfd = 438
     rseq = 334
     clone3 = 435
+    close_range = 436
 
 
 class Restart(enum.IntEnum):

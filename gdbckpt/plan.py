@@ -627,6 +627,17 @@ class TakeCredentials(Step):
 
 
 @dataclasses.dataclass(frozen=True)
+class KeepOnlyCaps(Step):
+    """In a user namespace of its own, every thread drops the capabilities the stub had
+    there, keeping only the saved ones (its ids are the saved ones already)."""
+    creds: Credentials = None
+    python = True
+
+    def describe(self):
+        return f"every thread keeps only the saved capabilities ({self.creds.effective:#x})"
+
+
+@dataclasses.dataclass(frozen=True)
 class DropStub(Step):
     """Remove the stub's own mappings, by a system call injected in the restored code."""
     ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)
@@ -687,6 +698,7 @@ class Live:
     # shared anonymous memory it maps with others (inode -> whether this one fills it).
     tree_pipes: set[int] = dataclasses.field(default_factory=set)
     tree_shmem: dict[int, bool] = dataclasses.field(default_factory=dict)
+    userns: bool = False            # the stub is in a user namespace of its own
     held_fds: set[int] = dataclasses.field(default_factory=set)   # the stub's own, kept
                                     # until the descriptors are made (a pidfd of gdbckpt)
 
@@ -1347,6 +1359,8 @@ class _Builder:
                                      fields=self.mm_fields))
         if self.live.take_creds:
             self.steps.append(TakeCredentials(creds=self.img.process.creds))
+        elif self.live.userns and self.img.process.creds is not None:
+            self.steps.append(KeepOnlyCaps(creds=self.img.process.creds))
 
     def _xcomp_perm(self) -> int:
         """The dynamic XSAVE features the process was permitted, that must be asked for."""

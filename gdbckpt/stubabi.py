@@ -28,6 +28,7 @@ class StubOp(enum.IntEnum):
     TAKE_FD = 1007
     FORK = 1008
     REAP = 1009
+    RECV_FD = 1010
 
 
 class StubOpFlags(enum.IntFlag):

@@ -177,24 +177,56 @@ static long open_at(long path, long flags, long mode, long want, long kind)
 	return r;
 }
 
-/* pid < 0: -pid is a pidfd the stub holds already (of a process its pid namespace
- * cannot name: gdbckpt's own, for a tree restored in a new one). */
-static long take_fd(long pid, long theirs, long want, long cloexec)
+/* Move fd (close-on-exec) to want, with close-on-exec as asked. */
+static long move_fd(long fd, long want, long cloexec)
 {
-	long pidfd = pid < 0 ? -pid : stub_syscall(SYS_pidfd_open, pid, 0, 0, 0, 0, 0);
-	if (pidfd < 0)
-		return pidfd;
-	/* The copy comes close-on-exec, at the lowest free number. */
-	long fd = stub_syscall(SYS_pidfd_getfd, pidfd, theirs, 0, 0, 0, 0);
-	if (pid > 0)
-		stub_syscall(SYS_close, pidfd, 0, 0, 0, 0, 0);
-	if (fd < 0)
-		return fd;
 	if (fd == want)
 		return cloexec ? fd : stub_syscall(SYS_fcntl, fd, F_SETFD, 0, 0, 0, 0) ?: fd;
 	long r = stub_syscall(SYS_dup3, fd, want, cloexec ? O_CLOEXEC : 0, 0, 0, 0);
 	stub_syscall(SYS_close, fd, 0, 0, 0, 0, 0);
 	return r;
+}
+
+static long take_fd(long pid, long theirs, long want, long cloexec)
+{
+	long pidfd = stub_syscall(SYS_pidfd_open, pid, 0, 0, 0, 0, 0);
+	if (pidfd < 0)
+		return pidfd;
+	/* The copy comes close-on-exec, at the lowest free number. */
+	long fd = stub_syscall(SYS_pidfd_getfd, pidfd, theirs, 0, 0, 0, 0);
+	stub_syscall(SYS_close, pidfd, 0, 0, 0, 0, 0);
+	if (fd < 0)
+		return fd;
+	return move_fd(fd, want, cloexec);
+}
+
+#define SYS_recvmsg 47
+#define MSG_CMSG_CLOEXEC 0x40000000
+#define SCM_RIGHTS 1
+#define EBADMSG 74
+
+struct iovec_ { void *base; unsigned long len; };
+struct msghdr_ {
+	void *name; int namelen; struct iovec_ *iov; unsigned long iovlen;
+	void *control; unsigned long controllen; int flags;
+};
+
+/* The next descriptor gdbckpt sends on the socket sock (SCM_RIGHTS), moved to want:
+ * how a stub in a user namespace of its own gets gdbckpt's objects (pidfd_getfd of a
+ * process outside that namespace is refused). */
+static long recv_fd(long sock, long want, long cloexec)
+{
+	char byte;
+	struct iovec_ iov = { &byte, 1 };
+	unsigned long control[4] = { 0 };	/* a cmsghdr (16 bytes) and one int, aligned */
+	struct msghdr_ msg = { 0, 0, &iov, 1, control, sizeof control, 0 };
+	long n = stub_syscall(SYS_recvmsg, sock, (long)&msg, MSG_CMSG_CLOEXEC, 0, 0, 0);
+	if (n < 0)
+		return n;
+	int *head = (int *)control;	/* len (8 bytes), level, type */
+	if (msg.controllen < 20 || head[3] != SCM_RIGHTS)
+		return -EBADMSG;
+	return move_fd(head[4], want, cloexec);
 }
 
 static long wait_started(long slot, long tid)
@@ -340,6 +372,8 @@ static long run_one(struct stub_op *op)
 		return fork_stub(a[0]);
 	case STUB_OP_REAP:
 		return reap_all();
+	case STUB_OP_RECV_FD:
+		return recv_fd(a[0], a[1], a[2]);
 	default:
 		return stub_syscall(op->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	}

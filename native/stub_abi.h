@@ -29,7 +29,7 @@
 				   * XSAVE feature (if not 0), then make the kernel give this
 				   * thread room for the features in the mask */
 
-#define STUB_OP_TAKE_FD    1007 /* pid (< 0: -pidfd held), its fd, fd, cloexec: take a copy of another process's
+#define STUB_OP_TAKE_FD    1007 /* pid, its fd, fd, cloexec: take a copy of another process's
 				   * open file (pidfd_getfd) and move it to fd; gdbckpt makes
 				   * pipes, sockets and the like in its own process first */
 
@@ -38,6 +38,9 @@
 
 #define STUB_OP_REAP       1009 /* reap every child that ends, and exit once none is left
 				   * (the init of a new pid namespace); never returns */
+
+#define STUB_OP_RECV_FD    1010 /* socket, fd, cloexec: the next descriptor gdbckpt sends on
+				   * the socket (SCM_RIGHTS), moved to fd */
 
 #define STUB_OPF_IGNORE_ERROR 1 /* a failure is recorded in ret but does not stop the run */
 

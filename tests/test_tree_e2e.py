@@ -9,8 +9,10 @@ import json
 import os
 import re
 import signal
+import subprocess
 
 from harness import (
+    NOBODY,
     batch,
     batch_restore,
     example,
@@ -18,8 +20,11 @@ from harness import (
     reap,
     restore_and_finish,
     saved_by_pid,
+    spawn,
     uninterrupted,
     uninterrupted_later,
+    wait_for_output,
+    wait_gone,
 )
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
@@ -90,7 +95,6 @@ def test_a_family_saved_by_pid_comes_back_headless(tmp_path):
 
 def test_single_saves_the_one_process_and_names_what_it_misses(tmp_path):
     out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
-    from harness import spawn, wait_for_output
     p = spawn([example("family"), "400", "20"], out)
     try:
         wait_for_output(out, r"^step 3:")
@@ -125,3 +129,32 @@ def test_a_multiprocessing_pool_in_the_middle_of_a_map_finishes_right(tmp_path):
     reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
     assert read(out) == want()
     assert read(out).endswith("result 79 6241\npool done\n")
+
+
+def test_an_unprivileged_tree_whose_pids_are_taken_sees_its_own_pids(shared_dir):
+    """As nobody: the saved tree stays (stopped), holding its pids; the restore makes a
+    user and pid namespace where every pid is the saved one, and no capability is left."""
+    argv = [example("family"), "40", "25"]
+    want = uninterrupted(argv)
+    out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "f.img")
+    p = subprocess.Popen([*NOBODY, "sh", "-c", f'exec "$0" "$@" > {out}', *argv],
+                         stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    members = []
+    try:
+        wait_for_output(out, r"^step 5:")
+        done = json.loads(batch(str(p.pid), "-o", img, "--stop", "--json", prefix=NOBODY,
+                                check=0).stdout.splitlines()[-1])
+        members = done["members"]
+        r = batch("restore", img, "--json", prefix=NOBODY, check=0)
+        restored = json.loads(r.stdout.splitlines()[-1])
+        assert "user namespace, where its processes have their saved pids" in r.stdout
+        with open(f"/proc/{restored['pid']}/status") as f:
+            status = f.read()
+        assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+        assert re.search(r"^CapPrm:\s+0+$", status, re.M), status
+        wait_gone(restored["pid"])
+        assert read(out) == want
+    finally:
+        p.kill()
+        p.wait()
+        kill_tree(members)

@@ -198,10 +198,11 @@ def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -
     plan first; the descendants run on, the root is let go as asked."""
     from . import tree_restore as treemod
     img, t0, phases = p.img, p.t0, p.phases
-    in_ns = treemod.check_pids(img, _checkpoint_capable())
+    capable = _checkpoint_capable()
+    in_ns = treemod.check_pids(img) or not capable
     hand = _image_hand(img)
     if in_ns:
-        root, helpers = treemod.start_in_namespace(img, new_session, hand)
+        root, helpers = treemod.start_in_namespace(img, new_session, hand, userns=not capable)
     else:
         root, helpers = _start_stub(img.process.pid, new_session, hand), []
     stubs = {img.process.pid: root}
@@ -253,9 +254,10 @@ def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -
         raise
     members = {m.pid: made[m.pid] for m, _ in img.members}
     if in_ns:
-        warnings.append(f"the tree's pids were taken here: it runs in a new pid namespace, "
-                        f"where its processes have their saved pids; here the root is "
-                        f"{root.pid}")
+        why = "were taken here" if capable else "cannot be chosen without privilege"
+        warnings.append(f"the tree's pids {why}: it runs in a new pid namespace"
+                        f"{'' if capable else ' and user namespace'}, where its processes "
+                        f"have their saved pids; here the root is {root.pid}")
     return RestoreResult(root.pid, img, root_plan, warnings, time.perf_counter() - t0, phases,
                          tids, p.take_creds, members)
 
@@ -313,7 +315,7 @@ def _live(stub: Stub, p: Prepared, img: Image | None = None, tree_pipes=frozense
         vdso=stub.proc.read(vdso.start, vdso.size) if vdso else None,
         fd_limit=stub.fd_limit(), image_path=p.img.path,
         file_problems=p.files if root else planmod.check_files(img),
-        can_set_exe=_checkpoint_capable(), stub_pid=stub.inner_pid,
+        can_set_exe=_checkpoint_capable() or stub.userns, stub_pid=stub.inner_pid,
         stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")} - {stub.image_fd},
         stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
         has_tty=_has_tty(), fd_checks=p.fds if root else p.member_fds.get(img.process.pid, {}),
@@ -321,7 +323,8 @@ def _live(stub: Stub, p: Prepared, img: Image | None = None, tree_pipes=frozense
         sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),
         time_offsets=_time_offsets(p), take_creds=take_creds,
         image_fd=stub.image_fd, tree_pipes=set(tree_pipes), tree_shmem=tree_shmem or {},
-        held_fds={stub.our_pidfd} if stub.our_pidfd is not None else set())
+        held_fds={stub.channel[1]} if stub.channel is not None else set(),
+        userns=stub.userns)
 
 
 def _time_offsets(p: Prepared) -> tuple[int, int] | None:
@@ -445,7 +448,9 @@ class _Executor:
             elif isinstance(step, planmod.SetExe):
                 self._set_exe(step)
             elif isinstance(step, planmod.TakeCredentials):
-                self._take_credentials(step.creds)
+                self._take_credentials(credsmod.calls(step.creds))
+            elif isinstance(step, planmod.KeepOnlyCaps):
+                self._take_credentials(credsmod.keep_only_calls(step.creds))
             elif isinstance(step, planmod.MakeFds):
                 self._make_fds(i, step)
             elif isinstance(step, planmod.TakeFrom):
@@ -457,9 +462,12 @@ class _Executor:
 
     def _take(self, index: int, pid: int | None, theirs: int, fd: int, cloexec: bool) -> None:
         """The stub takes a copy of fd theirs of process pid (None: ours)."""
-        pid = self.stub.source() if pid is None else pid
         try:
-            self.stub.run([(index, planmod.Op(StubOp.TAKE_FD, (pid, theirs, fd, int(cloexec))))])
+            if pid is None:
+                self.stub.give(index, [(theirs, fd, cloexec)])
+            else:
+                self.stub.run([(index, planmod.Op(StubOp.TAKE_FD,
+                                                  (pid, theirs, fd, int(cloexec))))])
         except OpFailed as e:
             raise RestoreError(str(e)) from None
 
@@ -481,12 +489,10 @@ class _Executor:
     def _hand_over(self, index: int, step: planmod.MakeFds, ours: list[int],
                    warnings: list[str]) -> None:
         try:
-            me = self.stub.source()
-            batch = [(index, planmod.Op(StubOp.TAKE_FD, (me, mine, fd, cloexec)))
-                     for mine, fd, info in zip(ours, step.fds, step.infos, strict=True)
-                     if fd >= 0 and mine >= 0
-                     for cloexec in [int(bool(info.flags & fdsmod.O_CLOEXEC))]]
-            self.stub.run(batch)
+            self.stub.give(index, [(mine, fd, bool(info.flags & fdsmod.O_CLOEXEC))
+                                   for mine, fd, info in zip(ours, step.fds, step.infos,
+                                                             strict=True)
+                                   if fd >= 0 and mine >= 0])
         except OpFailed as e:
             raise RestoreError(str(e)) from None
         finally:
@@ -558,12 +564,12 @@ class _Executor:
             self.proc.syscall_ok(Sys.munmap, start, end - start,
                                  what=f"munmap of the stub at {start:#x}")
 
-    def _take_credentials(self, creds) -> None:
+    def _take_credentials(self, calls) -> None:
         """Each thread makes the calls itself (credentials are per thread), the leader
         last; any that fails fails the restore: never more than the saved process had."""
         tids = sorted(set(self.stub.scratch.tids.values()), key=lambda t: t == self.stub.pid)
         for tid in tids:
-            for nr, args, data in credsmod.calls(creds):
+            for nr, args, data in calls:
                 if data is None:
                     ret = self.proc.syscall(nr, *args, tid=tid)
                 else:

@@ -13,6 +13,7 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import struct
 
 from .. import native
@@ -77,15 +78,28 @@ class Stub:
         self.ops_at = scratch + DATA_AREA
         self._written = 0
         self.image_fd = None
-        # In a pid namespace of its own (a tree whose pids are taken here): its pids
-        # there, and a pidfd of gdbckpt it holds for TAKE_FD (it cannot name our pid).
+        # In a pid namespace of its own (a tree whose pids are taken here): its pid
+        # there, and a socket to gdbckpt (ours, its fd number) that our descriptors come
+        # through: it cannot name our pid, nor (in a user namespace) take from us.
         self.in_ns = False
+        self.userns = False         # ... and a user namespace (an unprivileged restore)
         self.inner_pid = pid
-        self.our_pidfd: int | None = None
+        self.channel: tuple[socket.socket, int] | None = None
 
-    def source(self) -> int:
-        """TAKE_FD's first argument for a descriptor of gdbckpt's own process."""
-        return -self.our_pidfd if self.our_pidfd is not None else os.getpid()
+    def give(self, index: int, items: list[tuple[int, int, bool]]) -> None:
+        """Copies of our descriptors, at their numbers in the stub: (ours, fd, cloexec)
+        each. Raises OpFailed (tagged with the step index)."""
+        if self.channel is None:
+            me = os.getpid()
+            batch = [(index, Op(StubOp.TAKE_FD, (me, ours, fd, int(cloexec))))
+                     for ours, fd, cloexec in items]
+        else:
+            sock, theirs = self.channel
+            for ours, _, _ in items:
+                socket.send_fds(sock, [b"\0"], [ours])
+            batch = [(index, Op(StubOp.RECV_FD, (theirs, fd, int(cloexec))))
+                     for _, fd, cloexec in items]
+        self.run(batch)
 
     def outer(self, inner: int) -> int:
         """Our pid for a thread of this stub that it knows as inner."""
@@ -143,8 +157,9 @@ class Stub:
         child.call_at, child.trap_at, child.stack_top = self.call_at, self.trap_at, self.stack_top
         child.scratch = Scratch(self.scratch.base, DATA_AREA)
         child.ops_at, child._written = self.ops_at, 0
-        child.image_fd, child.our_pidfd = self.image_fd, self.our_pidfd
+        child.image_fd, child.channel = self.image_fd, self.channel
         child.in_ns = self.in_ns or self.unshared
+        child.userns = self.userns
         child.inner_pid = _ns_pids(f"/proc/{pid}")[-1] if child.in_ns else pid
         return child
 

@@ -15,6 +15,7 @@ as a single restore lets it go.
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 from .. import creds as credsmod
@@ -137,39 +138,39 @@ def shared_memory(images: list[Image]) -> set[int]:
     return {inode for inode, pids in seen.items() if len(pids) > 1}
 
 
-def check_pids(img: Image, capable: bool) -> bool:
+def check_pids(img: Image) -> bool:
     """A tree comes back only with the pids it had: its processes know one another's.
     True when they are taken here: the tree then gets a pid namespace of its own."""
     pids = [t.tid for t in img.threads] + [m.pid for m, _ in img.members] + \
         [t.tid for _, i in img.members if i is not None for t in i.threads[1:]]
-    if not capable:
-        raise RestoreError(f"a saved tree ({1 + len(img.members)} processes) needs its pids "
-                           "back, which takes root or CAP_CHECKPOINT_RESTORE; save with "
-                           "--single to restore the one process elsewhere")
     return any(os.path.exists(f"/proc/{p}") for p in pids)
 
 
-CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
 
 
-def start_in_namespace(img: Image, new_session: bool, hand) -> tuple[Stub, list[Stub]]:
+def start_in_namespace(img: Image, new_session: bool, hand,
+                       userns: bool = False) -> tuple[Stub, list[Stub]]:
     """The root's stub as its saved pid in a new pid namespace, whose init (a stub
     that reaps) runs in a new mount namespace with the namespace's own /proc: the
-    tree sees its own pids everywhere. Returns the root and the init."""
+    tree sees its own pids everywhere. userns (a restorer without privilege): in a new
+    user namespace too, mapping only the restorer's own ids, where the stubs may choose
+    pids; each process keeps only its saved capabilities at the end (KeepOnlyCaps).
+    Returns the root and the init."""
     outer = Stub.start(0, new_session=new_session, hand=hand)
     init = None
     try:
-        # A pidfd of ours, for TAKE_FD: the namespace cannot name our pid.
+        # A socket our descriptors go through: the namespace cannot name our pid.
         number = _free_number(img, hand[1])
-        ours = os.pidfd_open(os.getpid())
-        try:
-            outer.run([(0, planmod.Op(StubOp.TAKE_FD, (os.getpid(), ours, number, 0)))])
-        finally:
-            os.close(ours)
-        outer.our_pidfd = number
-        _call(outer, Sys.unshare, CLONE_NEWPID)
-        outer.unshared = True
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            outer.give(0, [(theirs.fileno(), number, True)])
+        outer.channel = (ours, number)
+        _call(outer, Sys.unshare, CLONE_NEWPID | (CLONE_NEWUSER if userns else 0))
+        if userns:
+            _map_own_ids(outer.pid)
+        outer.unshared, outer.userns = True, userns
         init = outer.fork(0)
         s = init.scratch
         for nr, args in ((Sys.unshare, (CLONE_NEWNS,)),
@@ -178,7 +179,10 @@ def start_in_namespace(img: Image, new_session: bool, hand) -> tuple[Stub, list[
                                       MS_NOSUID | MS_NODEV | MS_NOEXEC, 0))):
             _call(init, nr, *args)
         root = init.fork(img.process.pid)
-        init.run_detached([planmod.Op(StubOp.REAP, ())])
+        # The init holds nothing: the session's stdout kept open would keep a caller
+        # that reads it waiting for the whole tree.
+        init.run_detached([planmod.Op(Sys.close_range, (0, 0xFFFFFFFF, 0)),
+                           planmod.Op(StubOp.REAP, ())])
     except BaseException:
         for stub in (init, outer):
             if stub is not None:
@@ -186,6 +190,18 @@ def start_in_namespace(img: Image, new_session: bool, hand) -> tuple[Stub, list[
         raise
     outer.kill()            # the init goes on, a child of whoever reaps orphans here
     return root, [init]
+
+
+def _map_own_ids(pid: int) -> None:
+    """The restorer's uid and gid, and only those, the same inside as outside."""
+    try:
+        for name, text in (("uid_map", f"{os.getuid()} {os.getuid()} 1"),
+                           ("setgroups", "deny"), ("gid_map", f"{os.getgid()} {os.getgid()} 1")):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
+    except OSError as e:
+        raise RestoreError(f"cannot set up a user namespace for the tree: {e.strerror}") \
+            from None
 
 
 def _free_number(img: Image, below: int) -> int:
