@@ -261,8 +261,9 @@ def save_once(pid: int, name: str, path: str, args, advance, after: str):
         tree.release(members, stop=after == "stopped")
         proc.release(stop=after == "stopped")
     if after == "killed":
-        for p in [pid] + [m.pid for m in members]:
-            _wait_reaped(p)
+        # Only the root: its children go to whoever reaps orphans here, maybe slowly (a
+        # tree whose pids are still taken comes back in a pid namespace of its own).
+        _wait_reaped(pid)
     return result
 
 

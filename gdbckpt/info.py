@@ -119,8 +119,9 @@ ALWAYS_LOST = (
     "credentials and capabilities when the restorer is not root (the process then runs "
     "with the restorer's, who must be the saved user), "
     "namespaces, cgroups, seccomp filters, scheduling policy",
-    "the pid and thread ids, unless the restore may choose them (root, or "
-    "CAP_CHECKPOINT_RESTORE, and the old ids free)",
+    "a single process's pid and thread ids, unless the restore may choose them (root, or "
+    "CAP_CHECKPOINT_RESTORE, and the old ids free); a tree keeps its own, in a pid "
+    "namespace of its own where they are taken or cannot be chosen",
 )
 
 

@@ -247,6 +247,18 @@ class TakeShared(Step):
 
 
 @dataclasses.dataclass(frozen=True)
+class Member(Step):
+    """In a printed plan of a tree: the steps after this one are another process's,
+    forked by its parent's stub before any step ran."""
+    pid: int = 0
+    ppid: int = 0
+    python = True
+
+    def describe(self):
+        return f"--- process {self.pid}, child of {self.ppid}, in its own stub:"
+
+
+@dataclasses.dataclass(frozen=True)
 class TreeAttrs(Step):
     """Being a child subreaper, and the parent-death signal."""
     subreaper: bool = False

@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 
 from gdbckpt.image import format as fmt
@@ -217,6 +218,8 @@ def saved_by_pid(argv: list[str], out: str, img: str, ready: str, *opts: str) ->
     p = spawn(argv, out)
     try:
         wait_for_output(out, ready)
+        # Reaped the moment it is killed: the batch waits until its pid is free.
+        threading.Thread(target=p.wait, daemon=True).start()
         r = batch(str(p.pid), "-o", img, "--kill", "--json", *opts, check=0)
         done = json.loads(r.stdout.splitlines()[-1])
     finally:

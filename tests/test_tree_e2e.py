@@ -81,13 +81,17 @@ def test_a_family_whose_pids_are_taken_comes_back_in_a_pid_namespace(sessions, t
 
 
 def test_a_family_saved_by_pid_comes_back_headless(tmp_path):
-    argv = [example("family"), "40", "20"]
+    argv = [example("family"), "30", "15"]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
-    saved_by_pid(argv, out, img, r"^step 10:")
+    done = saved_by_pid(argv, out, img, r"^step 8:")
     info = json.loads(batch("info", img, "--json", check=0).stdout)
     assert [m["exit_status"] for m in info["members"]].count(7 << 8) == 1, info["members"]
     r = batch_restore(img)
+    # Its children were reaped (saved_by_pid): every pid comes back as it was.
+    restored = json.loads(r.stdout.splitlines()[-1])
+    assert restored["pid"] == done["pid"] and "namespace" not in r.stdout, r.stdout
+    assert sorted(restored["members"].values()) == sorted(done["members"])
     reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
     assert read(out) == want()
     assert read(out).endswith(FAMILY_END)
@@ -108,27 +112,27 @@ def test_single_saves_the_one_process_and_names_what_it_misses(tmp_path):
 
 
 def test_a_bash_pipeline_with_a_while_read_loop_finishes_right(tmp_path):
-    argv = ["/bin/bash", os.path.join(EXAMPLES, "pipeline.sh"), "50"]
+    argv = ["/bin/bash", os.path.join(EXAMPLES, "pipeline.sh"), "30"]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
-    done = saved_by_pid(argv, out, img, r"^line 12 ")
+    done = saved_by_pid(argv, out, img, r"^line 8 ")
     assert len(done["members"]) >= 2, done         # two subshells, and maybe a sleep
     r = batch_restore(img)
     reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
     assert read(out) == want()
-    assert read(out).endswith("line 50 sum 1275\npipeline done\n")
+    assert read(out).endswith("line 30 sum 465\npipeline done\n")
 
 
 def test_a_multiprocessing_pool_in_the_middle_of_a_map_finishes_right(tmp_path):
-    argv = ["/usr/bin/python3", os.path.join(EXAMPLES, "pool.py"), "80"]
+    argv = ["/usr/bin/python3", os.path.join(EXAMPLES, "pool.py"), "50"]
     want = uninterrupted_later(argv)
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
-    done = saved_by_pid(argv, out, img, r"^result 20 ")
+    done = saved_by_pid(argv, out, img, r"^result 15 ")
     assert len(done["members"]) == 2, done
     r = batch_restore(img)
     reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
     assert read(out) == want()
-    assert read(out).endswith("result 79 6241\npool done\n")
+    assert read(out).endswith("result 49 2401\npool done\n")
 
 
 def test_an_unprivileged_tree_whose_pids_are_taken_sees_its_own_pids(shared_dir):

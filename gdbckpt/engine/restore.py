@@ -131,9 +131,32 @@ def dry_run(p: Prepared) -> RestoreResult:
     stub = Stub.start(hand=_image_hand(p.img))
     try:
         plan = planmod.build(p.img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
+        if p.img.members:
+            plan = _tree_plan(p, stub, plan)
     finally:
         stub.kill()
     return RestoreResult(0, p.img, plan, plan.warnings, time.perf_counter() - p.t0, p.phases)
+
+
+def _tree_plan(p: Prepared, stub: Stub, root: planmod.Plan) -> planmod.Plan:
+    """One plan for the whole tree, to print: each process's own steps after the root's,
+    each planned against a stub like the ones its fork would make."""
+    from . import tree_restore as treemod
+    images = [p.img] + [m for _, m in p.img.members if m is not None]
+    objects = treemod.Objects(images)
+    shared = treemod.shared_memory(images)
+    steps, warnings = list(root.steps), list(root.warnings)
+    for m, one in p.img.members:
+        if one is None:
+            warnings.append(f"process {m.pid} ends with status {m.exit_status:#x}: a zombie "
+                            f"for {m.ppid} to reap")
+            continue
+        live = _live(stub, p, one, objects.tree_pipes(one), objects.tree_shmem(one, shared))
+        plan = planmod.build(one, live, p.vdso_mode, {}, p.fill)
+        steps.append(planmod.Member(pid=m.pid, ppid=m.ppid))
+        steps += plan.steps
+        warnings += [f"process {m.pid}: {w}" for w in plan.warnings]
+    return planmod.Plan(steps, warnings, root.vdso_mode)
 
 
 def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
