@@ -87,6 +87,9 @@ def test_a_family_saved_by_pid_comes_back_headless(tmp_path):
     done = saved_by_pid(argv, out, img, r"^step 8:")
     info = json.loads(batch("info", img, "--json", check=0).stdout)
     assert [m["exit_status"] for m in info["members"]].count(7 << 8) == 1, info["members"]
+    plan = batch("restore", img, "--dry-run", check=0).stdout
+    assert plan.count("--- process") == 2 and "a zombie for" in plan, plan
+    assert "[shared with the tree]" in plan and "take the shared memory object" in plan
     r = batch_restore(img)
     # Its children were reaped (saved_by_pid): every pid comes back as it was.
     restored = json.loads(r.stdout.splitlines()[-1])

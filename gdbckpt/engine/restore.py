@@ -130,21 +130,24 @@ def dry_run(p: Prepared) -> RestoreResult:
     p.same_ids = _checkpoint_capable() and not any(_exists(t) for t in ids)
     stub = Stub.start(hand=_image_hand(p.img))
     try:
-        plan = planmod.build(p.img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
         if p.img.members:
-            plan = _tree_plan(p, stub, plan)
+            plan = _tree_plan(p, stub)
+        else:
+            plan = planmod.build(p.img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
     finally:
         stub.kill()
     return RestoreResult(0, p.img, plan, plan.warnings, time.perf_counter() - p.t0, p.phases)
 
 
-def _tree_plan(p: Prepared, stub: Stub, root: planmod.Plan) -> planmod.Plan:
+def _tree_plan(p: Prepared, stub: Stub) -> planmod.Plan:
     """One plan for the whole tree, to print: each process's own steps after the root's,
     each planned against a stub like the ones its fork would make."""
     from . import tree_restore as treemod
     images = [p.img] + [m for _, m in p.img.members if m is not None]
     objects = treemod.Objects(images)
     shared = treemod.shared_memory(images)
+    live = _live(stub, p, p.img, objects.tree_pipes(p.img), objects.tree_shmem(p.img, shared))
+    root = planmod.build(p.img, live, p.vdso_mode, p.stdio, p.fill)
     steps, warnings = list(root.steps), list(root.warnings)
     for m, one in p.img.members:
         if one is None:
