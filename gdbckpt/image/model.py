@@ -446,8 +446,19 @@ def from_json(typ, data, where: str):
     if typ in (str, bool):
         if not isinstance(data, typ):
             raise ImageError(f"{where}: expected {typ.__name__}")
+        if typ is str:
+            _check_text(data, where)
         return data
     raise TypeError(f"model type {typ!r} has no JSON decoding")
+
+
+def _check_text(data: str, where: str) -> None:
+    """A string the save could have written: a path's undecodable bytes come as
+    surrogate escapes (\\udc80-\\udcff), never other lone surrogates."""
+    try:
+        data.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ImageError(f"{where}: not text a save writes (a lone surrogate)") from None
 
 
 @functools.cache

@@ -300,7 +300,9 @@ class _Loader:
         members = [(decode(Member, records[i][2], f"{self.where} record {i} (MEMBER)"), recs)
                    for i, recs in groups[1:]]
         owned = self._member_ranges([m for m, _ in members], table)
+        earlier: set[int] = set()
         root = self._build(groups[0][1], table, set(range(len(table))) - owned, size, meta_off)
+        self._check_shared(root, earlier)
         for member, recs in members:
             first, count = member.chunks
             known = any(r[0] in fmt.RecordType.__members__.values()
@@ -309,8 +311,19 @@ class _Loader:
                                 f" (process {member.pid})") if known else None
             if image is None and (member.exit_status is None or count):
                 raise self.fail(f"is corrupt: process {member.pid} of its tree has no records")
+            if image is not None:
+                self._check_shared(image, earlier)
             root.members.append((member, image))
         return root
+
+    def _check_shared(self, img: Image, earlier: set[int]) -> None:
+        """A descriptor shared with another process names one restored before it."""
+        for f in img.fds:
+            if f.shared_from is not None and (len(f.shared_from) != 2 or f.shared_from[0]
+                                              not in earlier or f.shared_from[1] < 0):
+                raise self.fail(f"is corrupt: process {img.process.pid}'s fd {f.fd} shares "
+                                "the descriptor of no process restored before it")
+        earlier.add(img.process.pid)
 
     def _member_ranges(self, members: list[Member], table: list[Chunk]) -> set[int]:
         owned: set[int] = set()
