@@ -45,6 +45,9 @@ RESTORE = (
     Opt("detach", "let the restored process run on its own (in a new session) instead of "
         "stopping it in GDB", only="gdb"),
     Opt("gdb", "stay in an interactive GDB at the saved point", only="batch"),
+    Opt("debug-tree", "of a saved tree, attach to every process, each an inferior of its "
+        "own stopped where it was saved ('info inferiors', 'inferior N'), instead of "
+        "letting the others run on", only="gdb"),
     Opt("lazy", "map memory straight from the image instead of copying it: the restore "
         "takes milliseconds and pages are read when first touched; checks the metadata but "
         "not the memory's checksums; not for compressed images; the image must stay"),

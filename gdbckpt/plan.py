@@ -631,6 +631,7 @@ class TakeCredentials(Step):
     """Every thread takes on the saved process's credentials (root restoring another
     user's image): last, once nothing that needs privilege is left to do."""
     creds: Credentials = None
+    pdeathsig: int = 0          # set again after: a change of credentials clears it
     python = True
 
     def describe(self):
@@ -711,6 +712,7 @@ class Live:
     tree_pipes: set[int] = dataclasses.field(default_factory=set)
     tree_shmem: dict[int, bool] = dataclasses.field(default_factory=dict)
     userns: bool = False            # the stub is in a user namespace of its own
+    member: bool = False            # a process of a tree other than its root
     held_fds: set[int] = dataclasses.field(default_factory=set)   # the stub's own, kept
                                     # until the descriptors are made (a pidfd of gdbckpt)
 
@@ -1327,8 +1329,14 @@ class _Builder:
         self.steps.append(ProcessAttrs(cwd=p.cwd, umask=p.umask, personality=p.personality,
                                        comm=p.comm))
         self.steps.append(SigActions(actions=p.sigactions))
-        if p.subreaper or p.pdeathsig:
-            self.steps.append(TreeAttrs(subreaper=p.subreaper, pdeathsig=p.pdeathsig))
+        # The root's parent is the restorer now, which soon goes: its parent-death
+        # signal would end it. The other processes of a tree have their parents back.
+        pdeathsig = p.pdeathsig if self.live.member else 0
+        if p.pdeathsig and not pdeathsig:
+            self.warnings.append(f"the parent-death signal {p.pdeathsig} is not set again: "
+                                 "the process's parent is the restorer now")
+        if p.subreaper or pdeathsig:
+            self.steps.append(TreeAttrs(subreaper=p.subreaper, pdeathsig=pdeathsig))
 
     def _limits(self) -> None:
         p = self.img.process
@@ -1369,10 +1377,13 @@ class _Builder:
         if self.exe_fd is not None:
             self.steps.append(SetExe(fd=self.exe_fd, path=self.img.process.exe,
                                      fields=self.mm_fields))
+        p = self.img.process
         if self.live.take_creds:
-            self.steps.append(TakeCredentials(creds=self.img.process.creds))
-        elif self.live.userns and self.img.process.creds is not None:
-            self.steps.append(KeepOnlyCaps(creds=self.img.process.creds))
+            self.steps.append(TakeCredentials(creds=p.creds,
+                                              pdeathsig=p.pdeathsig if self.live.member else 0))
+        elif self.live.userns:
+            # An image without credentials (older) keeps none.
+            self.steps.append(KeepOnlyCaps(creds=p.creds or Credentials(uids=[], gids=[])))
 
     def _xcomp_perm(self) -> int:
         """The dynamic XSAVE features the process was permitted, that must be asked for."""

@@ -14,15 +14,9 @@ from harness import REPO, Session, build_shim  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def built():
-    """The stub, the helpers and the example programs, built once per run.
-
-    The test run is a child subreaper: the children of a saved tree whose root was
-    killed come to it, and harness.reap() reaps them, so that their pids are free
-    for the restore (this machine's init does not reap orphans)."""
+    """The stub, the helpers and the example programs, built once per run."""
     subprocess.run(["make", "-s", "native", "examples"], cwd=REPO, check=True)
     build_shim()
-    from gdbckpt.libc import libc
-    libc().prctl(36, 1, 0, 0, 0)       # PR_SET_CHILD_SUBREAPER
 
 
 @pytest.fixture

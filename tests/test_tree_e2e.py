@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 
+import pytest
 from harness import (
     NOBODY,
     batch,
@@ -26,6 +27,26 @@ from harness import (
     wait_for_output,
     wait_gone,
 )
+
+from gdbckpt.libc import libc
+
+
+@pytest.fixture(autouse=True)
+def subreaper():
+    """The test is a child subreaper while it runs: the children of a saved tree whose
+    root was killed come to it, and reap() reaps them, so that their pids are free for
+    the restore (this machine's init does not reap orphans); so does a pid namespace's
+    init. Whatever is left is reaped at the end."""
+    libc().prctl(36, 1, 0, 0, 0)        # PR_SET_CHILD_SUBREAPER
+    yield
+    libc().prctl(36, 0, 0, 0, 0)
+    while True:
+        try:
+            if not os.waitpid(-1, os.WNOHANG)[0]:
+                break
+        except ChildProcessError:
+            break
+
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 FAMILY_END = ("subreaper 1\nown pid kept 1, /proc/self agrees 1\nzombie exited 7\n"
@@ -109,6 +130,8 @@ def test_single_saves_the_one_process_and_names_what_it_misses(tmp_path):
         done = json.loads(r.stdout.splitlines()[-1])
         assert done["members"] == []
         assert any("another process" in n for n in done["not_restorable"]), done
+        assert any("are not saved (--single)" in n and "family" in n
+                   for n in done["not_restorable"]), done
     finally:
         p.kill()
         p.wait()
@@ -165,3 +188,31 @@ def test_an_unprivileged_tree_whose_pids_are_taken_sees_its_own_pids(shared_dir)
         p.kill()
         p.wait()
         kill_tree(members)
+
+
+def test_debug_tree_makes_every_process_an_inferior_stopped_where_it_was(sessions, tmp_path):
+    argv = [example("family"), "12", "5"]
+    want = uninterrupted(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
+    s = sessions()
+    s.start(argv, out, breakpoint="checkpoint_here")
+    children = [int(p) for p in re.search(r"descendant\(s\) \(([\d, ]+),", s.save(img))[1]
+                .split(", ")]
+    s.cli("kill")
+    kill_tree(children)
+    r = sessions()
+    r.cli(f"ckpt restore --debug-tree {img}", timeout=120)
+    inferiors = r.cli("info inferiors")
+    assert len(re.findall(r"process \d+", inferiors)) == 3, inferiors    # not the zombie
+    assert re.search(r"\*\s+1\s+process", inferiors), inferiors          # the root's current
+    stacks = ""
+    for num in (2, 3):
+        r.cli(f"inferior {num}")
+        stacks += r.cli("bt")
+        r.cli("detach")                     # it runs on
+    assert "doubler (" in stacks and "worker (" in stacks, stacks
+    r.cli("inferior 1")
+    r.cli("delete")
+    stop = r.finish()
+    assert stop.get("reason") == "exited-normally", stop
+    assert read(out) == want

@@ -36,7 +36,7 @@ from ..stubabi import RET_OFFSET, STUB_OP, StubOp, StubOpFlags
 from . import xstate as xstatemod
 from .front import Front
 from .process import Process
-from .stub import OpFailed, Stub, op_name
+from .stub import OpFailed, PidTaken, Stub, op_name
 
 
 @dataclasses.dataclass
@@ -163,13 +163,13 @@ def _tree_plan(p: Prepared, stub: Stub) -> planmod.Plan:
 
 
 def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
-            new_session: bool = False) -> RestoreResult:
+            new_session: bool = False, members_stopped: bool = False) -> RestoreResult:
     """Make the saved process, and let it go: stopped (for a debugger to attach, which
     then sets the dumpable flag: a non-dumpable process refuses an unprivileged
     attach) or running on its own (dumpable set here)."""
     front = front or Front()
     if p.img.members:
-        return _restore_tree(p, front, stopped, new_session)
+        return _restore_tree(p, front, stopped, new_session, members_stopped)
     try:
         return _restore(p, front, stopped, new_session, keep_tids=True)
     except _TidTaken as e:
@@ -182,7 +182,7 @@ def restore(p: Prepared, *, front: Front | None = None, stopped: bool = True,
         return r
 
 
-class _TidTaken(RestoreError):
+class _TidTaken(PidTaken):
     pass
 
 
@@ -219,29 +219,43 @@ def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
                          p.take_creds)
 
 
-def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -> RestoreResult:
+def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool,
+                  members_stopped: bool = False) -> RestoreResult:
     """A saved tree (engine/tree_restore.py): every process with its pid, the root's
-    plan first; the descendants run on, the root is let go as asked."""
+    plan first; the descendants run on (or stay stopped, for a debugger), the root is
+    let go as asked. A pid taken between the check and its fork (a busy machine): once
+    more, in a pid namespace of its own."""
+    try:
+        return _restore_tree_once(p, front, stopped, new_session, members_stopped, False)
+    except PidTaken as e:
+        front.log(f"{e}: restoring again in a new pid namespace")
+        return _restore_tree_once(p, front, stopped, new_session, members_stopped, True)
+
+
+def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bool,
+                       members_stopped: bool, in_ns: bool) -> RestoreResult:
     from . import tree_restore as treemod
     img, t0, phases = p.img, p.t0, p.phases
     capable = _checkpoint_capable()
-    in_ns = treemod.check_pids(img) or not capable
-    hand = _image_hand(img)
+    in_ns = in_ns or treemod.check_pids(img) or not capable
+    hand = _image_hand(img, treemod.taken_fds(img))
     if in_ns:
-        root, helpers = treemod.start_in_namespace(img, new_session, hand, userns=not capable)
+        # New pid and mount namespaces take CAP_SYS_ADMIN; without it, a user namespace.
+        userns = not credsmod.have(credsmod.CAP_SYS_ADMIN)
+        root, helpers = treemod.start_in_namespace(img, new_session, hand, userns=userns)
     else:
         root, helpers = _start_stub(img.process.pid, new_session, hand), []
     stubs = {img.process.pid: root}
     images = [img] + [m for _, m in img.members if m is not None]
     objects = treemod.Objects(images)
     warnings: list[str] = []
+    member_creds: dict[int, bool] = {}       # whether each took the saved credentials
     try:
         if root.inner_pid != img.process.pid:
-            raise RestoreError(f"process {img.process.pid} came back as {root.inner_pid}")
+            raise PidTaken(f"pid {img.process.pid} was taken meanwhile")
         p.same_ids = True
         made: dict[int, int] = {}
-        stubs = treemod.make_processes(root, img, None if in_ns else os.getpgid(root.pid),
-                                       made)
+        treemod.make_processes(stubs, img, None if in_ns else os.getpgid(root.pid), made)
         phases["start stubs"] = time.perf_counter() - t0
         p.sysv = treemod.sysv_segments(img)
         objects.pids = {saved: stub.inner_pid for saved, stub in stubs.items()}
@@ -251,6 +265,7 @@ def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -
             live = _live(stub, p, one, objects.tree_pipes(one), objects.tree_shmem(one, shared))
             plan = planmod.build(one, live, p.vdso_mode, p.stdio if one is img else {}, p.fill)
             executor = _Executor(stub, one, plan, front, live.take_creds, objects)
+            member_creds[one.process.pid] = live.take_creds
             try:
                 found = list(plan.warnings) + executor.run(phases, t0)
             finally:
@@ -263,8 +278,9 @@ def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -
         objects.close()
         for one in images[1:]:
             stub = stubs[one.process.pid]
-            warnings += set_dumpable(stub.proc, one, p.take_creds)
-            stub.release(False)
+            if not members_stopped:
+                warnings += set_dumpable(stub.proc, one, member_creds[one.process.pid])
+            stub.release(members_stopped)
         if not stopped:
             warnings += set_dumpable(root.proc, img, p.take_creds)
         if p.clocks_back:
@@ -278,6 +294,9 @@ def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -
             stub.kill()
         sysv.remove(p.sysv)
         raise
+    finally:
+        if root.channel is not None:
+            root.channel[0].close()
     members = {m.pid: made[m.pid] for m, _ in img.members}
     if in_ns:
         why = "were taken here" if capable else "cannot be chosen without privilege"
@@ -291,12 +310,13 @@ def _restore_tree(p: Prepared, front: Front, stopped: bool, new_session: bool) -
 PID_TRIES = 5
 
 
-def _image_hand(img: Image) -> tuple[int, int]:
+def _image_hand(img: Image, taken: set[int] | None = None) -> tuple[int, int]:
     """The image's open file, and the number the stub holds it at: the highest below the
-    fd limit (which the stub inherits) that no saved descriptor uses."""
+    fd limit (which the stub inherits) that no saved descriptor uses (taken: of any
+    process of a tree, whose stubs all inherit it)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     number = min(soft, 1 << 20) - 1
-    taken = {f.fd for f in img.fds}
+    taken = taken if taken is not None else {f.fd for f in img.fds}
     while number in taken:
         number -= 1
     return img.fd, number
@@ -349,7 +369,7 @@ def _live(stub: Stub, p: Prepared, img: Image | None = None, tree_pipes=frozense
         sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),
         time_offsets=_time_offsets(p), take_creds=take_creds,
         image_fd=stub.image_fd, tree_pipes=set(tree_pipes), tree_shmem=tree_shmem or {},
-        held_fds={stub.channel[1]} if stub.channel is not None else set(),
+        held_fds={stub.channel[1]} if stub.channel is not None else set(), member=not root,
         userns=stub.userns)
 
 
@@ -475,6 +495,9 @@ class _Executor:
                 self._set_exe(step)
             elif isinstance(step, planmod.TakeCredentials):
                 self._take_credentials(credsmod.calls(step.creds))
+                if step.pdeathsig:
+                    self.proc.syscall_ok(Sys.prctl, Prctl.SET_PDEATHSIG, step.pdeathsig,
+                                         what="prctl(PR_SET_PDEATHSIG)", tid=self.stub.pid)
             elif isinstance(step, planmod.KeepOnlyCaps):
                 self._take_credentials(credsmod.keep_only_calls(step.creds))
             elif isinstance(step, planmod.MakeFds):

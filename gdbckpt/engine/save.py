@@ -111,6 +111,8 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
     savers = {m.pid: _Saver(m.proc, front, strict, tables[m.pid], ends).read(t0)
               for m in living}
     root = _Saver(proc, front, strict, tables[proc.pid], ends, resume).read(t0)
+    if not members:
+        _children_left_out(root, proc.pid, strict)
     with ImageWriter(path, sync=sync, compressor=compressor) as w:
         saved = []
         for m in members:
@@ -145,6 +147,27 @@ def quiet_connections(proc: Process) -> None:
     """Before a saved process is killed: its TCP connections close silently, their
     addresses free for the restored process (fds.quiet_connections)."""
     fdsmod.quiet_connections(proc.pid)
+
+
+def _children_left_out(root: _Saver, pid: int, strict: bool) -> None:
+    """Saved alone (--single) though it has children: what its restored self misses."""
+    left = treemod.children(pid)
+    if not left:
+        return
+    names = ", ".join(f"{c} ({_comm(c)})" for c in left)
+    why = (f"its children {names} are not saved (--single): after a restore it waits for "
+           "them in vain, and its pipes and sockets to them are cut")
+    if strict:
+        raise SaveError(f"{why} (--strict)")
+    root.lost.append(why)
+    root.notes.append(why)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Proc(pid).comm()
+    except CkptError:
+        return "?"
 
 
 class _Saver:

@@ -9,6 +9,7 @@ half-made process instead of leaving it behind.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import select
@@ -43,6 +44,10 @@ RLIMIT_NOFILE = 7
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 _RESETTABLE = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 TRACE_OPTIONS = ptrace.Opt.TRACESYSGOOD | ptrace.Opt.EXITKILL
+
+
+class PidTaken(RestoreError):
+    """A pid to be restored was taken by another process meanwhile."""
 
 
 class OpFailed(Exception):
@@ -96,7 +101,11 @@ class Stub:
         else:
             sock, theirs = self.channel
             for ours, _, _ in items:
-                socket.send_fds(sock, [b"\0"], [ours])
+                try:
+                    socket.send_fds(sock, [b"\0"], [ours])
+                except OSError as e:
+                    raise RestoreError(f"cannot hand a descriptor to the restart stub: "
+                                       f"{e.strerror}") from None
             batch = [(index, Op(StubOp.RECV_FD, (theirs, fd, int(cloexec))))
                      for _, fd, cloexec in items]
         self.run(batch)
@@ -139,8 +148,9 @@ class Stub:
         try:
             _, (inner,) = self.run([(0, Op(StubOp.FORK, (want_pid,)))])
         except OpFailed as e:
-            raise RestoreError(f"cannot make process {want_pid or ''} of the tree: "
-                               f"{os.strerror(e.errno)}") from None
+            kind = PidTaken if e.errno == errno.EEXIST else RestoreError
+            raise kind(f"cannot make process {want_pid or ''} of the tree: "
+                       f"{os.strerror(e.errno)}") from None
         pid = self._child(inner)
         with deferred_signals():
             try:
@@ -160,7 +170,7 @@ class Stub:
         child.image_fd, child.channel = self.image_fd, self.channel
         child.in_ns = self.in_ns or self.unshared
         child.userns = self.userns
-        child.inner_pid = _ns_pids(f"/proc/{pid}")[-1] if child.in_ns else pid
+        child.inner_pid = (_ns_pids(f"/proc/{pid}") or [pid])[-1] if child.in_ns else pid
         return child
 
     unshared = False        # made a new pid namespace for its children to be in
@@ -203,17 +213,34 @@ class Stub:
         regs.update(rip=self.call_at, rdi=self.ops_at, rsi=len(ops), rsp=self.stack_top,
                     rax=0, orig_rax=-1)
         self.proc.set_regs(regs, self.pid)
-        ptrace.cont(self.pid)
-        while True:
-            got = ptrace.wait(self.pid)
-            if not os.WIFSTOPPED(got):
-                break
-            ptrace.cont(self.pid, 0 if ptrace.event(got) or os.WSTOPSIG(got) == signal.SIGTRAP
-                        else os.WSTOPSIG(got))
+        try:
+            ptrace.cont(self.pid)
+            while True:
+                got = ptrace.wait(self.pid)
+                if not os.WIFSTOPPED(got):
+                    break
+                ptrace.cont(self.pid, self._pass_on(got))
+        except ptrace.PtraceError as e:
+            raise RestoreError(f"zombie {self.pid} could not be made: {e}") from None
         self.proc.owned = False
         if (got & 0x7f, got >> 8 & 0xff) != (status & 0x7f, status >> 8 & 0xff):
             raise RestoreError(f"zombie {self.pid} ended with status {got:#x}, not the saved "
                                f"{status:#x}")
+
+    def _pass_on(self, status: int) -> int:
+        """The signal to resume an ending stub with: the one it sent itself (a SIGTRAP
+        too, sent by kill()); a trap at the end of its ops means it did not end."""
+        sig = os.WSTOPSIG(status)
+        if ptrace.event(status):
+            return 0
+        if sig == signal.SIGTRAP:
+            info = ptrace.getsiginfo(self.pid) or b""
+            if info[8:12] == b"\0\0\0\0":         # si_code SI_USER: sent by kill()
+                return sig
+            if self.proc.regs(self.pid)["rip"] == self.trap_at + 1:
+                raise RestoreError(f"zombie {self.pid} did not end as saved")
+            return 0
+        return sig
 
     def kill(self) -> None:
         threads = [t for t in self.proc.tids if t != self.pid]

@@ -87,6 +87,10 @@ def _take(pid: int, parent: int, raise_as) -> TreeProcess | None:
         return None                 # gone, and reaped, meanwhile
     member = TreeProcess(pid=pid, ppid=parent, pgid=int(stat["pgrp"]),
                          sid=int(stat["session"]), comm=str(stat["comm"]))
+    if stat["state"] == "Z" and len(_tasks(pid)) > 1:
+        raise raise_as(f"process {pid} ({member.comm}), a child in the tree, has ended its "
+                       "main thread while other threads run: it cannot be saved (save with "
+                       "--single to leave the children out)")
     if stat["state"] != "Z":
         try:
             member.proc = Process.seize(pid, raise_as)
@@ -98,6 +102,13 @@ def _take(pid: int, parent: int, raise_as) -> TreeProcess | None:
     # Dead, not yet reaped: the status its parent's wait() will give.
     member.exit_status = int(stat["exit_code"])
     return member
+
+
+def _tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
 
 
 def _stat_or_none(pid: int) -> dict | None:

@@ -28,7 +28,7 @@ from ..image.model import FdInfo, Member
 from ..linux import SIGCHLD, Sys
 from ..maps import Kind
 from ..stubabi import StubOp, StubOpFlags
-from .stub import Stub
+from .stub import OpFailed, Stub
 
 SIG_UNBLOCK = 1
 SIGSET = struct.Struct("<Q")
@@ -115,8 +115,15 @@ class Objects:
     def shmem(self, inode: int) -> int:
         key = ("shmem", inode)
         if key not in self._made:
-            fd = os.memfd_create(f"gdbckpt-shared-{inode}", os.MFD_CLOEXEC)
-            os.ftruncate(fd, self._shm_size[inode])
+            fd = -1
+            try:
+                fd = os.memfd_create(f"gdbckpt-shared-{inode}", os.MFD_CLOEXEC)
+                os.ftruncate(fd, self._shm_size[inode])
+            except OSError as e:
+                if fd >= 0:
+                    os.close(fd)
+                raise RestoreError(f"shared memory of the tree ({self._shm_size[inode]:#x} "
+                                   f"bytes): {e.strerror}") from None
             self._made[key] = {0: fd}
         return self._made[key][0]
 
@@ -159,7 +166,7 @@ def start_in_namespace(img: Image, new_session: bool, hand,
     pids; each process keeps only its saved capabilities at the end (KeepOnlyCaps).
     Returns the root and the init."""
     outer = Stub.start(0, new_session=new_session, hand=hand)
-    init = None
+    init = root = None
     try:
         # A socket our descriptors go through: the namespace cannot name our pid.
         number = _free_number(img, hand[1])
@@ -184,9 +191,11 @@ def start_in_namespace(img: Image, new_session: bool, hand,
         init.run_detached([planmod.Op(Sys.close_range, (0, 0xFFFFFFFF, 0)),
                            planmod.Op(StubOp.REAP, ())])
     except BaseException:
-        for stub in (init, outer):
+        for stub in (root, init, outer):
             if stub is not None:
                 stub.kill()
+        if outer.channel is not None:
+            outer.channel[0].close()
         raise
     outer.kill()            # the init goes on, a child of whoever reaps orphans here
     return root, [init]
@@ -204,21 +213,26 @@ def _map_own_ids(pid: int) -> None:
             from None
 
 
+def taken_fds(img: Image) -> set[int]:
+    """Descriptor numbers any process of the tree had."""
+    return {f.fd for i in [img] + [m for _, m in img.members if m] for f in i.fds}
+
+
 def _free_number(img: Image, below: int) -> int:
-    taken = {f.fd for i in [img] + [m for _, m in img.members if m] for f in i.fds}
+    taken = taken_fds(img)
     number = below - 1
     while number in taken:
         number -= 1
     return number
 
 
-def make_processes(root: Stub, img: Image, root_pgid: int | None,
-                   made: dict[int, int]) -> dict[int, Stub]:
+def make_processes(stubs: dict[int, Stub], img: Image, root_pgid: int | None,
+                   made: dict[int, int]) -> None:
     """One stub per process of the tree, forked by its parent's stub with its saved
     pid, in its session and process group; zombies end with their saved status.
-    root_pgid: the root's group now, if the processes can name it. made: saved pid ->
-    our pid, for every process made (zombies included)."""
-    stubs = {img.process.pid: root}
+    stubs: saved pid -> stub, the root's in it, the others added as they are made (the
+    caller kills them all on failure). root_pgid: the root's group now, if the processes
+    can name it. made: saved pid -> our pid, for every process made (zombies too)."""
     for m, _ in img.members:
         parent = stubs.get(m.ppid)
         if parent is None:
@@ -243,15 +257,17 @@ def make_processes(root: Stub, img: Image, root_pgid: int | None,
             _call(stubs[m.pid], Sys.setpgid, 0, root_pgid)
     for m in members:
         if m.exit_status is not None:
-            stub = stubs.pop(m.pid)
-            stub.end_with(m.exit_status, _ending(stub, m))
+            stubs[m.pid].end_with(m.exit_status, _ending(stubs[m.pid], m))
+            del stubs[m.pid]
     for stub in stubs.values():
         _drain_sigchld(stub)
-    return stubs
 
 
 def _call(stub: Stub, nr: int, *args: int) -> int:
-    _, (ret,) = stub.run([(0, planmod.Op(nr, args))])
+    try:
+        _, (ret,) = stub.run([(0, planmod.Op(nr, args))])
+    except OpFailed as e:
+        raise RestoreError(f"process {stub.inner_pid} of the tree: {e}") from None
     return ret
 
 

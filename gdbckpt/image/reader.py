@@ -299,6 +299,11 @@ class _Loader:
                 groups[-1][1].append((i, rec))
         members = [(decode(Member, records[i][2], f"{self.where} record {i} (MEMBER)"), recs)
                    for i, recs in groups[1:]]
+        if len(members) > MAX_MEMBERS:
+            raise self.fail(f"is corrupt: a tree of {len(members) + 1} processes, more than "
+                            f"a restore makes ({MAX_MEMBERS + 1})")
+        for m, _ in members:
+            self._check_member(m)
         owned = self._member_ranges([m for m, _ in members], table)
         earlier: set[int] = set()
         root = self._build(groups[0][1], table, set(range(len(table))) - owned, size, meta_off)
@@ -309,18 +314,32 @@ class _Loader:
                         or not r[1] & fmt.RecordFlags.OPTIONAL for _, r in recs)
             image = self._build(recs, table, set(range(first, first + count)), size, meta_off,
                                 f" (process {member.pid})") if known else None
-            if image is None and (member.exit_status is None or count):
-                raise self.fail(f"is corrupt: process {member.pid} of its tree has no records")
+            if (image is None) != (member.exit_status is not None) or (image is None and count):
+                raise self.fail(f"is corrupt: process {member.pid} of its tree is "
+                                f"{'a zombie with' if image else 'alive without'} records")
             if image is not None:
+                if image.process.pid != member.pid or image.threads[0].tid != member.pid:
+                    raise self.fail(f"is corrupt: the records of process {member.pid} of its "
+                                    f"tree are process {image.process.pid}'s")
                 self._check_shared(image, earlier)
             root.members.append((member, image))
         return root
+
+    def _check_member(self, m: Member) -> None:
+        """Ids a kernel could give, and a status a process can end with."""
+        if not all(0 < x <= PID_MAX for x in (m.pid, m.ppid)) or \
+                not all(0 <= x <= PID_MAX for x in (m.pgid, m.sid)):
+            raise self.fail(f"is corrupt: process {m.pid} of its tree has ids out of range")
+        if m.exit_status is not None and not _wait_status(m.exit_status):
+            raise self.fail(f"is corrupt: zombie {m.pid} has status {m.exit_status:#x}, which "
+                            "no process ends with")
 
     def _check_shared(self, img: Image, earlier: set[int]) -> None:
         """A descriptor shared with another process names one restored before it."""
         for f in img.fds:
             if f.shared_from is not None and (len(f.shared_from) != 2 or f.shared_from[0]
-                                              not in earlier or f.shared_from[1] < 0):
+                                              not in earlier
+                                              or not 0 <= f.shared_from[1] < 1 << 31):
                 raise self.fail(f"is corrupt: process {img.process.pid}'s fd {f.fd} shares "
                                 "the descriptor of no process restored before it")
         earlier.add(img.process.pid)
@@ -438,6 +457,8 @@ class _Loader:
         return chunks
 
     def _check_process(self, p: ProcessInfo) -> None:
+        if not 0 <= p.pdeathsig < NSIG:
+            raise self.fail(f"is corrupt: a parent-death signal numbered {p.pdeathsig}")
         for i, pair in enumerate(p.auxv):
             if len(pair) != 2 or not all(0 <= x < 1 << 64 for x in pair):
                 raise self.fail(f"is corrupt: auxv entry {i} is not a (type, value) pair")
@@ -484,6 +505,8 @@ class _Loader:
             if v.start % PAGE_SIZE or v.end % PAGE_SIZE or v.start >= v.end or v.start < prev_end:
                 raise self.fail(f"is corrupt: mapping {n} ({v.start:#x}-{v.end:#x}) is not a "
                                 "page range in address order")
+            if not 0 <= v.offset < 1 << 47:
+                raise self.fail(f"is corrupt: mapping {n} has offset {v.offset:#x}")
             if not -1 <= v.file < len(files):
                 raise self.fail(f"is corrupt: mapping {n} names file {v.file} of {len(files)}")
             if v.kind not in KINDS:
@@ -498,6 +521,18 @@ class _Loader:
 
 
 RLIMIT_COUNT, ITIMER_COUNT, NSIG = 16, 3, 65
+PID_MAX = 1 << 22           # the kernel's largest pid_max
+MAX_MEMBERS = 32767
+# Signals whose default action does not end a process: no zombie died of one.
+NOT_FATAL = {17, 18, 19, 20, 21, 22, 23, 28}
+
+
+def _wait_status(status: int) -> bool:
+    """Whether wait() could give status for a process that ended."""
+    sig = status & 0x7f
+    if sig == 0:
+        return 0 <= status <= 0xff00 and not status & 0xff
+    return 0 < sig < NSIG and sig not in NOT_FATAL and status & ~0xff == 0
 
 
 def _record_name(rtype: int) -> str:

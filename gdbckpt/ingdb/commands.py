@@ -123,7 +123,8 @@ TCP connection through TCP_REPAIR, where permitted; otherwise it is reset).
         r = restore.restore(args.image, vdso_mode=args.vdso, clocks=args.clocks,
                             dry_run=args.dry_run, stdio=stdio, force=args.force,
                             detach=args.detach, lazy=args.lazy,
-                            verify=False if args.no_verify else None, from_tty=from_tty)
+                            verify=False if args.no_verify else None, from_tty=from_tty,
+                            debug_tree=args.debug_tree)
         if args.dry_run:
             gdb.write(r.plan.text() + "\n")
             return

@@ -168,11 +168,16 @@ def signal_passes(signo: int) -> bool:
 
 
 def signal_quietly_once(sig: str) -> None:
-    """Let sig go unnoticed and undelivered until the inferior next stops or exits."""
+    """Let sig go unnoticed and undelivered until the current inferior next stops or
+    exits (the events of other inferiors, as a tree's, do not count)."""
     user = signal_handling(sig)
+    mine = gdb.selected_inferior().num
     gdb.execute(f"handle {sig} nostop noprint nopass", to_string=True)
 
     def put_back(event):
+        inferior = getattr(event, "inferior", None) or gdb.selected_inferior()
+        if inferior.num != mine:
+            return
         gdb.events.stop.disconnect(put_back)
         gdb.events.exited.disconnect(put_back)
         gdb.execute(f"handle {sig} {user}", to_string=True)
