@@ -204,13 +204,7 @@ def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
             warnings = list(plan.warnings) + executor.run(phases, t0)
         finally:
             executor.close()
-        if not stopped:
-            warnings += set_dumpable(stub.proc, img, p.take_creds)
-        if p.clocks_back:
-            warnings.append(f"clocks: {p.clocks_note}")
-        tids = dict(stub.scratch.tids)
-        stub.release(stopped)
-        phases["process ready"] = time.perf_counter() - t0
+        tids = _let_go(p, stub, stopped, warnings)
     except BaseException:
         stub.kill()
         sysv.remove(p.sysv)
@@ -281,13 +275,7 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
             if not members_stopped:
                 warnings += set_dumpable(stub.proc, one, member_creds[one.process.pid])
             stub.release(members_stopped)
-        if not stopped:
-            warnings += set_dumpable(root.proc, img, p.take_creds)
-        if p.clocks_back:
-            warnings.append(f"clocks: {p.clocks_note}")
-        tids = dict(root.scratch.tids)
-        root.release(stopped)
-        phases["process ready"] = time.perf_counter() - t0
+        tids = _let_go(p, root, stopped, warnings)
     except BaseException:
         objects.close()
         for stub in reversed(list(stubs.values()) + helpers):
@@ -305,6 +293,18 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
                         f"have their saved pids; here the root is {root.pid}")
     return RestoreResult(root.pid, img, root_plan, warnings, time.perf_counter() - t0, phases,
                          tids, p.take_creds, members)
+
+
+def _let_go(p: Prepared, stub: Stub, stopped: bool, warnings: list[str]) -> dict[int, int]:
+    """Release the restored (root) process as asked; returns its saved -> live tids."""
+    if not stopped:
+        warnings += set_dumpable(stub.proc, p.img, p.take_creds)
+    if p.clocks_back:
+        warnings.append(f"clocks: {p.clocks_note}")
+    tids = dict(stub.scratch.tids)
+    stub.release(stopped)
+    p.phases["process ready"] = time.perf_counter() - p.t0
+    return tids
 
 
 PID_TRIES = 5

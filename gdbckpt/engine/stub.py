@@ -186,8 +186,9 @@ class Stub:
                         return int(child)
         raise RestoreError(f"the child {inner} of the restart stub is not to be found")
 
-    def run_detached(self, ops: list[Op]) -> None:
-        """Let the stub go, running ops that never end (the init of a pid namespace)."""
+    def _load(self, ops: list[Op]) -> None:
+        """Ops in place and the stub about to run them, for a run that does not come
+        back to its trap."""
         self._flush_scratch()
         blob = b"".join(STUB_OP.pack(op.nr, *op.args, *([0] * (6 - len(op.args))),
                                      int(op.flags), 0) for op in ops)
@@ -197,6 +198,10 @@ class Stub:
         regs.update(rip=self.call_at, rdi=self.ops_at, rsi=len(ops), rsp=self.stack_top,
                     rax=0, orig_rax=-1)
         self.proc.set_regs(regs, self.pid)
+
+    def run_detached(self, ops: list[Op]) -> None:
+        """Let the stub go, running ops that never end (the init of a pid namespace)."""
+        self._load(ops)
         ptrace.set_options(self.pid, ptrace.Opt.TRACESYSGOOD)      # no EXITKILL any more
         ptrace.detach(self.pid)
         self.proc.owned = False
@@ -204,15 +209,7 @@ class Stub:
     def end_with(self, status: int, ops: list[Op]) -> None:
         """Run ops that end the stub (a zombie of the tree: exit, or a signal) and take
         its death as its tracer, leaving the zombie to its parent, which reaps it."""
-        self._flush_scratch()
-        blob = b"".join(STUB_OP.pack(op.nr, *op.args, *([0] * (6 - len(op.args))),
-                                     int(op.flags), 0) for op in ops)
-        self.proc.write(self.ops_at, blob)
-        self.proc.close()
-        regs = self.proc.regs(self.pid)
-        regs.update(rip=self.call_at, rdi=self.ops_at, rsi=len(ops), rsp=self.stack_top,
-                    rax=0, orig_rax=-1)
-        self.proc.set_regs(regs, self.pid)
+        self._load(ops)
         try:
             ptrace.cont(self.pid)
             while True:
