@@ -432,3 +432,40 @@ def test_a_member_claiming_the_roots_chunks_is_refused(tmp_path):
                                                    exit_status=0, chunks=[0, 9]))
     with pytest.raises(ImageError, match="process 5 of its tree names chunks"):
         Image.open(write_image(tmp_path / "m.img", records=records))
+
+
+def tree_image(tmp_path, member, member_records=(), root_fds=()):
+    def records(w):
+        w.add_record(fmt.RecordType.PROCESS, PROCESS)
+        w.add_record(fmt.RecordType.THREAD, THREAD)
+        w.add_record(fmt.RecordType.VMAS, {"vmas": VMAS})
+        w.add_record(fmt.RecordType.FILES, {"files": FILES})
+        w.add_record(fmt.RecordType.FDS, {"fds": list(root_fds)})
+        w.add_record(fmt.RecordType.MEMBER, member)
+        for rtype, obj in member_records:
+            w.add_record(rtype, obj)
+    return write_image(tmp_path / "t.img", records=records)
+
+
+@pytest.mark.parametrize("status", [17, 19, 0x7f, 0x10000, 3 << 8 | 9])
+def test_a_zombie_status_no_process_ends_with_is_refused(tmp_path, status):
+    path = tree_image(tmp_path, Member(pid=5, ppid=1234, pgid=5, sid=5, exit_status=status))
+    with pytest.raises(ImageError, match="which no process ends with"):
+        Image.open(path)
+
+
+def test_a_members_records_must_be_its_own(tmp_path):
+    other = [(fmt.RecordType.PROCESS, dataclasses.replace(PROCESS, pid=6)),
+             (fmt.RecordType.THREAD, dataclasses.replace(THREAD, tid=6)),
+             (fmt.RecordType.VMAS, {"vmas": []})]
+    path = tree_image(tmp_path, Member(pid=5, ppid=1234, pgid=5, sid=5), other)
+    with pytest.raises(ImageError, match="records of process 5 of its tree are process 6's"):
+        Image.open(path)
+
+
+def test_a_shared_descriptor_must_name_a_process_restored_before(tmp_path):
+    later = [FdInfo(fd=1, kind="tty", target="/dev/pts/0", shared_from=[5, 1])]
+    path = tree_image(tmp_path, Member(pid=5, ppid=1234, pgid=5, sid=5, exit_status=0),
+                      root_fds=later)
+    with pytest.raises(ImageError, match="fd 1 shares the descriptor of no process"):
+        Image.open(path)
