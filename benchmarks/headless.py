@@ -111,9 +111,10 @@ def bench_size(mib: int, reps: int, work: str) -> dict:
     for _ in range(reps):
         floors.append(timed([BIGMEM, str(mib), "0"]))
         t0 = time.perf_counter()
-        # Its stdout was our pipe: a restored process would get our own stdout, and hold
-        # this capture open.
-        r = subprocess.run([BATCH, "restore", img, "--json", "--stdout", "/dev/null"],
+        # Its stdout was our pipe (and its stderr may be): a restored process would get
+        # our own, and hold this capture open.
+        r = subprocess.run([BATCH, "restore", img, "--json", "--stdout", "/dev/null",
+                            "--stderr", "/dev/null"],
                            check=True, capture_output=True, text=True)
         restores.append(time.perf_counter() - t0)
         # The restored process is an orphan, and we its subreaper: reaped at once, its pid
