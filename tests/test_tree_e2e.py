@@ -216,3 +216,15 @@ def test_debug_tree_makes_every_process_an_inferior_stopped_where_it_was(session
     stop = r.finish()
     assert stop.get("reason") == "exited-normally", stop
     assert read(out) == want
+
+
+def test_a_sysv_segment_two_processes_attach_is_one_after_the_restore(tmp_path):
+    argv = [example("sysvpair"), "30", "15"]
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "s.img")
+    done = saved_by_pid(argv, out, img, r"^step 8:")
+    assert len(done["members"]) == 1, done
+    r = batch_restore(img)
+    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
+    assert read(out) == want()
+    assert read(out).endswith("step 30: the child says 1030\nchild exited 0\n")
