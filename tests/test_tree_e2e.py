@@ -228,3 +228,15 @@ def test_a_sysv_segment_two_processes_attach_is_one_after_the_restore(tmp_path):
     reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
     assert read(out) == want()
     assert read(out).endswith("step 30: the child says 1030\nchild exited 0\n")
+
+
+def test_unix_socket_pairs_between_two_processes_keep_their_queued_data(tmp_path):
+    argv = [example("sockpair"), "30", "15"]
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "s.img")
+    done = saved_by_pid(argv, out, img, r"^step 8:")
+    assert not any("peer is another process" in n for n in done["notes"]), done
+    r = batch_restore(img)
+    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
+    assert read(out) == want()
+    assert read(out).endswith("queued: greetings from the child\nchild exited 4\n")
