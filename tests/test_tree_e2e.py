@@ -62,6 +62,19 @@ def kill_tree(pids: list[int]) -> None:
     reap(pids)
 
 
+def by_pid_and_back(argv: list[str], ready: str, tmp_path) -> tuple[dict, str]:
+    """argv saved by pid (--kill) once its output shows ready, restored headless and run
+    to its end with its children; returns the save's JSON and the whole output, checked
+    against an uninterrupted run."""
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "t.img")
+    done = saved_by_pid(argv, out, img, ready)
+    r = batch_restore(img)
+    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
+    assert read(out) == want()
+    return done, read(out)
+
+
 def test_a_family_comes_back_in_a_fresh_gdb(sessions, tmp_path):
     argv = [example("family"), "12", "5"]
     want = uninterrupted(argv)
@@ -139,26 +152,16 @@ def test_single_saves_the_one_process_and_names_what_it_misses(tmp_path):
 
 def test_a_bash_pipeline_with_a_while_read_loop_finishes_right(tmp_path):
     argv = ["/bin/bash", os.path.join(EXAMPLES, "pipeline.sh"), "30"]
-    want = uninterrupted_later(argv)
-    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
-    done = saved_by_pid(argv, out, img, r"^line 8 ")
+    done, out = by_pid_and_back(argv, r"^line 8 ", tmp_path)
     assert len(done["members"]) >= 2, done         # two subshells, and maybe a sleep
-    r = batch_restore(img)
-    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
-    assert read(out) == want()
-    assert read(out).endswith("line 30 sum 465\npipeline done\n")
+    assert out.endswith("line 30 sum 465\npipeline done\n")
 
 
 def test_a_multiprocessing_pool_in_the_middle_of_a_map_finishes_right(tmp_path):
     argv = ["/usr/bin/python3", os.path.join(EXAMPLES, "pool.py"), "50"]
-    want = uninterrupted_later(argv)
-    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
-    done = saved_by_pid(argv, out, img, r"^result 15 ")
+    done, out = by_pid_and_back(argv, r"^result 15 ", tmp_path)
     assert len(done["members"]) == 2, done
-    r = batch_restore(img)
-    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
-    assert read(out) == want()
-    assert read(out).endswith("result 49 2401\npool done\n")
+    assert out.endswith("result 49 2401\npool done\n")
 
 
 def test_an_unprivileged_tree_whose_pids_are_taken_sees_its_own_pids(shared_dir):
@@ -219,24 +222,12 @@ def test_debug_tree_makes_every_process_an_inferior_stopped_where_it_was(session
 
 
 def test_a_sysv_segment_two_processes_attach_is_one_after_the_restore(tmp_path):
-    argv = [example("sysvpair"), "30", "15"]
-    want = uninterrupted_later(argv)
-    out, img = str(tmp_path / "out"), str(tmp_path / "s.img")
-    done = saved_by_pid(argv, out, img, r"^step 8:")
+    done, out = by_pid_and_back([example("sysvpair"), "30", "15"], r"^step 8:", tmp_path)
     assert len(done["members"]) == 1, done
-    r = batch_restore(img)
-    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
-    assert read(out) == want()
-    assert read(out).endswith("step 30: the child says 1030\nchild exited 0\n")
+    assert out.endswith("step 30: the child says 1030\nchild exited 0\n")
 
 
 def test_unix_socket_pairs_between_two_processes_keep_their_queued_data(tmp_path):
-    argv = [example("sockpair"), "30", "15"]
-    want = uninterrupted_later(argv)
-    out, img = str(tmp_path / "out"), str(tmp_path / "s.img")
-    done = saved_by_pid(argv, out, img, r"^step 8:")
+    done, out = by_pid_and_back([example("sockpair"), "30", "15"], r"^step 8:", tmp_path)
     assert not any("peer is another process" in n for n in done["notes"]), done
-    r = batch_restore(img)
-    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
-    assert read(out) == want()
-    assert read(out).endswith("queued: greetings from the child\nchild exited 4\n")
+    assert out.endswith("queued: greetings from the child\nchild exited 4\n")
