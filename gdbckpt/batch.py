@@ -28,7 +28,7 @@ import time
 from . import __version__, options
 from .engine.front import Front
 from .errors import CkptError, ImageError
-from .procfs import Proc
+from .procfs import Proc, comm_of
 
 
 class Exit(enum.IntEnum):
@@ -68,7 +68,7 @@ def check_traceable(pid: int) -> str:
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
         raise BatchError(f"process {pid} ({name}) is already traced by process {tracer} "
-                         f"({_comm(tracer)}); detach that debugger first", Exit.NOT_PERMITTED)
+                         f"({comm_of(tracer)}); detach that debugger first", Exit.NOT_PERMITTED)
     if "Z" in status.get("State", ""):
         raise BatchError(f"process {pid} ({name}) has exited (zombie)", Exit.NO_PROCESS)
     uid = int(status["Uid"].split()[0])
@@ -111,14 +111,6 @@ def _is_descendant(pid: int) -> bool:
         if pid == me:
             return True
     return False
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
 
 
 def default_image(pid: int, name: str, fine: bool = False) -> str:

@@ -10,7 +10,6 @@ thread: on Linux credentials belong to each thread).
 from __future__ import annotations
 
 import contextlib
-import os
 import struct
 
 from .errors import RestoreError
@@ -143,10 +142,6 @@ def keep_only_calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
     out += [(Sys.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap), None)
             for cap in range(cap_last() + 1) if c.ambient >> cap & 1]
     return out
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
 
 
 @contextlib.contextmanager

@@ -122,13 +122,20 @@ def read_fds(pid: int) -> list[FdInfo]:
 def _shared_with(pid: int, info: FdInfo, earlier: list[FdInfo], st) -> int:
     """The first earlier fd with the same open file description (dup'd), or -1."""
     for other in earlier:
-        if other.target == info.target and other.same_as < 0 and _kcmp(pid, other.fd, info.fd):
+        if other.target == info.target and other.same_as < 0 and \
+                same_file(pid, other.fd, pid, info.fd):
             return other.fd
     return -1
 
 
-def _kcmp(pid: int, fd1: int, fd2: int) -> bool:
-    return libc().syscall(Sys.kcmp, pid, pid, KCMP_FILE, fd1, fd2) == 0
+def same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    """Whether fd1 of pid1 and fd2 of pid2 are one open file description (kcmp)."""
+    return libc().syscall(Sys.kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+
+
+def ino_of(target: str) -> int:
+    """The inode of a 'pipe:[N]' or 'socket:[N]' link."""
+    return int(target[target.index("[") + 1:target.rindex("]")])
 
 
 def reopen_flags(f: FdInfo) -> int:

@@ -16,6 +16,7 @@ import fcntl
 import os
 import select
 
+from . import fds
 from .image.model import PipeState
 from .libc import errno, libc, unread_bytes
 
@@ -25,11 +26,6 @@ SPLICE_F_NONBLOCK = 2
 O_DIRECT = 0o40000
 O_NONBLOCK = 0o4000
 ACCMODE = 3
-
-
-def ino_of(target: str) -> int:
-    """The pipe's inode, from a 'pipe:[N]' link."""
-    return int(target.removeprefix("pipe:[").rstrip("]"))
 
 
 def save(ours: int, target: str) -> PipeState:
@@ -44,7 +40,7 @@ def save(ours: int, target: str) -> PipeState:
     reader = os.open(f"/proc/self/fd/{ours}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         size = fcntl.fcntl(reader, F_GETPIPE_SZ)
-        return PipeState(ino=ino_of(target), size=size, data=_peek(reader, size),
+        return PipeState(ino=fds.ino_of(target), size=size, data=_peek(reader, size),
                          alone=alone)
     finally:
         os.close(reader)

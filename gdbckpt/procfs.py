@@ -238,3 +238,12 @@ def parse_cpu_list(text: str) -> list[int]:
         lo, _, hi = part.partition("-")
         cpus.extend(range(int(lo), int(hi or lo) + 1))
     return cpus
+
+
+def comm_of(pid: int) -> str:
+    """A process's name, or '?' when it is gone (for messages)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"

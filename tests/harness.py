@@ -249,6 +249,19 @@ def batch_restore(img: str, *opts: str, prefix=()) -> subprocess.CompletedProces
     return r
 
 
+def by_pid_and_back(argv: list[str], ready: str, tmp_path) -> tuple[dict, str]:
+    """argv saved by pid (saved_by_pid) once its output shows ready, restored headless
+    and run to its end with the rest of its tree; returns the save's JSON and the whole
+    output, checked against an uninterrupted run."""
+    want = uninterrupted_later(argv)
+    out, img = str(tmp_path / "out"), str(tmp_path / "t.img")
+    done = saved_by_pid(argv, out, img, ready)
+    r = batch_restore(img)
+    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
+    assert read(out) == want()
+    return done, read(out)
+
+
 def rewrite_record(path: str, rtype, edit) -> str:
     """A copy of the image with one JSON record changed and every checksum made right."""
     data = bytearray(open(path, "rb").read())

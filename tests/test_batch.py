@@ -297,10 +297,9 @@ def nobodys(path: str):
     return f
 
 
-def test_root_restoring_a_users_image_gets_a_process_running_as_that_user(shared_dir):
-    """Credentials come back: root restoring nobody's image does not run nobody's code as
-    root; and nobody may not restore root's image."""
-    argv = [example("counter"), "40", "20"]
+def saved_by_nobody(argv: list[str], shared_dir: str) -> tuple[str, str]:
+    """argv run as nobody (stdout to a file of nobody's) until its third step, then
+    saved by pid as nobody with --kill; returns (output file, image)."""
     out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
     p = subprocess.Popen([*NOBODY, *argv], stdout=nobodys(out), stdin=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
@@ -310,6 +309,14 @@ def test_root_restoring_a_users_image_gets_a_process_running_as_that_user(shared
         p.wait(timeout=30)
     finally:
         p.kill()
+    return out, img
+
+
+def test_root_restoring_a_users_image_gets_a_process_running_as_that_user(shared_dir):
+    """Credentials come back: root restoring nobody's image does not run nobody's code as
+    root; and nobody may not restore root's image."""
+    argv = [example("counter"), "40", "20"]
+    out, img = saved_by_nobody(argv, shared_dir)
     r = batch("restore", img, "--json", check=0)
     pid = json.loads(r.stdout.splitlines()[-1])["pid"]
     with open(f"/proc/{pid}/status") as f:
@@ -430,15 +437,7 @@ def test_in_gdb_root_restoring_a_users_image_runs_it_as_that_user(sessions, shar
     and it finishes right; a bad --clocks value is a one-line error."""
     from harness import error_of, read
     argv = [example("counter"), "40", "20"]
-    out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
-    p = subprocess.Popen([*NOBODY, *argv], stdout=nobodys(out), stdin=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    try:
-        wait_for_output(out, r"^step 3 ")
-        batch(str(p.pid), "-o", img, "--kill", prefix=NOBODY, check=0)
-        p.wait(timeout=30)
-    finally:
-        p.kill()
+    out, img = saved_by_nobody(argv, shared_dir)
     s = sessions()
     assert "--clocks takes one of continue, host" in error_of(s, f"ckpt restore --clocks=x {img}")
     assert "Restored process" in s.restore(img, None, "/dev/null")
@@ -502,15 +501,7 @@ def test_a_crafted_image_cannot_make_roots_restore_map_a_root_only_file(shared_d
     with that file's size, mtime and inode (so that it passes as unchanged): root's
     restore opens it as nobody, and is refused; the file is untouched."""
     argv = [example("counter"), "40", "20"]
-    out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
-    p = subprocess.Popen([*NOBODY, *argv], stdout=nobodys(out), stdin=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    try:
-        wait_for_output(out, r"^step 3 ")
-        batch(str(p.pid), "-o", img, "--kill", prefix=NOBODY, check=0)
-        p.wait(timeout=30)
-    finally:
-        p.kill()
+    out, img = saved_by_nobody(argv, shared_dir)
     secret = tmp_path / "secret"
     secret.write_bytes(b"root's own" * 1000)
     os.chmod(secret, 0o600)

@@ -12,6 +12,7 @@ import pytest
 from harness import (
     batch,
     batch_restore,
+    by_pid_and_back,
     example,
     read,
     saved_by_pid,
@@ -75,11 +76,7 @@ def test_every_kind_comes_back_headless_while_running(tmp_path):
 @needs_repair
 def test_asyncio_server_and_its_client_run_on(tmp_path):
     argv = ["/usr/bin/python3", os.path.join(EXAMPLES, "aioserver.py"), "20"]
-    want = uninterrupted_later(argv)
-    out, img = str(tmp_path / "out"), str(tmp_path / "a.img")
-    saved_by_pid(argv, out, img, r"^ROUND 6 ")
-    batch_restore(img)
-    assert read(out) == want()
+    by_pid_and_back(argv, r"^ROUND 6 ", tmp_path)
 
 
 @needs_repair

@@ -204,7 +204,7 @@ def test_pipe_save_reports_size_and_data_and_leaves_them(keep, end):
     ours = r if end == "reader" else w
     st = pipes.save(ours, link(ours))
     assert st == PipeState(ino=os.fstat(r).st_ino, size=size, data=data, alone=False)
-    assert st.ino == pipes.ino_of(link(w))
+    assert st.ino == fds.ino_of(link(w))
     os.set_blocking(r, False)
     assert read_all_nonblock(r) == data       # nothing was taken by the save
 
@@ -735,7 +735,7 @@ def test_descriptors_in_flight_are_reported_and_left_in_place(keep, type_):
     assert got.replace(b"|", b"") == b"beforecarrierafter"
     assert len(fds_got) == 1
     keep(*fds_got)
-    assert pipes.ino_of(link(fds_got[0])) == os.fstat(r).st_ino
+    assert fds.ino_of(link(fds_got[0])) == os.fstat(r).st_ino
     os.write(fds_got[0], b"through the passed fd")
     assert os.read(r, 100) == b"through the passed fd"
 

@@ -16,6 +16,7 @@ from harness import (
     NOBODY,
     batch,
     batch_restore,
+    by_pid_and_back,
     example,
     read,
     reap,
@@ -60,19 +61,6 @@ def kill_tree(pids: list[int]) -> None:
         except ProcessLookupError:
             pass
     reap(pids)
-
-
-def by_pid_and_back(argv: list[str], ready: str, tmp_path) -> tuple[dict, str]:
-    """argv saved by pid (--kill) once its output shows ready, restored headless and run
-    to its end with its children; returns the save's JSON and the whole output, checked
-    against an uninterrupted run."""
-    want = uninterrupted_later(argv)
-    out, img = str(tmp_path / "out"), str(tmp_path / "t.img")
-    done = saved_by_pid(argv, out, img, ready)
-    r = batch_restore(img)
-    reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
-    assert read(out) == want()
-    return done, read(out)
 
 
 def test_a_family_comes_back_in_a_fresh_gdb(sessions, tmp_path):
@@ -242,3 +230,4 @@ def test_unix_socket_pairs_between_two_processes_keep_their_queued_data(tmp_path
     done, out = by_pid_and_back([example("sockpair"), "30", "15"], r"^step 8:", tmp_path)
     assert not any("peer is another process" in n for n in done["notes"]), done
     assert out.endswith("queued: greetings from the child\nchild exited 4\n")
+

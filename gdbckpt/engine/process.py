@@ -136,17 +136,7 @@ class Process:
         """SIGKILL a process we seized, and take each thread's death as its tracer: only
         then can its parent (or init) reap it, and its pid be free for a restore."""
         self.close()
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self.owned:
-            # The leader's end is told only once every other thread has been reaped.
-            for tid in sorted(self.tids, key=lambda t: t == self.pid):
-                try:
-                    os.waitpid(tid, ptrace.WALL)
-                except ChildProcessError:
-                    pass
+        kill_and_reap(self.pid, [t for t in self.tids if t != self.pid] if self.owned else None)
         self.owned = False
 
     # -- registers -------------------------------------------------------------
@@ -495,6 +485,21 @@ class Process:
             if i >= 0:
                 return start + i
         return None
+
+
+def kill_and_reap(pid: int, threads: list[int] | None = ()) -> None:
+    """SIGKILL pid and wait for its end, as its parent or tracer. Threads we traced are
+    waited for first (__WALL): the leader's end is told only once they are reaped.
+    threads None: nothing to wait for (neither parent nor tracer)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    for tid in [] if threads is None else [*threads, pid]:
+        try:
+            os.waitpid(tid, ptrace.WALL)
+        except ChildProcessError:
+            pass
 
 
 def drop_snapshot(child: int) -> None:

@@ -143,10 +143,8 @@ def _tree_plan(p: Prepared, stub: Stub) -> planmod.Plan:
     """One plan for the whole tree, to print: each process's own steps after the root's,
     each planned against a stub like the ones its fork would make."""
     from . import tree_restore as treemod
-    images = [p.img] + [m for _, m in p.img.members if m is not None]
-    objects = treemod.Objects(images)
-    shared = treemod.shared_memory(images)
-    live = _live(stub, p, p.img, objects.tree_pipes(p.img), objects.tree_shmem(p.img, shared))
+    objects = treemod.Objects(p.img.living)
+    live = _live(stub, p, p.img, objects)
     root = planmod.build(p.img, live, p.vdso_mode, p.stdio, p.fill)
     steps, warnings = list(root.steps), list(root.warnings)
     for m, one in p.img.members:
@@ -154,8 +152,7 @@ def _tree_plan(p: Prepared, stub: Stub) -> planmod.Plan:
             warnings.append(f"process {m.pid} ends with status {m.exit_status:#x}: a zombie "
                             f"for {m.ppid} to reap")
             continue
-        live = _live(stub, p, one, objects.tree_pipes(one), objects.tree_shmem(one, shared))
-        plan = planmod.build(one, live, p.vdso_mode, {}, p.fill)
+        plan = planmod.build(one, _live(stub, p, one, objects), p.vdso_mode, {}, p.fill)
         steps.append(planmod.Member(pid=m.pid, ppid=m.ppid))
         steps += plan.steps
         warnings += [f"process {m.pid}: {w}" for w in plan.warnings]
@@ -240,10 +237,7 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
     else:
         root, helpers = _start_stub(img.process.pid, new_session, hand), []
     stubs = {img.process.pid: root}
-    images = [img] + [m for _, m in img.members if m is not None]
-    objects = treemod.Objects(images)
-    warnings: list[str] = []
-    member_creds: dict[int, bool] = {}       # whether each took the saved credentials
+    objects = treemod.Objects(img.living)
     try:
         if root.inner_pid != img.process.pid:
             raise PidTaken(f"pid {img.process.pid} was taken meanwhile")
@@ -253,24 +247,10 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
         phases["start stubs"] = time.perf_counter() - t0
         p.sysv = treemod.sysv_segments(img)
         objects.pids = {saved: stub.inner_pid for saved, stub in stubs.items()}
-        shared = treemod.shared_memory(images)
-        for one in images:
-            stub = stubs[one.process.pid]
-            live = _live(stub, p, one, objects.tree_pipes(one), objects.tree_shmem(one, shared))
-            plan = planmod.build(one, live, p.vdso_mode, p.stdio if one is img else {}, p.fill)
-            executor = _Executor(stub, one, plan, front, live.take_creds, objects)
-            member_creds[one.process.pid] = live.take_creds
-            try:
-                found = list(plan.warnings) + executor.run(phases, t0)
-            finally:
-                executor.close()
-            who = "" if one is img else f"process {one.process.pid}: "
-            warnings += [who + w for w in found]
-            if one is img:
-                root_plan = plan
+        root_plan, warnings, member_creds = _run_plans(p, stubs, objects, front)
         phases["plans"] = time.perf_counter() - t0
         objects.close()
-        for one in images[1:]:
+        for one in img.living[1:]:
             stub = stubs[one.process.pid]
             if not members_stopped:
                 warnings += set_dumpable(stub.proc, one, member_creds[one.process.pid])
@@ -293,6 +273,29 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
                         f"have their saved pids; here the root is {root.pid}")
     return RestoreResult(root.pid, img, root_plan, warnings, time.perf_counter() - t0, phases,
                          tids, p.take_creds, members)
+
+
+def _run_plans(p: Prepared, stubs: dict[int, Stub], objects,
+               front: Front) -> tuple[planmod.Plan, list[str], dict[int, bool]]:
+    """Each process's plan in its own stub, the root's first. Returns the root's plan,
+    the warnings, and whether each process took the saved credentials on."""
+    warnings: list[str] = []
+    took: dict[int, bool] = {}
+    for one in p.img.living:
+        stub = stubs[one.process.pid]
+        live = _live(stub, p, one, objects)
+        plan = planmod.build(one, live, p.vdso_mode, p.stdio if one is p.img else {}, p.fill)
+        executor = _Executor(stub, one, plan, front, live.take_creds, objects)
+        took[one.process.pid] = live.take_creds
+        try:
+            found = list(plan.warnings) + executor.run(p.phases, p.t0)
+        finally:
+            executor.close()
+        who = "" if one is p.img else f"process {one.process.pid}: "
+        warnings += [who + w for w in found]
+        if one is p.img:
+            root_plan = plan
+    return root_plan, warnings, took
 
 
 def _let_go(p: Prepared, stub: Stub, stopped: bool, warnings: list[str]) -> dict[int, int]:
@@ -346,10 +349,9 @@ def set_dumpable(proc: Process, img: Image, creds_taken: bool = False) -> list[s
     return []
 
 
-def _live(stub: Stub, p: Prepared, img: Image | None = None, tree_pipes=frozenset(),
-          tree_shmem=None) -> planmod.Live:
-    """What the stub looks like; img: a process of a tree other than the root, with the
-    pipes and shared memory it has with the others."""
+def _live(stub: Stub, p: Prepared, img: Image | None = None, objects=None) -> planmod.Live:
+    """What the stub looks like; img: a process of a tree, whose pipes and shared memory
+    with the others objects (tree_restore.Objects) knows."""
     root = img is None or img is p.img
     img = img or p.img
     take_creds = p.take_creds if root else credsmod.check(img.process.creds, credsmod.own())
@@ -368,7 +370,9 @@ def _live(stub: Stub, p: Prepared, img: Image | None = None, tree_pipes=frozense
         force=p.force, timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
         sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),
         time_offsets=_time_offsets(p), take_creds=take_creds,
-        image_fd=stub.image_fd, tree_pipes=set(tree_pipes), tree_shmem=tree_shmem or {},
+        image_fd=stub.image_fd,
+        tree_pipes=objects.tree_pipes(img) if objects else set(),
+        tree_shmem=objects.tree_shmem(img) if objects else {},
         held_fds={stub.channel[1]} if stub.channel is not None else set(), member=not root,
         userns=stub.userns)
 

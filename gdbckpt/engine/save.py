@@ -41,6 +41,7 @@ from ..memory import READ_PIECE, MemoryDumper, regions
 from ..procfs import (
     MM_FIELDS,
     Proc,
+    comm_of,
     kernel_identity,
     parse_cpu_list,
     parse_limits,
@@ -154,20 +155,13 @@ def _children_left_out(root: _Saver, pid: int, strict: bool) -> None:
     left = treemod.children(pid)
     if not left:
         return
-    names = ", ".join(f"{c} ({_comm(c)})" for c in left)
+    names = ", ".join(f"{c} ({comm_of(c)})" for c in left)
     why = (f"its children {names} are not saved (--single): after a restore it waits for "
            "them in vain, and its pipes and sockets to them are cut")
     if strict:
         raise SaveError(f"{why} (--strict)")
     root.lost.append(why)
     root.notes.append(why)
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Proc(pid).comm()
-    except CkptError:
-        return "?"
 
 
 class _Saver:

@@ -33,7 +33,7 @@ from ..stubabi import (
     StubOpFlags,
 )
 from . import ptrace
-from .process import Process, deferred_signals, wait_state
+from .process import Process, deferred_signals, kill_and_reap, wait_state
 
 # The scratch buffer: paths and structs first, the op array in the last MiB.
 OPS_AREA = 1 << 20
@@ -139,7 +139,7 @@ class Stub:
                 stub.image_fd = hand[1] if hand else None
                 return stub
             except (ptrace.PtraceError, RestoreError) as e:
-                _kill_and_reap(pid)
+                kill_and_reap(pid)
                 raise RestoreError(f"cannot take hold of the restart stub: {e}") from None
 
     def fork(self, want_pid: int = 0) -> Stub:
@@ -158,7 +158,7 @@ class Stub:
                 ptrace.interrupt(pid)
                 _wait_event_stop(pid)
             except (ptrace.PtraceError, RestoreError) as e:
-                _kill_and_reap(pid)
+                kill_and_reap(pid)
                 raise RestoreError(f"cannot take hold of restored process {pid}: {e}") from None
         child = Stub.__new__(Stub)
         child.pid = pid
@@ -242,7 +242,7 @@ class Stub:
     def kill(self) -> None:
         threads = [t for t in self.proc.tids if t != self.pid]
         self.proc.close()
-        _kill_and_reap(self.pid, threads)
+        kill_and_reap(self.pid, threads)
 
     def mappings(self) -> list[Mapping]:
         return read_mappings(self.pid)
@@ -377,20 +377,6 @@ def _wait_event_stop(tid: int) -> None:
         ptrace.interrupt(tid)
 
 
-def _kill_and_reap(pid: int, threads: list[int] = ()) -> None:
-    """Kill the stub and reap it. Threads we traced must be reaped by us first (with
-    __WALL): until they are, the leader cannot be, and waiting for it would hang."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    for tid in [*threads, pid]:
-        try:
-            os.waitpid(tid, ptrace.WALL if tid != pid else 0)
-        except ChildProcessError:
-            pass
-
-
 def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False,
                   hand: tuple[int, int] | None = None) -> tuple[int, bytes]:
     """Start the stub with only stdio and its ready pipe; returns once it is parked, with
@@ -433,7 +419,7 @@ def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False,
         ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
         hello = os.read(r, HELLO.size) if ready else b""
         if len(hello) != HELLO.size or not hello.startswith(HELLO_MAGIC):
-            _kill_and_reap(pid)
+            kill_and_reap(pid)
             raise RestoreError(f"the restart stub did not start within {READY_TIMEOUT} s "
                                f"(or is out of date: {native.native_hint()})")
     finally:

@@ -19,8 +19,6 @@ from ..image.model import FdInfo
 from ..procfs import Proc
 from .process import Process
 
-KCMP_FILE = 0
-
 
 @dataclasses.dataclass
 class TreeProcess:
@@ -81,9 +79,8 @@ def seize_descendants(root: int, raise_as=SaveError) -> list[TreeProcess]:
 
 
 def _take(pid: int, parent: int, raise_as) -> TreeProcess | None:
-    try:
-        stat = Proc(pid).stat()
-    except CkptError:
+    stat = _stat_or_none(pid)
+    if stat is None:
         return None                 # gone, and reaped, meanwhile
     member = TreeProcess(pid=pid, ppid=parent, pgid=int(stat["pgrp"]),
                          sid=int(stat["session"]), comm=str(stat["comm"]))
@@ -141,9 +138,9 @@ def ends(fd_tables: dict[int, list[FdInfo]]) -> TreeEnds:
     for table in fd_tables.values():
         for f in table:
             if f.kind == fdsmod.FdKind.PIPE:
-                out.pipes.setdefault(_ino(f.target), set()).add(f.flags & fdsmod.ACCMODE)
+                out.pipes.setdefault(fdsmod.ino_of(f.target), set()).add(f.flags & fdsmod.ACCMODE)
             elif f.kind == fdsmod.FdKind.SOCKET:
-                out.sockets.add(_ino(f.target))
+                out.sockets.add(fdsmod.ino_of(f.target))
     return out
 
 
@@ -157,7 +154,7 @@ def shared_descriptions(fd_tables: dict[int, list[FdInfo]]) -> None:
             if f.same_as >= 0:
                 continue
             owner = next(((p, g) for p, g in seen if g.target == f.target
-                          and _same_file(p, g.fd, pid, f.fd)), None)
+                          and fdsmod.same_file(p, g.fd, pid, f.fd)), None)
             if owner is not None:
                 f.shared_from = [owner[0], owner[1].fd]
             else:
@@ -165,11 +162,3 @@ def shared_descriptions(fd_tables: dict[int, list[FdInfo]]) -> None:
         seen += mine
 
 
-def _same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
-    from ..libc import libc
-    from ..linux import Sys
-    return libc().syscall(Sys.kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
-
-
-def _ino(target: str) -> int:
-    return int(target[target.index("[") + 1:target.rindex("]")])

@@ -18,14 +18,13 @@ import os
 import socket
 import struct
 
-from .. import creds as credsmod
 from .. import fds as fdsmod
 from .. import plan as planmod
 from .. import sysv
 from ..errors import RestoreError
 from ..image import Image
 from ..image.model import FdInfo, Member
-from ..linux import SIGCHLD, Sys
+from ..linux import SIGCHLD, Prctl, Sys
 from ..maps import Kind
 from ..stubabi import StubOp, StubOpFlags
 from .stub import OpFailed, Stub
@@ -47,6 +46,7 @@ class Objects:
         self._made: dict[tuple, dict[int, int]] = {}
         for img in images:
             self._index(img)
+        self.shared = shared_memory(images)    # shared memory inodes mapped by several
 
     def _index(self, img: Image) -> None:
         for f in img.fds:
@@ -73,7 +73,9 @@ class Objects:
         return {ino for ino, modes in mine.items()
                 if len(modes) < 2 and all(self._pipes.get(ino, [None, None]))}
 
-    def tree_shmem(self, img: Image, shared: set[int]) -> dict[int, bool]:
+    def tree_shmem(self, img: Image, shared: set[int] | None = None) -> dict[int, bool]:
+        """Shared memory img maps with others: inode -> whether img fills it."""
+        shared = self.shared if shared is None else shared
         return {v.inode: self.fills[v.inode] == img.process.pid for v in img.vmas
                 if v.inode in shared}
 
@@ -215,7 +217,7 @@ def _map_own_ids(pid: int) -> None:
 
 def taken_fds(img: Image) -> set[int]:
     """Descriptor numbers any process of the tree had."""
-    return {f.fd for i in [img] + [m for _, m in img.members if m] for f in i.fds}
+    return {f.fd for i in img.living for f in i.fds}
 
 
 def _free_number(img: Image, below: int) -> int:
@@ -278,7 +280,7 @@ def _ending(stub: Stub, m: Member) -> list[planmod.Op]:
     if not sig:
         return [planmod.Op(Sys.exit_group, (m.exit_status >> 8 & 0xff,))]
     mask = stub.scratch.put(SIGSET.pack(1 << (sig - 1)))
-    return [planmod.Op(Sys.prctl, (4, 0)),             # PR_SET_DUMPABLE 0: no core
+    return [planmod.Op(Sys.prctl, (Prctl.SET_DUMPABLE, 0)),     # no core
             planmod.Op(Sys.rt_sigprocmask, (SIG_UNBLOCK, mask, 0, 8)),
             planmod.Op(Sys.kill, (stub.inner_pid, sig))]
 
@@ -292,9 +294,5 @@ def _drain_sigchld(stub: Stub) -> None:
                              StubOpFlags.IGNORE_ERROR))])
 
 
-def member_creds(img: Image) -> bool:
-    return credsmod.check(img.process.creds, credsmod.own())
-
-
 def sysv_segments(img: Image) -> dict:
-    return sysv.prepare([v for i in [img] + [m for _, m in img.members if m] for v in i.vmas])
+    return sysv.prepare([v for i in img.living for v in i.vmas])

@@ -73,6 +73,11 @@ class Image:
         return _Loader(path).load()
 
     @property
+    def living(self) -> list[Image]:
+        """This image, and that of every other living process of its tree."""
+        return [self] + [m for _, m in self.members if m is not None]
+
+    @property
     def compressed(self) -> bool:
         return bool(self.flags & fmt.ImageFlags.COMPRESSED)
 
@@ -213,7 +218,7 @@ class _Loader:
         except BaseException:
             os.close(fd)
             raise
-        for one in [img] + [m for _, m in img.members if m is not None]:
+        for one in img.living:
             one.version, one.flags, one.created_ns = version, fmt.ImageFlags(flags), created
             one.fd = fd
         weakref.finalize(img, os.close, fd)
