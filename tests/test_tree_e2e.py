@@ -17,10 +17,12 @@ from harness import (
     batch,
     batch_restore,
     by_pid_and_back,
+    error_of,
     example,
     read,
     reap,
     restore_and_finish,
+    rewrite_record,
     saved_by_pid,
     spawn,
     uninterrupted,
@@ -29,6 +31,7 @@ from harness import (
     wait_gone,
 )
 
+from gdbckpt.image import format as fmt
 from gdbckpt.libc import libc
 
 
@@ -231,3 +234,17 @@ def test_unix_socket_pairs_between_two_processes_keep_their_queued_data(tmp_path
     assert not any("peer is another process" in n for n in done["notes"]), done
     assert out.endswith("queued: greetings from the child\nchild exited 4\n")
 
+
+def test_in_gdb_single_names_the_children_and_a_bad_tree_is_a_one_line_error(sessions,
+                                                                             tmp_path):
+    argv = [example("family"), "12", "5"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "f.img")
+    s = sessions()
+    s.start(argv, out, breakpoint="checkpoint_here")
+    single = s.save(str(tmp_path / "one.img"), "--single")
+    assert "are not saved (--single)" in single and "descendant" not in single, single
+    s.save(img)
+    s.cli("kill")
+    zombie_of_sigchld = rewrite_record(img, fmt.RecordType.MEMBER, lambda m: {
+        **m, "exit_status": 17 if m["exit_status"] is not None else None})
+    assert "which no process ends with" in error_of(s, f"ckpt restore {zombie_of_sigchld}")
