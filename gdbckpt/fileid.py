@@ -7,12 +7,12 @@ info`, not for matching: a copy of the same library on another host matches.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import stat
 import struct
 
+import msgspec
 import xxhash
 
 from .image.model import FileRef
@@ -107,7 +107,7 @@ def identify(path: str) -> FileRef:
         _known[key] = FileRef(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
                               ino=st.st_ino, dev=st.st_dev, build_id=bid,
                               hash=None if bid else content_hash(path))
-    return dataclasses.replace(_known[key])
+    return msgspec.structs.replace(_known[key])
 
 
 def check(ref: FileRef) -> str | None:

@@ -15,12 +15,13 @@ the stub takes a copy:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import select
 import socket
 import stat
 import struct
+
+import msgspec
 
 from . import sockdiag, tcprepair
 from .image.model import InFlight, SockState
@@ -174,7 +175,7 @@ def _save_unix(s: socket.socket, st: SockState) -> list[str]:
         named = sum(1 for frm in senders if frm)
         kept = [i for i, frm in enumerate(senders) if not frm]
         st.queue = [st.queue[i] for i in kept]
-        st.inflight = [dataclasses.replace(f, message=kept.index(f.message))
+        st.inflight = [msgspec.structs.replace(f, message=kept.index(f.message))
                        for f in st.inflight if f.message in kept]
         lost.append(f"{named} unread datagram(s) from named sockets are lost")
     return lost

@@ -31,11 +31,14 @@ Caveats, as for CRIU:
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import socket
 import struct
+
+import msgspec
+
+from .image.hexbytes import Hex
 
 # linux/tcp.h; Python's socket module lacks these.
 TCP_REPAIR = 19
@@ -77,8 +80,7 @@ class RepairError(OSError):
     """A TCP_REPAIR step failed; the one-line message names the connection."""
 
 
-@dataclasses.dataclass
-class TcpConn:
+class TcpConn(msgspec.Struct):
     """One ESTABLISHED connection as save() found it; only JSON-friendly types."""
 
     family: int                 # AF_INET / AF_INET6
@@ -88,9 +90,9 @@ class TcpConn:
     peer_port: int
     send_seq: int               # write_seq: seq after the last byte of send_queue
     recv_seq: int               # rcv_nxt: seq after the last byte of recv_queue
-    send_queue: bytes           # unacked then unsent bytes
+    send_queue: Hex             # unacked then unsent bytes
     unsent: int                 # how many bytes at the end of send_queue were never sent
-    recv_queue: bytes           # received, not yet read by the program
+    recv_queue: Hex             # received, not yet read by the program
     mss: int                    # mss_clamp (what the peer advertised)
     wscale: bool                # window scaling negotiated
     snd_wscale: int

@@ -1,8 +1,9 @@
 """docs/image-format.md and the format module agree: every field, record and flag is there."""
 
-import dataclasses
 import os
 import re
+
+import msgspec
 
 from gdbckpt.image import format as fmt
 from gdbckpt.image import model
@@ -50,7 +51,7 @@ def test_every_model_field_is_documented_where_its_class_is():
                 model.InFlight, model.Member):
         text = home(cls.__name__)
         assert text, f"{cls.__name__} is not described"
-        for f in dataclasses.fields(cls):
+        for f in msgspec.structs.fields(cls):
             assert re.search(rf"`{f.name}`|\| {f.name}\b|\b{f.name},|, {f.name}\b", text), \
                 f"{cls.__name__}.{f.name}"
 

@@ -3,10 +3,10 @@
 Corrupt images are made by writing a valid one and patching its bytes.
 """
 
-import dataclasses
 import os
 import stat
 
+import msgspec
 import pytest
 import zstandard
 
@@ -53,7 +53,7 @@ VDSO = VdsoInfo(vdso=[0x7000_0000, 0x7000_2000], hash="0123456789abcdef")
 FDS = [FdInfo(fd=0, kind="tty", target="/dev/pts/0")]
 
 
-CHILD = dataclasses.replace(THREAD, tid=1235)
+CHILD = msgspec.structs.replace(THREAD, tid=1235)
 CHILD_VMAS = [Vma(start=HEAP, end=HEAP + 0x1000, prot=3, shared=False, kind="anon", path="")]
 
 
@@ -63,7 +63,7 @@ def add_members(w):
     w.add_chunk(HEAP, RANDOM[:PAGE], fmt.ChunkFlags.DIRTY)
     w.add_record(fmt.RecordType.MEMBER, Member(pid=1235, ppid=1234, pgid=1235, sid=1,
                                                chunks=[first, 1]))
-    w.add_record(fmt.RecordType.PROCESS, dataclasses.replace(PROCESS, pid=1235))
+    w.add_record(fmt.RecordType.PROCESS, msgspec.structs.replace(PROCESS, pid=1235))
     w.add_record(fmt.RecordType.THREAD, CHILD)
     w.add_record(fmt.RecordType.VMAS, {"vmas": CHILD_VMAS})
     w.add_record(fmt.RecordType.MEMBER, Member(pid=1236, ppid=1234, pgid=1234, sid=1,
@@ -376,7 +376,7 @@ def test_record_with_a_wrong_field_type(tmp_path):
         w.add_record(fmt.RecordType.PROCESS, PROCESS)
         w.add_record(fmt.RecordType.THREAD, THREAD)
         w.add_record(fmt.RecordType.VMAS, b'{"vmas": [{"start": "x"}]}')
-    with pytest.raises(ImageError, match=r"\(VMAS\)\.vmas\[0\]\.start: expected an integer"):
+    with pytest.raises(ImageError, match=r"\(VMAS\)\.vmas\[0\]\.start: expected `int`, got `str`"):
         Image.open(write_image(tmp_path / "a.img", records=bad_vmas))
 
 
@@ -392,11 +392,9 @@ def test_chunk_outside_every_mapping(tmp_path):
 
 @pytest.mark.parametrize("record, key", [("VMAS", "vmas"), ("FDS", "fds")])
 def test_an_unknown_kind_is_refused_naming_the_field(tmp_path, record, key):
-    import dataclasses as dc
-
     from gdbckpt.image.model import to_json
     items = VMAS if key == "vmas" else FDS
-    bad = [to_json(dc.replace(items[0]))]
+    bad = [to_json(msgspec.structs.replace(items[0]))]
     bad[0]["kind"] = "teleporter"
 
     def records(w):
@@ -405,7 +403,7 @@ def test_an_unknown_kind_is_refused_naming_the_field(tmp_path, record, key):
                            (fmt.RecordType.FDS, {"fds": FDS})):
             w.add_record(rtype, {key: bad} if rtype.name == record else obj)
     path = write_image(tmp_path / "k.img", records=records)
-    with pytest.raises(ImageError, match=rf"{key}\[0\]\.kind: unknown \w*Kind 'teleporter'.*"
+    with pytest.raises(ImageError, match=rf"{key}\[0\]\.kind: unknown kind 'teleporter'.*"
                                          "newer gdbckpt"):
         Image.open(path)
 
@@ -455,8 +453,8 @@ def test_a_zombie_status_no_process_ends_with_is_refused(tmp_path, status):
 
 
 def test_a_members_records_must_be_its_own(tmp_path):
-    other = [(fmt.RecordType.PROCESS, dataclasses.replace(PROCESS, pid=6)),
-             (fmt.RecordType.THREAD, dataclasses.replace(THREAD, tid=6)),
+    other = [(fmt.RecordType.PROCESS, msgspec.structs.replace(PROCESS, pid=6)),
+             (fmt.RecordType.THREAD, msgspec.structs.replace(THREAD, tid=6)),
              (fmt.RecordType.VMAS, {"vmas": []})]
     path = tree_image(tmp_path, Member(pid=5, ppid=1234, pgid=5, sid=5), other)
     with pytest.raises(ImageError, match="records of process 5 of its tree are process 6's"):

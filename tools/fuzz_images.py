@@ -52,6 +52,8 @@ import time
 import traceback
 import tracemalloc
 
+import msgspec
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -185,8 +187,8 @@ def build_image(path: str) -> bytes:
         w.add_chunk(HEAP, noise(PAGE), fmt.ChunkFlags.DIRTY)
         w.add_record(fmt.RecordType.MEMBER, Member(pid=4243, ppid=4242, pgid=4243, sid=4242,
                                                    comm="child", chunks=[first, 1]))
-        w.add_record(fmt.RecordType.PROCESS, dataclasses.replace(process, pid=4243, ppid=4242))
-        w.add_record(fmt.RecordType.THREAD, dataclasses.replace(thread, tid=4243))
+        w.add_record(fmt.RecordType.PROCESS, msgspec.structs.replace(process, pid=4243, ppid=4242))
+        w.add_record(fmt.RecordType.THREAD, msgspec.structs.replace(thread, tid=4243))
         w.add_record(fmt.RecordType.VMAS, {"vmas": [vmas[2]]})
         w.add_record(fmt.RecordType.FDS, {"fds": [FdInfo(fd=1, kind="tty", target="/dev/pts/0",
                                                          flags=2, shared_from=[4242, 1])]})
@@ -489,7 +491,7 @@ def plan_for(img: Image) -> None:
                         fd_checks=planmod.check_fds(img), same_ids=True,
                         xcr0=live_xcr0(), image_fd=1000, force=True)
     # The saved vDSO claims to be this kernel's, so that the plan goes past it.
-    same = dataclasses.replace(img, vdso=dataclasses.replace(
+    same = dataclasses.replace(img, vdso=msgspec.structs.replace(
         img.vdso, hash=vdsomod.digest(live.vdso))) if img.vdso.vdso else img
     for image, fill in ((img, "stub"), (same, "stub"), (same, "procmem")):
         try:
@@ -581,8 +583,8 @@ def model_keys() -> list[str]:
     from gdbckpt.image import model
     keys = {"vmas", "files", "fds", "notes"}
     for obj in vars(model).values():
-        if dataclasses.is_dataclass(obj) and isinstance(obj, type):
-            keys |= {f.name for f in dataclasses.fields(obj)}
+        if isinstance(obj, type) and issubclass(obj, msgspec.Struct):
+            keys |= set(obj.__struct_fields__)
     return sorted(keys)
 
 

@@ -13,6 +13,8 @@ import dataclasses
 import os
 import time
 
+import msgspec
+
 from .. import __version__, fileid, tcprepair
 from .. import clocks as clockmod
 from .. import creds as credsmod
@@ -393,7 +395,7 @@ class _Saver:
             dumpable=self.state.dumpable(), nice=int(stat["nice"]),
             not_restored=self._not_restored(fds), tid_offset=self._tid_offset(threads),
             xcomp_perm=self.state.xcomp_perm(), clocks=clockmod.of_process(self.inf.pid),
-            creds=dataclasses.replace(credsmod.from_status(status),
+            creds=msgspec.structs.replace(credsmod.from_status(status),
                                       securebits=self.state.securebits()))
 
     def _tid_offset(self, threads: list[ThreadState]) -> int | None:

@@ -1,28 +1,26 @@
-"""What an image holds, as dataclasses, and their JSON encoding.
+"""What an image holds, as msgspec Structs, and their JSON encoding.
 
 Every metadata record's payload is the JSON of one of these classes (see
-format.RecordType). Decoding checks every field's type and names the record
-and field that is wrong; unknown keys are ignored so that a later minor
-version may add fields; fields with defaults may be missing.
+format.RecordType). Decoding checks every field's type (msgspec) and names the record
+and field that is wrong; unknown keys are ignored so that a later minor version may add
+fields; fields with defaults may be missing. Bytes are stored as hex (format 2), which
+msgspec does not do itself: fields of bytes are typed Hex, decoded by a hook.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import functools
 import json
 import math
-import types
-import typing
+
+import msgspec
 
 from ..errors import ImageError
 from ..tcprepair import TcpConn
+from .hexbytes import Hex
 from .kinds import FdKind, Kind, LockKind
 
 
-@dataclasses.dataclass
-class Member:
+class Member(msgspec.Struct):
     """A process of a saved tree other than its root (format.RecordType.MEMBER). The
     records after this one, up to the next MEMBER, are its own; a zombie has none."""
     pid: int
@@ -31,12 +29,11 @@ class Member:
     sid: int
     comm: str = ""
     exit_status: int | None = None   # a zombie: its status, as wait() gives it
-    chunks: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # [first, count]
+    chunks: list[int] = msgspec.field(default_factory=lambda: [0, 0])  # [first, count]
                                      # of CHUNKS: its memory
 
 
-@dataclasses.dataclass
-class FileRef:
+class FileRef(msgspec.Struct):
     """A file some mapping came from, and how to tell whether it changed."""
     path: str
     size: int
@@ -47,8 +44,7 @@ class FileRef:
     hash: str | None = None       # hex xxh3-128 of the whole file, when no build-id
 
 
-@dataclasses.dataclass
-class Vma:
+class Vma(msgspec.Struct):
     start: int
     end: int
     prot: int          # linux.Prot
@@ -57,29 +53,26 @@ class Vma:
     path: str          # as /proc/PID/maps showed it
     offset: int = 0    # file offset of start
     file: int = -1     # index into FILES, or -1
-    vmflags: list[str] = dataclasses.field(default_factory=list)
+    vmflags: list[str] = msgspec.field(default_factory=list)
     inode: int = 0     # shared memory: mappings of one object share it
     shm: SysvShm | None = None    # a SysV shared memory segment
 
 
-@dataclasses.dataclass
-class SysvShm:
+class SysvShm(msgspec.Struct):
     key: int
     id: int
     size: int
     perms: int
 
 
-@dataclasses.dataclass
-class Rseq:
+class Rseq(msgspec.Struct):
     addr: int
     size: int
     sig: int
     flags: int = 0
 
 
-@dataclasses.dataclass
-class SyscallState:
+class SyscallState(msgspec.Struct):
     """A thread was stopped inside a system call that the kernel would restart."""
     nr: int            # the system call (orig_rax)
     errno: int         # the ERESTART* code the kernel left in rax
@@ -87,25 +80,22 @@ class SyscallState:
                        # "eintr": the call (unknown: restart_syscall) returns EINTR
 
 
-@dataclasses.dataclass
-class SigAltStack:
+class SigAltStack(msgspec.Struct):
     sp: int
     flags: int
     size: int
 
 
-@dataclasses.dataclass
-class XState:
+class XState(msgspec.Struct):
     """A thread's extended registers (NT_X86_XSTATE), per XSAVE component."""
     xcr0: int                   # the components the saving CPU enabled
     in_use: int                 # XSTATE_BV: components not in their initial state
-    legacy: bytes               # the FXSAVE area's first 464 bytes: x87, MXCSR, xmm0-15
-    components: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    legacy: Hex               # the FXSAVE area's first 464 bytes: x87, MXCSR, xmm0-15
+    components: dict[str, Hex] = msgspec.field(default_factory=dict)
     # feature number (2 and up) -> that component's bytes, for those in use
 
 
-@dataclasses.dataclass
-class ThreadState:
+class ThreadState(msgspec.Struct):
     tid: int
     regs: dict[str, int]        # struct user_regs_struct by field name (PTRACE_GETREGS)
     xstate: XState | None = None
@@ -116,12 +106,11 @@ class ThreadState:
     sigaltstack: SigAltStack | None = None
     tid_address: int | None = None   # clear_child_tid
     robust_list: list[int] | None = None   # [head, len]
-    pending: list[bytes] = dataclasses.field(default_factory=list)   # siginfo, 128 bytes each
+    pending: list[Hex] = msgspec.field(default_factory=list)   # siginfo, 128 bytes each
     cpus: list[int] | None = None    # CPU affinity
 
 
-@dataclasses.dataclass
-class SigAction:
+class SigAction(msgspec.Struct):
     sig: int
     handler: int       # 0 = SIG_DFL, 1 = SIG_IGN, else an address
     flags: int
@@ -129,8 +118,7 @@ class SigAction:
     mask: int
 
 
-@dataclasses.dataclass
-class MmBounds:
+class MmBounds(msgspec.Struct):
     """The fields of PR_SET_MM_MAP, from /proc/PID/stat and brk(0)."""
     start_code: int
     end_code: int
@@ -145,8 +133,7 @@ class MmBounds:
     env_end: int
 
 
-@dataclasses.dataclass
-class ProcessInfo:
+class ProcessInfo(msgspec.Struct):
     pid: int
     exe: str
     cwd: str
@@ -162,17 +149,17 @@ class ProcessInfo:
     umask: int = 0o022
     uid: int = 0
     gid: int = 0
-    sigactions: list[SigAction] = dataclasses.field(default_factory=list)
+    sigactions: list[SigAction] = msgspec.field(default_factory=list)
     sigpending: int = 0         # process-wide pending signals, as a mask
-    shared_pending: list[bytes] = dataclasses.field(default_factory=list)   # their siginfo
+    shared_pending: list[Hex] = msgspec.field(default_factory=list)   # their siginfo
     stopped_by: str = ""        # why the process was stopped at the save
-    rlimits: list[Rlimit] = dataclasses.field(default_factory=list)
-    itimers: list[ItimerState] = dataclasses.field(default_factory=list)
-    timers: list[PosixTimer] = dataclasses.field(default_factory=list)
+    rlimits: list[Rlimit] = msgspec.field(default_factory=list)
+    itimers: list[ItimerState] = msgspec.field(default_factory=list)
+    timers: list[PosixTimer] = msgspec.field(default_factory=list)
     no_new_privs: bool = False
     dumpable: int = 1
     nice: int = 0
-    not_restored: list[str] = dataclasses.field(default_factory=list)
+    not_restored: list[str] = msgspec.field(default_factory=list)
     tid_offset: int | None = None   # offsetof(struct pthread, tid), from libc
     xcomp_perm: int = 0         # ARCH_GET_XCOMP_PERM: XSAVE components the process may use
     clocks: ClockState | None = None
@@ -184,13 +171,12 @@ class ProcessInfo:
     pdeathsig: int = 0          # PR_SET_PDEATHSIG
 
 
-@dataclasses.dataclass
-class Credentials:
+class Credentials(msgspec.Struct):
     """Who the process ran as: /proc/PID/status's Uid, Gid (real, effective, saved, fs),
     Groups and capability sets, and its securebits."""
     uids: list[int]
     gids: list[int]
-    groups: list[int] = dataclasses.field(default_factory=list)
+    groups: list[int] = msgspec.field(default_factory=list)
     inheritable: int = 0
     permitted: int = 0
     effective: int = 0
@@ -199,8 +185,7 @@ class Credentials:
     securebits: int = 0
 
 
-@dataclasses.dataclass
-class ClockState:
+class ClockState(msgspec.Struct):
     """CLOCK_MONOTONIC and CLOCK_BOOTTIME as the process saw them at the save, and the
     offsets of the time namespace it ran in (against the host's clocks)."""
     monotonic_ns: int
@@ -209,8 +194,7 @@ class ClockState:
     offset_boottime_ns: int = 0
 
 
-@dataclasses.dataclass
-class VdsoInfo:
+class VdsoInfo(msgspec.Struct):
     vdso: list[int] | None = None          # [start, end]
     vvar: list[int] | None = None
     vvar_vclock: list[int] | None = None
@@ -220,8 +204,7 @@ class VdsoInfo:
     mark: list[int] | None = None          # the page that names the proxy
 
 
-@dataclasses.dataclass
-class FdInfo:
+class FdInfo(msgspec.Struct):
     """An open file descriptor; fds.py says how each kind is saved and restored."""
     fd: int
     kind: FdKind
@@ -237,15 +220,14 @@ class FdInfo:
     pipe: PipeState | None = None
     anon: AnonState | None = None
     sock: SockState | None = None
-    locks: list[FileLock] = dataclasses.field(default_factory=list)
+    locks: list[FileLock] = msgspec.field(default_factory=list)
     seals: int | None = None   # a memfd's seals (F_GET_SEALS); its bytes are in data
     # The same open file description as fd [1] of process [0], restored before this one
     # in the same tree (kcmp): one description, one shared offset.
     shared_from: list[int] | None = None
 
 
-@dataclasses.dataclass
-class FileLock:
+class FileLock(msgspec.Struct):
     """A lock the process holds through this descriptor (its fdinfo 'lock:' lines)."""
     kind: LockKind
     write: bool
@@ -253,24 +235,21 @@ class FileLock:
     end: int = -1              # the last byte locked; -1: to the end of the file
 
 
-@dataclasses.dataclass
-class PipeState:
+class PipeState(msgspec.Struct):
     """A pipe or FIFO end (pipes.py)."""
     ino: int
     size: int                  # F_GETPIPE_SZ
-    data: bytes = b""          # what was in it, unread, at the save
+    data: Hex = b""          # what was in it, unread, at the save
     alone: bool = False        # its other side was closed by everyone (no writer or reader)
 
 
-@dataclasses.dataclass
-class EpollTarget:
+class EpollTarget(msgspec.Struct):
     fd: int                    # the registered fd, as the process numbers it
     events: int
     data: int
 
 
-@dataclasses.dataclass
-class AnonState:
+class AnonState(msgspec.Struct):
     """An anon-inode descriptor: eventfd, timerfd, signalfd, epoll or pidfd
     (anonfds.py), inotify or fanotify (watches.py)."""
     type: str
@@ -283,8 +262,8 @@ class AnonState:
     interval_ns: int = 0
     saved_ns: int = 0          # the timer's clock at the save (an absolute timer's base)
     sigmask: int = 0           # signalfd
-    targets: list[EpollTarget] = dataclasses.field(default_factory=list)   # epoll
-    watches: list[Watch] = dataclasses.field(default_factory=list)   # inotify, fanotify
+    targets: list[EpollTarget] = msgspec.field(default_factory=list)   # epoll
+    watches: list[Watch] = msgspec.field(default_factory=list)   # inotify, fanotify
     fan_flags: int = 0         # fanotify_init's flags and event_f_flags
     fan_event_flags: int = 0
     pid: int = 0               # pidfd: the process it refers to (0: the saved process
@@ -292,8 +271,7 @@ class AnonState:
     boot_id: str = ""          # boot) and the boot it ran in
 
 
-@dataclasses.dataclass
-class Watch:
+class Watch(msgspec.Struct):
     """An inotify watch or a fanotify mark (watches.py)."""
     path: str
     mask: int
@@ -302,8 +280,7 @@ class Watch:
     flags: int = 0             # fanotify: FAN_MARK_* (mount, filesystem, ...)
 
 
-@dataclasses.dataclass
-class InFlight:
+class InFlight(msgspec.Struct):
     """A file in flight: a descriptor that an unread message carries (SCM_RIGHTS)."""
     message: int               # which message of the queue carries it
     path: str
@@ -311,16 +288,15 @@ class InFlight:
     pos: int = 0
 
 
-@dataclasses.dataclass
-class SockState:
+class SockState(msgspec.Struct):
     """A socket (sockets.py)."""
     family: int
     type: int
     protocol: int = 0
     ino: int = 0
     state: str = "unbound"     # unbound, bound, listening, connected, other
-    name: bytes = b""          # a unix socket's bound name (abstract ones start with NUL)
-    peer_name: bytes = b""     # the name of a unix socket's peer, if it has one
+    name: Hex = b""          # a unix socket's bound name (abstract ones start with NUL)
+    peer_name: Hex = b""     # the name of a unix socket's peer, if it has one
     peer_ino: int = 0          # a unix socket's peer
     local: str = ""            # inet addresses
     local_port: int = 0
@@ -328,21 +304,19 @@ class SockState:
     peer_port: int = 0
     backlog: int = 0
     shutdown: int = 0          # RCV_SHUTDOWN 1, SEND_SHUTDOWN 2
-    options: dict[str, int] = dataclasses.field(default_factory=dict)
-    queue: list[bytes] = dataclasses.field(default_factory=list)   # unread: one per message
-    inflight: list[InFlight] = dataclasses.field(default_factory=list)   # files they carry
+    options: dict[str, int] = msgspec.field(default_factory=dict)
+    queue: list[Hex] = msgspec.field(default_factory=list)   # unread: one per message
+    inflight: list[InFlight] = msgspec.field(default_factory=list)   # files they carry
     tcp: TcpConn | None = None   # an established TCP connection, saved with TCP_REPAIR
 
 
-@dataclasses.dataclass
-class ItimerState:
+class ItimerState(msgspec.Struct):
     which: int                 # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
     interval_us: int
     value_us: int
 
 
-@dataclasses.dataclass
-class PosixTimer:
+class PosixTimer(msgspec.Struct):
     id: int
     clock: int
     signo: int
@@ -353,8 +327,7 @@ class PosixTimer:
     remaining_ns: int = 0
 
 
-@dataclasses.dataclass
-class Rlimit:
+class Rlimit(msgspec.Struct):
     resource: int
     soft: int
     hard: int
@@ -362,94 +335,96 @@ class Rlimit:
 
 # --- JSON encoding ---------------------------------------------------------
 
-def to_json(obj) -> object:
-    """Plain JSON values for a model object (bytes become hex)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, bytes):
-        return obj.hex()
-    if isinstance(obj, dict):
-        return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
 def encode(obj) -> bytes:
-    return json.dumps(to_json(obj), separators=(",", ":"), sort_keys=True).encode()
+    """The record payload for a model object: sorted keys, bytes as hex."""
+    plain = msgspec.to_builtins(obj, builtin_types=(bytes,), enc_hook=_to_hex)
+    return json.dumps(plain, default=_to_hex, separators=(",", ":"),
+                      sort_keys=True).encode()
+
+
+def to_json(obj) -> object:
+    """Plain JSON values for a model object, as its record stores them."""
+    return json.loads(encode(obj))
 
 
 def decode(cls, payload: bytes, where: str):
     """Parse a record payload into cls, or raise ImageError naming where."""
     try:
-        data = json.loads(payload.decode("utf-8"))
+        data = json.loads(payload.decode("utf-8"), parse_int=_int64, parse_float=_finite,
+                          parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ImageError(f"{where}: not valid JSON ({e})") from None
+    if b"\\ud" in payload.lower():   # an escaped surrogate: rare, so only then look
+        _check_texts(data, where)
     return from_json(cls, data, where)
 
 
-def from_json(typ, data, where: str):
-    origin = typing.get_origin(typ)
-    if dataclasses.is_dataclass(typ):
-        return _dataclass_from_json(typ, data, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(typ)
-        if data is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return from_json(inner[0], data, where)
-    if origin is list:
-        (item,) = typing.get_args(typ)
-        if not isinstance(data, list):
-            raise ImageError(f"{where}: expected a list")
-        return [from_json(item, v, f"{where}[{i}]") for i, v in enumerate(data)]
-    if origin is dict:
-        _, val = typing.get_args(typ)
-        if not isinstance(data, dict):
-            raise ImageError(f"{where}: expected an object")
-        return {k: from_json(val, v, f"{where}.{k}") for k, v in data.items()}
-    if typ is bytes:
+def from_json(cls, data, where: str):
+    try:
+        return msgspec.convert(data, cls, dec_hook=_from_hex)
+    except msgspec.ValidationError as e:
+        raise ImageError(_reworded(str(e), where)) from None
+
+
+def _reworded(message: str, where: str) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.vmas[0].start`" as
+    "WHERE.vmas[0].start: expected `int`, got `str`"."""
+    what, _, at = message.partition(" - at `$")
+    where += at.rstrip("`")
+    if what.startswith("Invalid enum value"):
+        field = where.rpartition(".")[2]
+        return (f"{where}: unknown {field} {what.split(' ', 3)[3]}: it was written by a "
+                "newer gdbckpt; upgrade to restore it")
+    return f"{where}: {what[:1].lower()}{what[1:]}"
+
+
+def _to_hex(obj) -> str:
+    if isinstance(obj, bytes):   # a Hex, or plain bytes standing in for one
+        return obj.hex()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _from_hex(typ, data):
+    if typ is Hex:
         if not isinstance(data, str):
-            raise ImageError(f"{where}: expected hex bytes")
+            raise TypeError("expected hex bytes")
         try:
-            return bytes.fromhex(data)
+            return Hex(bytes.fromhex(data))
         except ValueError:
-            raise ImageError(f"{where}: expected hex bytes") from None
-    if typ is int:
-        if not isinstance(data, int) or isinstance(data, bool):
-            raise ImageError(f"{where}: expected an integer")
-        if not -(1 << 63) <= data < 1 << 64:
-            raise ImageError(f"{where}: integer out of range")
-        return data
-    if typ is float:
-        if not isinstance(data, (int, float)) or isinstance(data, bool):
-            raise ImageError(f"{where}: expected a number")
-        try:
-            value = float(data)
-        except OverflowError:
-            raise ImageError(f"{where}: number out of range") from None
-        if not math.isfinite(value):
-            raise ImageError(f"{where}: expected a finite number")
-        return value
-    if isinstance(typ, type) and issubclass(typ, enum.Enum):
-        try:
-            return typ(data)
-        except ValueError:
-            raise ImageError(f"{where}: unknown {typ.__name__} '{data}': it was written by a "
-                             "newer gdbckpt; upgrade to restore it") from None
-    if typ in (str, bool):
-        if not isinstance(data, typ):
-            raise ImageError(f"{where}: expected {typ.__name__}")
-        if typ is str:
-            _check_text(data, where)
-        return data
-    raise TypeError(f"model type {typ!r} has no JSON decoding")
+            raise TypeError("expected hex bytes") from None
+    raise NotImplementedError
+
+
+def _int64(text: str) -> int:
+    """Integers a save writes fit in 64 bits, signed or not; bigger ones are refused
+    before any field sees them (msgspec bounds only int64)."""
+    value = int(text)
+    if not -(1 << 63) <= value < 1 << 64:
+        raise ValueError(f"integer out of range: {text[:30]}")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:30]}")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number an image holds")
+
+
+def _check_texts(data, where: str) -> None:
+    if isinstance(data, str):
+        _check_text(data, where)
+    elif isinstance(data, list):
+        for value in data:
+            _check_texts(value, where)
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            _check_text(key, where)
+            _check_texts(value, f"{where}.{key}")
 
 
 def _check_text(data: str, where: str) -> None:
@@ -459,21 +434,3 @@ def _check_text(data: str, where: str) -> None:
         data.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raise ImageError(f"{where}: not text a save writes (a lone surrogate)") from None
-
-
-@functools.cache
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _dataclass_from_json(cls, data, where: str):
-    if not isinstance(data, dict):
-        raise ImageError(f"{where}: expected an object")
-    hints = _hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = from_json(hints[f.name], data[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ImageError(f"{where}: field '{f.name}' is missing")
-    return cls(**kwargs)

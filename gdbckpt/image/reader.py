@@ -13,6 +13,8 @@ import os
 import stat
 import weakref
 
+import msgspec
+
 from ..engine.ptrace import USER_REGS
 from ..errors import ImageError
 from ..linux import EM_X86_64, PAGE_SIZE
@@ -554,6 +556,5 @@ class _ListOf:
     @classmethod
     def make(cls, key: str, item):
         if (key, item) not in cls._cache:
-            cls._cache[(key, item)] = dataclasses.make_dataclass(
-                f"_{key}", [(key, list[item])])
+            cls._cache[(key, item)] = msgspec.defstruct(f"_{key}", [(key, list[item])])
         return cls._cache[(key, item)]
