@@ -5,8 +5,9 @@ Plain Python: works on text, so tests can feed it any maps line.
 
 from __future__ import annotations
 
-import dataclasses
 import re
+
+import msgspec
 
 from .errors import SaveError
 from .image.kinds import Kind
@@ -27,8 +28,7 @@ SPECIALS = {
 STORED_KINDS = {Kind.ANON, Kind.FILE, Kind.FILE_SHARED, Kind.SHMEM, Kind.DELETED, Kind.VDSO}
 
 
-@dataclasses.dataclass
-class Mapping:
+class Mapping(msgspec.Struct):
     start: int
     end: int
     prot: Prot

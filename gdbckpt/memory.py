@@ -11,13 +11,14 @@ helper.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import mmap
 import os
 import queue
 import re
 import threading
 import time
+
+import msgspec
 
 from . import native
 from .errors import SaveError
@@ -31,8 +32,7 @@ from .procfs import DIRTY_TABLE, PRESENT_TABLE, read_pagemap, runs
 READ_PIECE = 4 << 20     # one pread; 1-8 MiB pieces read fastest here
 
 
-@dataclasses.dataclass
-class DumpStats:
+class DumpStats(msgspec.Struct):
     mapped: int = 0      # bytes of mappings considered
     read: int = 0        # bytes read from the process
     stored: int = 0      # bytes of non-zero pages handed to the writer
@@ -40,8 +40,7 @@ class DumpStats:
     unreadable: int = 0  # bytes that could not be read (past a file's end, or gone)
 
 
-@dataclasses.dataclass
-class Region:
+class Region(msgspec.Struct):
     """Pages of one mapping to read, and which of them differ from the backing file."""
     mapping: Mapping
     first: int           # page index within the mapping

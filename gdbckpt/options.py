@@ -9,14 +9,13 @@ only say so (`gdb` or `batch`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import textwrap
+from typing import NamedTuple
 
 from .errors import UsageError
 
 
-@dataclasses.dataclass(frozen=True)
-class Opt:
+class Opt(NamedTuple):
     name: str                   # without the leading --
     help: str
     choices: tuple[str, ...] = ()   # one of these (the first is the default)

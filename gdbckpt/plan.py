@@ -9,11 +9,12 @@ chunks, register sets, and the last touches once the stub is gone.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import stat
 import struct
+
+import msgspec
 
 from . import clocks as clockmod
 from . import fds as fdsmod
@@ -73,8 +74,7 @@ CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x8000
 TID_POINTER_FLAGS = 0x100000 | 0x200000      # PARENT_SETTID, CHILD_CLEARTID
 
 
-@dataclasses.dataclass
-class Op:
+class Op(msgspec.Struct):
     nr: int
     args: tuple[int, ...] = ()
     flags: StubOpFlags = StubOpFlags.NONE
@@ -108,14 +108,10 @@ class Scratch:
 
 # --- steps -------------------------------------------------------------------
 
-# Steps are frozen data, read by describe() and encode(): never compared or printed as
-# such, so no __eq__ or __repr__ is made for them (half the cost of making each class,
-# ~15 ms of every restore's start).
-step = dataclasses.dataclass(frozen=True, eq=False, repr=False)
-
-
-@step
-class Step:
+# Steps are frozen data, read by describe() and encode(): msgspec Structs, made in
+# microseconds where a dataclass costs a third of a millisecond per class (every restore's
+# start made all of them). Subclasses inherit frozen and eq; steps are never compared.
+class Step(msgspec.Struct, frozen=True, eq=False):
     """One thing the restore does: data, frozen. encode() gives the stub's system calls
     for it; steps marked python the engine carries out itself."""
     thread: int = 0            # the saved tid of the thread that runs it; 0 = the leader
@@ -127,7 +123,6 @@ class Step:
     python = False
 
 
-@step
 class TimeNamespace(Step):
     """Enter a new time namespace whose offsets make CLOCK_MONOTONIC and CLOCK_BOOTTIME
     go on from the saved values. The stub, single-threaded still, makes it, sets the
@@ -141,7 +136,6 @@ class TimeNamespace(Step):
                 f"boottime offset {self.boottime_ns / 1e9:+.3f} s")
 
 
-@step
 class FsIds(Step):
     """Open and create files as the saved user from here on (root restoring another
     user's image): the stub's file-system uid and gid become theirs, so it can open
@@ -153,7 +147,6 @@ class FsIds(Step):
         return f"open files as uid {self.uid}, gid {self.gid} from here on"
 
 
-@step
 class MoveMapping(Step):
     src: int = 0
     size: int = 0
@@ -164,7 +157,6 @@ class MoveMapping(Step):
         return f"move {self.name} {self.src:#x} -> {self.dst:#x} ({self.size:#x} bytes)"
 
 
-@step
 class Unmap(Step):
     start: int = 0
     size: int = 0
@@ -174,7 +166,6 @@ class Unmap(Step):
         return f"unmap {self.start:#x}-{self.start + self.size:#x} ({self.why})"
 
 
-@step
 class OpenFile(Step):
     path: str = ""
     flags: int = 0
@@ -189,7 +180,6 @@ class OpenFile(Step):
         return f"open {self.path} as fd {self.fd} ({self.why})"
 
 
-@step
 class SetCloexec(Step):
     fd: int = 0
 
@@ -197,7 +187,6 @@ class SetCloexec(Step):
         return f"fd {self.fd}: close-on-exec"
 
 
-@step
 class DupFd(Step):
     fd: int = 0
     to: int = 0
@@ -206,7 +195,6 @@ class DupFd(Step):
         return f"duplicate fd {self.fd} as fd {self.to}"
 
 
-@step
 class MakeFds(Step):
     """Make a pipe, a socket (or a unix pair) or an anon-inode descriptor with its saved
     state in gdbckpt's own process; the stub then takes copies at the saved numbers
@@ -226,7 +214,6 @@ class MakeFds(Step):
         return "make " + ", ".join(fdsmod.describe(f) for f in self.infos if f)
 
 
-@step
 class TakeFrom(Step):
     """The open file description that fd theirs of process pid (of the same tree, restored
     before this one) has: one description, one offset, as the saved processes shared."""
@@ -240,7 +227,6 @@ class TakeFrom(Step):
         return f"fd {self.fd}: the open file of process {self.pid}'s fd {self.theirs}, shared"
 
 
-@step
 class TakeShared(Step):
     """Shared anonymous memory that processes of the tree map together: one memfd that
     gdbckpt makes for all of them, taken at fd for the mappings to come."""
@@ -252,7 +238,6 @@ class TakeShared(Step):
         return f"take the shared memory object {self.inode} of the tree at fd {self.fd}"
 
 
-@step
 class Member(Step):
     """In a printed plan of a tree: the steps after this one are another process's,
     forked by its parent's stub before any step ran."""
@@ -264,7 +249,6 @@ class Member(Step):
         return f"--- process {self.pid}, child of {self.ppid}, in its own stub:"
 
 
-@step
 class TreeAttrs(Step):
     """Being a child subreaper, and the parent-death signal."""
     subreaper: bool = False
@@ -275,7 +259,6 @@ class TreeAttrs(Step):
                f"{self.pdeathsig}"
 
 
-@step
 class TakeLock(Step):
     """Take a lock the saved process held through fd (flock, POSIX, OFD or lease), never
     waiting: a lock another process holds now fails the restore."""
@@ -292,7 +275,6 @@ class TakeLock(Step):
                f"{self.fd}{where}"
 
 
-@step
 class EpollCtl(Step):
     """Register an fd with an epoll descriptor, as it was (once every fd is in place)."""
     epfd: int = 0
@@ -305,7 +287,6 @@ class EpollCtl(Step):
                f"data {self.data:#x})"
 
 
-@step
 class CloseFd(Step):
     fd: int = 0
 
@@ -313,7 +294,6 @@ class CloseFd(Step):
         return f"close fd {self.fd}"
 
 
-@step
 class Map(Step):
     """Create a mapping at its saved address, writable until it is filled (or, when
     nothing is to be filled, with its saved protection at once: a large PROT_NONE
@@ -333,11 +313,10 @@ class Map(Step):
         return f"map {v.start:#x}-{v.end:#x} {src} {v.path or ''}{extra}".rstrip()
 
 
-@step
 class Fill(Step):
     """Copy stored pages into place: the stub reads them from the image (pread)."""
     image_fd: int = 0
-    runs: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # addr, len, off
+    runs: list[tuple[int, int, int]] = msgspec.field(default_factory=list)  # addr, len, off
 
     def describe(self):
         total = sum(n for _, n, _ in self.runs)
@@ -345,7 +324,6 @@ class Fill(Step):
         return f"fill {total:#x} bytes from the image at {first:#x} ({len(self.runs)} reads)"
 
 
-@step
 class MapImage(Fill):
     """Lazy restore: map stored pages straight from the image, privately (copied on write).
 
@@ -359,10 +337,9 @@ class MapImage(Fill):
         return f"map {total:#x} bytes of the image at {first:#x} ({len(self.runs)} mappings)"
 
 
-@step
 class WriteChunks(Step):
     """Pages GDB's side writes through /proc/PID/mem: compressed or zeroed chunks."""
-    chunks: list[Chunk] = dataclasses.field(default_factory=list)
+    chunks: list[Chunk] = msgspec.field(default_factory=list)
     python = True
 
     def describe(self):
@@ -372,10 +349,9 @@ class WriteChunks(Step):
         return f"write {total:#x} bytes at {self.chunks[0].vaddr:#x} ({', '.join(sorted(kinds))})"
 
 
-@step
 class PatchVdso(Step):
     """Jumps from the saved vDSO's functions into the live vDSO."""
-    patches: list = dataclasses.field(default_factory=list)    # vdso.Patch
+    patches: list = msgspec.field(default_factory=list)    # vdso.Patch
     python = True
 
     def describe(self):
@@ -383,7 +359,6 @@ class PatchVdso(Step):
             f"{p.names[0]} at {p.addr:#x} -> {p.how}" for p in self.patches)
 
 
-@step
 class WriteBytes(Step):
     addr: int = 0
     data: bytes = b""
@@ -394,7 +369,6 @@ class WriteBytes(Step):
         return f"write {self.what} at {self.addr:#x} ({len(self.data)} bytes)"
 
 
-@step
 class ShmAttach(Step):
     shmid: int = 0
     addr: int = 0
@@ -404,7 +378,6 @@ class ShmAttach(Step):
         return f"attach SysV segment {self.shmid} (saved as {self.saved_id}) at {self.addr:#x}"
 
 
-@step
 class ShmRemove(Step):
     shmid: int = 0
 
@@ -412,7 +385,6 @@ class ShmRemove(Step):
         return f"mark SysV segment {self.shmid} removed (gone once detached, as it was)"
 
 
-@step
 class Remap(Step):
     """Another view of a shared mapping: mremap with old size 0 duplicates it."""
     src: int = 0
@@ -423,7 +395,6 @@ class Remap(Step):
         return f"map {self.dst:#x}-{self.dst + self.size:#x} as a view of {self.src:#x}"
 
 
-@step
 class Protect(Step):
     start: int = 0
     size: int = 0
@@ -433,11 +404,10 @@ class Protect(Step):
         return f"protect {self.start:#x}-{self.start + self.size:#x} {Prot(self.prot).perms()}"
 
 
-@step
 class Advise(Step):
     start: int = 0
     size: int = 0
-    advice: list[int] = dataclasses.field(default_factory=list)
+    advice: list[int] = msgspec.field(default_factory=list)
     name: str | None = None
 
     def describe(self):
@@ -447,7 +417,6 @@ class Advise(Step):
         return f"{', '.join(parts)} at {self.start:#x}"
 
 
-@step
 class SetMM(Step):
     """code/data/brk/stack/arg/env bounds and the auxv, in one PR_SET_MM_MAP."""
     fields: tuple[int, ...] = ()
@@ -457,7 +426,6 @@ class SetMM(Step):
         return "set mm bounds, brk and auxv (PR_SET_MM_MAP)"
 
 
-@step
 class ProcessAttrs(Step):
     """cwd, umask, personality and name: each a warning, not a failure, if refused."""
     cwd: str = ""
@@ -470,21 +438,19 @@ class ProcessAttrs(Step):
                 f"name {self.comm!r}")
 
 
-@step
 class SigActions(Step):
     """Every signal's disposition: the saved ones, the default for the rest.
 
     The stub may have inherited ignored signals from GDB (Python ignores
     SIGPIPE and SIGXFSZ), so the defaults are set explicitly too.
     """
-    actions: list[SigAction] = dataclasses.field(default_factory=list)
+    actions: list[SigAction] = msgspec.field(default_factory=list)
 
     def describe(self):
         set_ = ", ".join(str(a.sig) for a in self.actions) or "none"
         return f"signal dispositions: handlers or SIG_IGN for {set_}, default for the others"
 
 
-@step
 class ThreadKernelState(Step):
     """What the kernel keeps per thread: rseq, alt stack, robust list, tid address, mask,
     and room for dynamic XSAVE features (AMX tiles) it had in use."""
@@ -510,7 +476,6 @@ class ThreadKernelState(Step):
         return self.state.xstate.in_use & DYNAMIC if self.state.xstate else 0
 
 
-@step
 class QueueSignals(Step):
     """Signals that were pending for the whole process, queued again with their siginfo.
 
@@ -519,14 +484,13 @@ class QueueSignals(Step):
     are queued by that thread, in its ThreadKernelState.)
     """
     tgid: int = 0
-    shared: list[bytes] = dataclasses.field(default_factory=list)
+    shared: list[bytes] = msgspec.field(default_factory=list)
 
     def describe(self):
         sigs = [struct.unpack_from("<i", si)[0] for si in self.shared]
         return f"queue process-wide pending signals {', '.join(map(str, sigs))}"
 
 
-@step
 class Seek(Step):
     fd: int = 0
     pos: int = 0
@@ -535,7 +499,6 @@ class Seek(Step):
         return f"fd {self.fd}: offset {self.pos}"
 
 
-@step
 class RecreateDeleted(Step):
     """A deleted file that was open: a new unlinked file with the saved bytes."""
     fd: int = 0
@@ -543,7 +506,7 @@ class RecreateDeleted(Step):
     directory: str = "/tmp"
     flags: int = 0
     image_fd: int = 0
-    copies: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # img, file, n
+    copies: list[tuple[int, int, int]] = msgspec.field(default_factory=list)  # img, file, n
     target: str = ""
 
     def describe(self):
@@ -551,12 +514,11 @@ class RecreateDeleted(Step):
         return f"fd {self.fd}: recreate deleted {self.target} ({total} bytes) in {self.directory}"
 
 
-@step
 class Limits(Step):
     """Resource limits, interval and POSIX timers, nice, no_new_privs."""
-    rlimits: list = dataclasses.field(default_factory=list)      # model.Rlimit
-    itimers: list = dataclasses.field(default_factory=list)      # model.ItimerState
-    timers: list = dataclasses.field(default_factory=list)       # model.PosixTimer
+    rlimits: list = msgspec.field(default_factory=list)      # model.Rlimit
+    itimers: list = msgspec.field(default_factory=list)      # model.ItimerState
+    timers: list = msgspec.field(default_factory=list)       # model.PosixTimer
     nice: int | None = None
     no_new_privs: bool = False
 
@@ -579,7 +541,6 @@ class Limits(Step):
         return "; ".join(parts) or "no limits to set"
 
 
-@step
 class CloneThread(Step):
     """A thread of the saved process, made by the stub. It runs its own setup ops (what
     the kernel keeps per thread), then parks on a stack of its own in the stub.
@@ -604,12 +565,11 @@ class CloneThread(Step):
         return get(self.state.regs, "fs_base")
 
 
-@step
 class PatchTids(Step):
     """Thread ids glibc keeps in memory: the main thread's descriptor and held mutexes."""
     leader_tid_at: int | None = None     # &pd->tid of the main thread
     old_pid: int = 0
-    mutexes: list = dataclasses.field(default_factory=list)    # tids.MutexRef
+    mutexes: list = msgspec.field(default_factory=list)    # tids.MutexRef
     python = True
 
     def describe(self):
@@ -622,7 +582,6 @@ class PatchTids(Step):
         return "patch thread ids: " + ("; ".join(parts) or "nothing held")
 
 
-@step
 class Registers(Step):
     state: ThreadState = None
     python = True
@@ -632,7 +591,6 @@ class Registers(Step):
         return f"thread {self.state.tid}: registers, rip {get(self.state.regs, 'rip'):#x}"
 
 
-@step
 class TakeCredentials(Step):
     """Every thread takes on the saved process's credentials (root restoring another
     user's image): last, once nothing that needs privilege is left to do."""
@@ -645,7 +603,6 @@ class TakeCredentials(Step):
         return f"every thread becomes {describe(self.creds)}"
 
 
-@step
 class KeepOnlyCaps(Step):
     """In a user namespace of its own, every thread drops the capabilities the stub had
     there, keeping only the saved ones (its ids are the saved ones already)."""
@@ -656,17 +613,15 @@ class KeepOnlyCaps(Step):
         return f"every thread keeps only the saved capabilities ({self.creds.effective:#x})"
 
 
-@step
 class DropStub(Step):
     """Remove the stub's own mappings, by a system call injected in the restored code."""
-    ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    ranges: list[tuple[int, int]] = msgspec.field(default_factory=list)
     python = True
 
     def describe(self):
         return "unmap the restart stub: " + ", ".join(f"{s:#x}-{e:#x}" for s, e in self.ranges)
 
 
-@step
 class SetExe(Step):
     """Point /proc/PID/exe at the program (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
 
@@ -688,8 +643,7 @@ class SetExe(Step):
 
 # --- building the plan ---------------------------------------------------------
 
-@dataclasses.dataclass
-class Live:
+class Live(msgspec.Struct):
     """What the freshly started stub looks like, and what the host can do."""
     stub_maps: list[Mapping]
     scratch: int                    # address of the stub's scratch buffer
@@ -699,13 +653,13 @@ class Live:
     file_problems: dict[int, str | None]   # file index -> None (unchanged) or what changed
     can_set_exe: bool = False
     stub_pid: int = 0
-    stub_fds: set[int] = dataclasses.field(default_factory=lambda: {0, 1, 2})
-    stub_limits: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    stub_fds: set[int] = msgspec.field(default_factory=lambda: {0, 1, 2})
+    stub_limits: dict[int, tuple[int, int]] = msgspec.field(default_factory=dict)
     has_tty: bool = False           # /dev/tty opens (the restoring session has a terminal)
-    fd_checks: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    fd_checks: dict[int, tuple[str, str]] = msgspec.field(default_factory=dict)
     force: bool = False
     timer_ids: bool = False         # PR_TIMER_CREATE_RESTORE_IDS works here
-    sysv: dict = dataclasses.field(default_factory=dict)   # saved shmid -> sysv.Segment
+    sysv: dict = msgspec.field(default_factory=dict)   # saved shmid -> sysv.Segment
     same_ids: bool = False          # the stub has the saved pid and threads get their tids
     xcr0: int | None = None         # the XSAVE components this CPU enables
     time_offsets: tuple[int, int] | None = None   # a time namespace's (monotonic, boottime)
@@ -715,16 +669,15 @@ class Live:
     stub_nice: int = 0
     # A process of a saved tree: pipes with an end in another of its processes, and the
     # shared anonymous memory it maps with others (inode -> whether this one fills it).
-    tree_pipes: set[int] = dataclasses.field(default_factory=set)
-    tree_shmem: dict[int, bool] = dataclasses.field(default_factory=dict)
+    tree_pipes: set[int] = msgspec.field(default_factory=set)
+    tree_shmem: dict[int, bool] = msgspec.field(default_factory=dict)
     userns: bool = False            # the stub is in a user namespace of its own
     member: bool = False            # a process of a tree other than its root
-    held_fds: set[int] = dataclasses.field(default_factory=set)   # the stub's own, kept
+    held_fds: set[int] = msgspec.field(default_factory=set)   # the stub's own, kept
                                     # until the descriptors are made (a pidfd of gdbckpt)
 
 
-@dataclasses.dataclass
-class Plan:
+class Plan(msgspec.Struct):
     steps: list[Step]
     warnings: list[str]
     vdso_mode: str

@@ -10,11 +10,12 @@ Layouts are those of <linux/sock_diag.h>, <linux/unix_diag.h> and
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import itertools
 import socket
 import struct
+
+import msgspec
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -56,8 +57,7 @@ _INET_MSG_SIZE = _INET_MSG_HEAD.size + _INET_SOCKID.size + _INET_MSG_TAIL.size  
 _seq = itertools.count(1)
 
 
-@dataclasses.dataclass(frozen=True)
-class UnixSock:
+class UnixSock(msgspec.Struct, frozen=True):
     ino: int
     type: int                   # SOCK_STREAM / SOCK_DGRAM / SOCK_SEQPACKET
     state: int                  # TCP_ESTABLISHED(1) / TCP_LISTEN(10) / TCP_CLOSE(7)
@@ -69,8 +69,7 @@ class UnixSock:
     shutdown: int               # RCV_SHUTDOWN=1 | SEND_SHUTDOWN=2
 
 
-@dataclasses.dataclass(frozen=True)
-class InetSock:
+class InetSock(msgspec.Struct, frozen=True):
     ino: int
     family: int                 # AF_INET / AF_INET6
     protocol: int               # IPPROTO_TCP / IPPROTO_UDP

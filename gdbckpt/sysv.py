@@ -8,7 +8,8 @@ process only attaches them (shmat, a stub op).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
+
+import msgspec
 
 from .image.model import Vma
 from .libc import libc
@@ -19,8 +20,7 @@ IPC_CREAT, IPC_EXCL, IPC_RMID = 0o1000, 0o2000, 0
 NEXT_ID = "/proc/sys/kernel/shm_next_id"
 
 
-@dataclasses.dataclass
-class Segment:
+class Segment(msgspec.Struct):
     saved_id: int
     id: int            # the segment to attach here
     created: bool      # made for this restore: fill it from the image

@@ -11,8 +11,9 @@ patched. Mutexes are found by a guarded scan of writable memory.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
+
+import msgspec
 
 from .image import format as fmt
 from .image.reader import Image
@@ -30,8 +31,7 @@ FUTEX_TID_MASK = 0x3FFFFFFF
 SCANNED = {Kind.ANON.value, Kind.FILE.value, Kind.SHMEM.value, Kind.DELETED.value}
 
 
-@dataclasses.dataclass(frozen=True)
-class MutexRef:
+class MutexRef(msgspec.Struct, frozen=True):
     """A held mutex at addr whose owner (and, for robust/PI ones, lock word) is old_tid."""
     addr: int
     old_tid: int

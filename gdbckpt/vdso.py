@@ -16,9 +16,10 @@ mark naming the proxy and the live vDSO, so that a later save knows them.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import io
 import struct
+
+import msgspec
 
 from .errors import RestoreError
 from .image import format as fmt
@@ -37,8 +38,7 @@ MARK = struct.Struct("<16sQQQQQ")
 MARK_VERSION = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class Symbol:
+class Symbol(msgspec.Struct, frozen=True):
     name: str
     version: str | None
     offset: int
@@ -110,8 +110,7 @@ def _enosys_stub() -> bytes:
     return b"\x48\xc7\xc0" + struct.pack("<i", -ENOSYS) + b"\xc3"
 
 
-@dataclasses.dataclass
-class Patch:
+class Patch(msgspec.Struct):
     addr: int
     code: bytes
     names: list[str]

@@ -1,8 +1,8 @@
 """plan.build() on a small synthetic image and a stub layout taken from a real stub's maps."""
 
-import dataclasses
 import os
 
+import msgspec
 import pytest
 
 from gdbckpt import plan, vdso
@@ -105,7 +105,7 @@ def img(tmp_path):
 
 
 def live(img, **kw):
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         plan.Live(stub_maps=STUB_MAPS, scratch=0x100000003000, vdso=VDSO_BYTES, fd_limit=1024,
                   image_path=img.path, file_problems={0: None}), **kw)
 

@@ -491,7 +491,7 @@ def plan_for(img: Image) -> None:
                         fd_checks=planmod.check_fds(img), same_ids=True,
                         xcr0=live_xcr0(), image_fd=1000, force=True)
     # The saved vDSO claims to be this kernel's, so that the plan goes past it.
-    same = dataclasses.replace(img, vdso=msgspec.structs.replace(
+    same = msgspec.structs.replace(img, vdso=msgspec.structs.replace(
         img.vdso, hash=vdsomod.digest(live.vdso))) if img.vdso.vdso else img
     for image, fill in ((img, "stub"), (same, "stub"), (same, "procmem")):
         try:

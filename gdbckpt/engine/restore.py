@@ -10,13 +10,14 @@ debugger to attach, or running.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import mmap
 import os
 import resource
 import struct
 import time
+
+import msgspec
 
 from .. import clocks as clockmod
 from .. import creds as credsmod
@@ -39,22 +40,20 @@ from .process import Process
 from .stub import OpFailed, PidTaken, Stub, op_name
 
 
-@dataclasses.dataclass
-class RestoreResult:
+class RestoreResult(msgspec.Struct):
     pid: int
     image: Image
     plan: planmod.Plan
     warnings: list[str]
     seconds: float
     phases: dict[str, float]
-    tids: dict[int, int] = dataclasses.field(default_factory=dict)   # saved tid -> live
+    tids: dict[int, int] = msgspec.field(default_factory=dict)   # saved tid -> live
     creds_taken: bool = False        # the process became the saved user
-    members: dict[int, int] = dataclasses.field(default_factory=dict)   # the rest of a
+    members: dict[int, int] = msgspec.field(default_factory=dict)   # the rest of a
                                      # saved tree: saved pid -> live pid, running on
 
 
-@dataclasses.dataclass
-class Prepared:
+class Prepared(msgspec.Struct):
     """An image opened and checked, and what was found about this host, before the
     front end gives up anything (GDB kills the process it debugs only after this)."""
     img: Image
@@ -64,15 +63,15 @@ class Prepared:
     fill: str
     vdso_mode: str
     stdio: dict[int, str]
-    sysv: dict = dataclasses.field(default_factory=dict)
+    sysv: dict = msgspec.field(default_factory=dict)
     same_ids: bool = False
     time_offsets: tuple[int, int] | None = None
     clocks_note: str = ""
     clocks_back: bool = False
     take_creds: bool = False
-    member_fds: dict[int, dict] = dataclasses.field(default_factory=dict)  # a tree's others
+    member_fds: dict[int, dict] = msgspec.field(default_factory=dict)  # a tree's others
     t0: float = 0.0
-    phases: dict[str, float] = dataclasses.field(default_factory=dict)
+    phases: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,

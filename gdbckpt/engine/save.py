@@ -9,7 +9,6 @@ system calls), the register sets of every thread, then the memory
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -57,8 +56,7 @@ from .process import Process, drop_snapshot, reap_snapshot
 from .state import StateReader, debuggers_own
 
 
-@dataclasses.dataclass
-class SaveResult:
+class SaveResult(msgspec.Struct):
     path: str
     pid: int
     comm: str
@@ -69,10 +67,10 @@ class SaveResult:
     image_size: int
     seconds: float
     notes: list[str]
-    phases: dict[str, float] = dataclasses.field(default_factory=dict)   # seconds each
-    lost: list[str] = dataclasses.field(default_factory=list)   # what a restore will not
+    phases: dict[str, float] = msgspec.field(default_factory=dict)   # seconds each
+    lost: list[str] = msgspec.field(default_factory=list)   # what a restore will not
                                                                 # give back as it was
-    members: list[treemod.TreeProcess] = dataclasses.field(default_factory=list)
+    members: list[treemod.TreeProcess] = msgspec.field(default_factory=list)
 
 
 def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = False,

@@ -10,8 +10,9 @@ pipes and sockets whose ends are in different processes of the tree.
 
 from __future__ import annotations
 
-import dataclasses
 import os
+
+import msgspec
 
 from .. import fds as fdsmod
 from ..errors import CkptError, SaveError
@@ -20,8 +21,7 @@ from ..procfs import Proc
 from .process import Process
 
 
-@dataclasses.dataclass
-class TreeProcess:
+class TreeProcess(msgspec.Struct):
     """A descendant of the saved process: seized (proc), or a zombie (exit_status)."""
     pid: int
     ppid: int
@@ -32,11 +32,10 @@ class TreeProcess:
     exit_status: int | None = None
 
 
-@dataclasses.dataclass
-class TreeEnds:
+class TreeEnds(msgspec.Struct):
     """Pipe and socket ends anywhere in the tree: a peer there is no outside peer."""
-    pipes: dict[int, set[int]] = dataclasses.field(default_factory=dict)   # ino -> modes
-    sockets: set[int] = dataclasses.field(default_factory=set)
+    pipes: dict[int, set[int]] = msgspec.field(default_factory=dict)   # ino -> modes
+    sockets: set[int] = msgspec.field(default_factory=set)
 
 
 def children(pid: int) -> list[int]:

@@ -8,7 +8,6 @@ chunk's checksum without restoring.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import os
 import stat
 import weakref
@@ -25,8 +24,7 @@ from .model import FdInfo, FileRef, Member, ProcessInfo, ThreadState, VdsoInfo, 
 KINDS = {k.value for k in Kind}
 
 
-@dataclasses.dataclass(frozen=True)
-class Chunk:
+class Chunk(msgspec.Struct, frozen=True):
     vaddr: int
     size: int
     offset: int
@@ -45,8 +43,7 @@ class Chunk:
         return self.stored + (-self.stored % fmt.IMAGE_PAGE_SIZE)
 
 
-@dataclasses.dataclass
-class Image:
+class Image(msgspec.Struct, weakref=True, eq=False):   # weakref: the fd's finalizer
     path: str
     version: int
     created_ns: int
@@ -64,11 +61,11 @@ class Image:
     notes: list[str]
     # The other processes of a saved tree, in the order a restore makes them: each
     # with its own image (sharing this one's file), or None for a zombie.
-    members: list[tuple[Member, Image | None]] = dataclasses.field(default_factory=list)
-    _starts: list[int] | None = dataclasses.field(default=None, repr=False)
+    members: list[tuple[Member, Image | None]] = msgspec.field(default_factory=list)
+    _starts: list[int] | None = None
     # The one open file everything is read from (and a restore's stub inherits): what was
     # checked is what is restored, whatever happens to the path meanwhile.
-    fd: int = dataclasses.field(default=-1, repr=False, compare=False)
+    fd: int = -1
 
     @classmethod
     def open(cls, path: str) -> Image:

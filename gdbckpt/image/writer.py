@@ -7,10 +7,11 @@ never lost to a failed save and no reader ever sees half an image.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
+
+import msgspec
 
 from ..errors import SaveError
 from ..libc import libc
@@ -20,8 +21,7 @@ from .model import encode
 _PAD = bytes(fmt.IMAGE_PAGE_SIZE)
 
 
-@dataclasses.dataclass
-class Prepared:
+class Prepared(msgspec.Struct):
     """A chunk ready to be written: its payload (possibly compressed) and checksum."""
     payload: object       # a buffer
     size: int             # bytes of memory it stands for
