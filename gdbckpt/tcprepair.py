@@ -29,7 +29,6 @@ Caveats, as for CRIU:
   reuse), so the new socket leaves repair with it off.
 """
 
-from __future__ import annotations
 
 import errno
 import fcntl

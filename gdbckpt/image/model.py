@@ -5,9 +5,11 @@ format.RecordType). Decoding checks every field's type (msgspec) and names the r
 and field that is wrong; unknown keys are ignored so that a later minor version may add
 fields; fields with defaults may be missing. Bytes are stored as hex (format 2), which
 msgspec does not do itself: fields of bytes are typed Hex, decoded by a hook.
-"""
 
-from __future__ import annotations
+Each class comes after the classes its fields name, and annotations are not strings (no
+`from __future__ import annotations`): msgspec then needn't evaluate them at a restore's
+first read, a few ms of its start.
+"""
 
 import json
 import math
@@ -44,6 +46,13 @@ class FileRef(msgspec.Struct):
     hash: str | None = None       # hex xxh3-128 of the whole file, when no build-id
 
 
+class SysvShm(msgspec.Struct):
+    key: int
+    id: int
+    size: int
+    perms: int
+
+
 class Vma(msgspec.Struct):
     start: int
     end: int
@@ -56,13 +65,6 @@ class Vma(msgspec.Struct):
     vmflags: list[str] = msgspec.field(default_factory=list)
     inode: int = 0     # shared memory: mappings of one object share it
     shm: SysvShm | None = None    # a SysV shared memory segment
-
-
-class SysvShm(msgspec.Struct):
-    key: int
-    id: int
-    size: int
-    perms: int
 
 
 class Rseq(msgspec.Struct):
@@ -133,6 +135,52 @@ class MmBounds(msgspec.Struct):
     env_end: int
 
 
+class Credentials(msgspec.Struct):
+    """Who the process ran as: /proc/PID/status's Uid, Gid (real, effective, saved, fs),
+    Groups and capability sets, and its securebits."""
+    uids: list[int]
+    gids: list[int]
+    groups: list[int] = msgspec.field(default_factory=list)
+    inheritable: int = 0
+    permitted: int = 0
+    effective: int = 0
+    bounding: int = 0
+    ambient: int = 0
+    securebits: int = 0
+
+
+class ClockState(msgspec.Struct):
+    """CLOCK_MONOTONIC and CLOCK_BOOTTIME as the process saw them at the save, and the
+    offsets of the time namespace it ran in (against the host's clocks)."""
+    monotonic_ns: int
+    boottime_ns: int
+    offset_monotonic_ns: int = 0
+    offset_boottime_ns: int = 0
+
+
+class ItimerState(msgspec.Struct):
+    which: int                 # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+    interval_us: int
+    value_us: int
+
+
+class PosixTimer(msgspec.Struct):
+    id: int
+    clock: int
+    signo: int
+    notify: int                # SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4
+    value: int                 # sigev_value
+    tid: int = 0               # for SIGEV_THREAD_ID
+    interval_ns: int = 0
+    remaining_ns: int = 0
+
+
+class Rlimit(msgspec.Struct):
+    resource: int
+    soft: int
+    hard: int
+
+
 class ProcessInfo(msgspec.Struct):
     pid: int
     exe: str
@@ -171,29 +219,6 @@ class ProcessInfo(msgspec.Struct):
     pdeathsig: int = 0          # PR_SET_PDEATHSIG
 
 
-class Credentials(msgspec.Struct):
-    """Who the process ran as: /proc/PID/status's Uid, Gid (real, effective, saved, fs),
-    Groups and capability sets, and its securebits."""
-    uids: list[int]
-    gids: list[int]
-    groups: list[int] = msgspec.field(default_factory=list)
-    inheritable: int = 0
-    permitted: int = 0
-    effective: int = 0
-    bounding: int = 0
-    ambient: int = 0
-    securebits: int = 0
-
-
-class ClockState(msgspec.Struct):
-    """CLOCK_MONOTONIC and CLOCK_BOOTTIME as the process saw them at the save, and the
-    offsets of the time namespace it ran in (against the host's clocks)."""
-    monotonic_ns: int
-    boottime_ns: int
-    offset_monotonic_ns: int = 0
-    offset_boottime_ns: int = 0
-
-
 class VdsoInfo(msgspec.Struct):
     vdso: list[int] | None = None          # [start, end]
     vvar: list[int] | None = None
@@ -202,29 +227,6 @@ class VdsoInfo(msgspec.Struct):
     build_id: str | None = None
     proxy: list[int] | None = None         # a patched vDSO of an earlier kernel (vdso.py)
     mark: list[int] | None = None          # the page that names the proxy
-
-
-class FdInfo(msgspec.Struct):
-    """An open file descriptor; fds.py says how each kind is saved and restored."""
-    fd: int
-    kind: FdKind
-    target: str                # readlink of /proc/PID/fd/N
-    flags: int = 0             # open flags from fdinfo, O_CLOEXEC included
-    pos: int = 0
-    same_as: int = -1          # a lower fd sharing this open file description (kcmp)
-    size: int | None = None    # a regular file's size at the save
-    mtime_ns: int | None = None
-    ino: int | None = None
-    dev: int | None = None
-    data: list[int] | None = None   # [first, count] of the FILE_DATA chunks with its bytes
-    pipe: PipeState | None = None
-    anon: AnonState | None = None
-    sock: SockState | None = None
-    locks: list[FileLock] = msgspec.field(default_factory=list)
-    seals: int | None = None   # a memfd's seals (F_GET_SEALS); its bytes are in data
-    # The same open file description as fd [1] of process [0], restored before this one
-    # in the same tree (kcmp): one description, one shared offset.
-    shared_from: list[int] | None = None
 
 
 class FileLock(msgspec.Struct):
@@ -249,6 +251,15 @@ class EpollTarget(msgspec.Struct):
     data: int
 
 
+class Watch(msgspec.Struct):
+    """An inotify watch or a fanotify mark (watches.py)."""
+    path: str
+    mask: int
+    wd: int = 0                # inotify: the watch descriptor the program knows
+    ignored: int = 0           # fanotify: the ignored mask
+    flags: int = 0             # fanotify: FAN_MARK_* (mount, filesystem, ...)
+
+
 class AnonState(msgspec.Struct):
     """An anon-inode descriptor: eventfd, timerfd, signalfd, epoll or pidfd
     (anonfds.py), inotify or fanotify (watches.py)."""
@@ -269,15 +280,6 @@ class AnonState(msgspec.Struct):
     pid: int = 0               # pidfd: the process it refers to (0: the saved process
     pid_start: int = 0         # itself), that process's start time (clock ticks after
     boot_id: str = ""          # boot) and the boot it ran in
-
-
-class Watch(msgspec.Struct):
-    """An inotify watch or a fanotify mark (watches.py)."""
-    path: str
-    mask: int
-    wd: int = 0                # inotify: the watch descriptor the program knows
-    ignored: int = 0           # fanotify: the ignored mask
-    flags: int = 0             # fanotify: FAN_MARK_* (mount, filesystem, ...)
 
 
 class InFlight(msgspec.Struct):
@@ -310,27 +312,27 @@ class SockState(msgspec.Struct):
     tcp: TcpConn | None = None   # an established TCP connection, saved with TCP_REPAIR
 
 
-class ItimerState(msgspec.Struct):
-    which: int                 # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
-    interval_us: int
-    value_us: int
-
-
-class PosixTimer(msgspec.Struct):
-    id: int
-    clock: int
-    signo: int
-    notify: int                # SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4
-    value: int                 # sigev_value
-    tid: int = 0               # for SIGEV_THREAD_ID
-    interval_ns: int = 0
-    remaining_ns: int = 0
-
-
-class Rlimit(msgspec.Struct):
-    resource: int
-    soft: int
-    hard: int
+class FdInfo(msgspec.Struct):
+    """An open file descriptor; fds.py says how each kind is saved and restored."""
+    fd: int
+    kind: FdKind
+    target: str                # readlink of /proc/PID/fd/N
+    flags: int = 0             # open flags from fdinfo, O_CLOEXEC included
+    pos: int = 0
+    same_as: int = -1          # a lower fd sharing this open file description (kcmp)
+    size: int | None = None    # a regular file's size at the save
+    mtime_ns: int | None = None
+    ino: int | None = None
+    dev: int | None = None
+    data: list[int] | None = None   # [first, count] of the FILE_DATA chunks with its bytes
+    pipe: PipeState | None = None
+    anon: AnonState | None = None
+    sock: SockState | None = None
+    locks: list[FileLock] = msgspec.field(default_factory=list)
+    seals: int | None = None   # a memfd's seals (F_GET_SEALS); its bytes are in data
+    # The same open file description as fd [1] of process [0], restored before this one
+    # in the same tree (kcmp): one description, one shared offset.
+    shared_from: list[int] | None = None
 
 
 # --- JSON encoding ---------------------------------------------------------
