@@ -349,7 +349,7 @@ def restore(args, out: Out) -> Exit:
         prepared = engine.prepare(img, vdso_mode=args.vdso, stdio=stdio, force=args.force,
                                   clocks=args.clocks,
                                   verify=not args.no_verify,
-                                  fill="lazy" if args.lazy else "stub")
+                                  fill="lazy" if args.lazy else "stub", background=True)
         if args.dry_run:
             r = engine.dry_run(prepared)
             print(r.plan.text())

@@ -211,6 +211,31 @@ def test_process_we_may_not_trace_is_left_alone(tmp_path):
 
 
 @pytest.mark.slow        # --stdout is also checked by the test that it stands in for a file
+def test_a_corrupt_chunk_refuses_the_restore_before_anything_outside_changes(tmp_path):
+    """The checksums are checked on a thread while the restore begins (restore.Checksums):
+    a corrupt chunk still refuses it before the --stdout file is made, and leaves no
+    process."""
+    argv = [example("counter"), "60", "20"]
+    out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
+    saved_by_pid(argv, out, img, r"^step 4 ")
+    chunks = json.loads(batch("info", "--json", img, check=0).stdout)["chunks"]
+    last = max((c for c in chunks if c["stored"]), key=lambda c: c["offset"])
+    data = bytearray(open(img, "rb").read())
+    data[last["offset"] + last["stored"] // 2] ^= 0x40
+    bad, made = str(tmp_path / "bad.img"), str(tmp_path / "made.out")
+    open(bad, "wb").write(bytes(data))
+    for opts in ((), ("--dry-run",)):
+        first = one_line_error(batch("restore", bad, "--stdout", made, *opts), 5)
+        assert f"chunk at {last['vaddr']:#x}" in first and "is corrupt" in first, first
+        assert not os.path.exists(made)
+    assert subprocess.run(["pgrep", "-f", f"gdbckpt-stub|{argv[0]}"],
+                          capture_output=True).stdout == b""
+    # Unchecked, the same image restores (the flipped byte is the program's business).
+    r = batch("restore", bad, "--no-verify", "--stdout", made, check=0)
+    wait_gone(int(r.stdout.split("as process ")[1].split()[0]))
+    assert os.path.exists(made)
+
+
 def test_restore_with_redirected_stdout(tmp_path):
     argv = [example("counter"), "60", "20"]
     want = uninterrupted_later(argv)

@@ -308,6 +308,22 @@ def test_every_step_makes_its_ops(img):
         assert all(isinstance(a, int) for op in ops for a in op.args), s.describe()
 
 
+def test_only_memory_steps_come_before_the_checksums_are_awaited(img, tmp_path):
+    """A headless restore checks the checksums while it runs the first steps
+    (engine.restore.Checksums): those may only touch the new process's own memory and
+    open files read-only; every mapping and fill is among them, no descriptor is."""
+    from gdbckpt.engine.restore import _seen_inside
+    p = plan.build(img, live(img), stdio={1: str(tmp_path / "out.txt")})
+    first = next(i for i, s in enumerate(p.steps) if not _seen_inside(s))
+    before, after = p.steps[:first], p.steps[first:]
+    assert any(isinstance(s, plan.Fill) for s in before)
+    assert not any(isinstance(s, (plan.Map, plan.Fill)) for s in after)
+    for s in before:
+        assert not isinstance(s, plan.OpenFile) or s.flags & 3 == os.O_RDONLY, s.describe()
+    stdout = next(s for s in after if isinstance(s, plan.OpenFile) and s.fd == 1)
+    assert not _seen_inside(stdout)
+
+
 # --- stdio -------------------------------------------------------------------------
 
 def test_stdio_redirection(img, tmp_path, monkeypatch):

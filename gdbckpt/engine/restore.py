@@ -15,6 +15,7 @@ import mmap
 import os
 import resource
 import struct
+import threading
 import time
 
 import msgspec
@@ -72,28 +73,70 @@ class Prepared(msgspec.Struct):
     member_fds: dict[int, dict] = msgspec.field(default_factory=dict)  # a tree's others
     t0: float = 0.0
     phases: dict[str, float] = msgspec.field(default_factory=dict)
+    checksums: Checksums | None = None   # being checked on a thread (prepare's background)
+
+    def checked(self) -> None:
+        """Wait for the memory checksums, if they are still being checked: raises
+        ImageError for a corrupt image."""
+        if self.checksums is not None:
+            self.checksums.wait()
+
+
+class Checksums:
+    """The image's memory checksums, checked on a thread of their own while the restore
+    starts the stub and fills memory: on two cores the hashing costs a restore nothing.
+    Whatever the restore does before it waits here stays inside the new process (its
+    memory, files opened read-only), which a failed check kills (see _SEEN_INSIDE)."""
+
+    def __init__(self, img: Image):
+        self.error: BaseException | None = None
+        self.fd = os.dup(img.fd)        # the Image may be dropped, and its fd closed, first
+        self.thread = threading.Thread(target=self._run, args=(img,), daemon=True,
+                                       name="gdbckpt-verify")
+        self.thread.start()
+
+    def _run(self, img: Image) -> None:
+        try:
+            img.verify_chunks(fd=self.fd)
+        except BaseException as e:      # handed to wait()
+            self.error = e
+        finally:
+            os.close(self.fd)
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
             stdio: dict[int, str] | None = None, force: bool = False,
-            fill: str = "stub", clocks: str = "continue") -> Prepared:
+            fill: str = "stub", clocks: str = "continue", background: bool = False) -> Prepared:
     """Open and check the image, and refuse what this host cannot restore.
 
     clocks: "continue" puts the process in a time namespace where its monotonic
     and boot-time clocks go on from the saved values, where that is permitted;
     "host" leaves them the host's.
+    background: check the memory checksums on a thread while the restore begins (the
+    restore waits for them before anything outside its new process changes); GDB's
+    front end wants them checked before it kills the process it debugs.
     """
     t0 = time.perf_counter()
     img = Image.open(os.path.abspath(path))
     if fill == "lazy":
         _check_lazy(img)
+    checksums = None
     if verify and fill != "lazy":
-        img.verify_chunks()
+        if background:
+            checksums = Checksums(img)
+        else:
+            img.verify_chunks()
     stdio = stdio or {}
     # A --stdin/--stdout/--stderr file stands in for the saved one: whether that is
     # gone does not matter.
     fds = {fd: check for fd, check in planmod.check_fds(img).items() if fd not in stdio}
-    p = Prepared(img, planmod.check_files(img), fds, force, fill, vdso_mode, stdio, t0=t0)
+    p = Prepared(img, planmod.check_files(img), fds, force, fill, vdso_mode, stdio, t0=t0,
+                 checksums=checksums)
     planmod.preflight(img, live_vdso=vdsomod.own_vdso(), live_layout=vdsomod.own_layout(),
                       xcr0=xstatemod.live_xcr0(), fd_checks=p.fds, force=force, fill=fill,
                       vdso_mode=vdso_mode)
@@ -135,6 +178,7 @@ def dry_run(p: Prepared) -> RestoreResult:
             plan = planmod.build(p.img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
     finally:
         stub.kill()
+    p.checked()
     return RestoreResult(0, p.img, plan, plan.warnings, time.perf_counter() - p.t0, p.phases)
 
 
@@ -192,10 +236,12 @@ def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
         not any(_exists(t) for t in ids[1:])
     phases["start stub"] = time.perf_counter() - t0
     try:
+        if any(v.shm is not None for v in img.vmas):
+            p.checked()             # SysV segments are seen from outside while they exist
         p.sysv = sysv.prepare(img.vmas)
         plan = planmod.build(img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
         phases["plan"] = time.perf_counter() - t0
-        executor = _Executor(stub, img, plan, front, p.take_creds)
+        executor = _Executor(stub, img, plan, front, p.take_creds, checked=p.checked)
         try:
             warnings = list(plan.warnings) + executor.run(phases, t0)
         finally:
@@ -244,6 +290,8 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
         made: dict[int, int] = {}
         treemod.make_processes(stubs, img, None if in_ns else os.getpgid(root.pid), made)
         phases["start stubs"] = time.perf_counter() - t0
+        if any(v.shm is not None for one in img.living for v in one.vmas):
+            p.checked()             # SysV segments are seen from outside while they exist
         p.sysv = treemod.sysv_segments(img)
         objects.pids = {saved: stub.inner_pid for saved, stub in stubs.items()}
         root_plan, warnings, member_creds = _run_plans(p, stubs, objects, front)
@@ -284,7 +332,7 @@ def _run_plans(p: Prepared, stubs: dict[int, Stub], objects,
         stub = stubs[one.process.pid]
         live = _live(stub, p, one, objects)
         plan = planmod.build(one, live, p.vdso_mode, p.stdio if one is p.img else {}, p.fill)
-        executor = _Executor(stub, one, plan, front, live.take_creds, objects)
+        executor = _Executor(stub, one, plan, front, live.take_creds, objects, p.checked)
         took[one.process.pid] = live.take_creds
         try:
             found = list(plan.warnings) + executor.run(p.phases, p.t0)
@@ -407,10 +455,25 @@ def _exists(tid: int) -> bool:
     return os.path.exists(f"/proc/{tid}")
 
 
+# Steps whose effects stay inside the stub (its memory, files it opens read-only): they
+# may run while the image's checksums are still being checked (Checksums).
+_SEEN_INSIDE = (planmod.TimeNamespace, planmod.MoveMapping, planmod.Unmap, planmod.Map,
+                planmod.Fill, planmod.WriteChunks, planmod.Protect, planmod.Advise,
+                planmod.PatchVdso, planmod.WriteBytes, planmod.Remap, planmod.CloseFd)
+_CHANGES_FILES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _seen_inside(step: planmod.Step) -> bool:
+    if isinstance(step, planmod.OpenFile):
+        return not step.flags & _CHANGES_FILES
+    return isinstance(step, _SEEN_INSIDE)
+
+
 class _Executor:
     def __init__(self, stub: Stub, img: Image, plan: planmod.Plan, front: Front,
-                 take_creds: bool = False, objects=None):
+                 take_creds: bool = False, objects=None, checked=lambda: None):
         self.objects = objects          # a tree's shared objects (engine/tree_restore.py)
+        self.checked = checked          # waits for the image's checksums
         self.stub = stub
         self.proc = stub.proc
         self.img = img
@@ -426,7 +489,12 @@ class _Executor:
         tids = self.stub.scratch.tids
         tids[self.img.threads[0].tid] = self.stub.pid
         tids[0] = self.stub.pid
+        waiting = True
         for i, step in enumerate(self.plan.steps):
+            if waiting and not _seen_inside(step):
+                self._flush()
+                self.checked()
+                waiting = False
             if step.python:
                 self._flush()
                 self._python_step(i, step)

@@ -24,6 +24,9 @@ from .model import FdInfo, FileRef, Member, ProcessInfo, ThreadState, VdsoInfo, 
 KINDS = {k.value for k in Kind}
 
 
+VERIFY_PIECE = 1 << 20
+
+
 class Chunk(msgspec.Struct, frozen=True):
     vaddr: int
     size: int
@@ -117,13 +120,14 @@ class Image(msgspec.Struct, weakref=True, eq=False):   # weakref: the fd's final
             data = _decompress(data, chunk, self.path)
         return data
 
-    def verify_chunks(self, progress=None) -> int:
-        """Check every chunk's checksum; returns the bytes checked."""
+    def verify_chunks(self, progress=None, fd: int | None = None) -> int:
+        """Check every chunk's checksum (reading fd, a duplicate of the image's, if given);
+        returns the bytes checked."""
         total = 0
         for c in self.table:
             if c.flags & fmt.ChunkFlags.ZERO:
                 continue
-            self._check_span(self.fd, c)
+            self._check_span(self.fd if fd is None else fd, c)
             total += c.span
             if progress:
                 progress(total)
@@ -134,7 +138,9 @@ class Image(msgspec.Struct, weakref=True, eq=False):   # weakref: the fd's final
         off, left = c.offset, c.span
         while left:
             try:
-                piece = os.pread(fd, min(left, 8 << 20), off)
+                # 1 MiB pieces: malloc then reuses the same heap memory (bigger ones are
+                # fresh mmaps, page-faulted each time): 512 MiB in 50 ms rather than 60-80.
+                piece = os.pread(fd, min(left, VERIFY_PIECE), off)
             except OSError as e:
                 raise ImageError(f"'{self.path}' cannot be read: {e.strerror}") from None
             if not piece:
