@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import enum
-import glob
 import json
 import os
 import re
@@ -116,8 +114,14 @@ def _is_descendant(pid: int) -> bool:
 def default_image(pid: int, name: str, fine: bool = False) -> str:
     """PROG-PID-TIMESTAMP.img; fine adds microseconds (periodic saves may come faster than
     one a second)."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S" + ("-%f" if fine else ""))
-    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}-{pid}-{stamp}.img"
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}-{pid}-{_stamp(fine)}.img"
+
+
+def _stamp(fine: bool = True) -> str:
+    """YYYYmmdd-HHMMSS[-microseconds], local time (time, not datetime: a lighter import)."""
+    now = time.time()
+    whole = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{whole}-{int(now % 1 * 1e6):06d}" if fine else whole
 
 
 # --- output -------------------------------------------------------------------
@@ -277,8 +281,8 @@ def save(args, out: Out) -> Exit:
         r = save_once(pid, name, path, args, advance, after)
     for note in r.notes:
         out.line(f"note: {note}")
-    from .info import tree_summary
-    out.line(f"Saved process {r.pid} ({r.comm}){tree_summary(r.members)} to {r.path}: "
+    from .engine import tree
+    out.line(f"Saved process {r.pid} ({r.comm}){tree.summary(r.members)} to {r.path}: "
              f"{r.threads} thread(s), "
              f"{r.mappings} mappings, {r.stored / 2**20:.1f} MiB of memory "
              f"({r.image_size / 2**20:.1f} MiB image) in {r.seconds:.2f} s; it is {after}.")
@@ -291,7 +295,7 @@ def save(args, out: Out) -> Exit:
 def stamped(path: str) -> str:
     """-o NAME for --every: NAME-TIMESTAMP.EXT, one per save."""
     root, ext = os.path.splitext(path)
-    return f"{root}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}{ext or '.img'}"
+    return f"{root}-{_stamp()}{ext or '.img'}"
 
 
 def save_every(args, out: Out) -> Exit:
@@ -357,9 +361,9 @@ def restore(args, out: Out) -> Exit:
         r = engine.restore(prepared, stopped=False, new_session=True)
     for warning in r.warnings:
         out.line(f"warning: {warning}")
-    from .info import restored_members
+    from .engine.tree import restored_line
     out.line(f"restored {img} as process {r.pid} in {r.seconds:.2f} s "
-             f"(vDSO: {r.plan.vdso_mode}){restored_members(r.members)}")
+             f"(vDSO: {r.plan.vdso_mode}){restored_line(r.members)}")
     out.result({"image": img, "pid": r.pid, "seconds": round(r.seconds, 4),
                 "members": {str(k): v for k, v in r.members.items()},
                 "warnings": r.warnings, "vdso": r.plan.vdso_mode})
@@ -461,8 +465,10 @@ def picked(procs: list[tuple[int, str, int]], answer: str) -> int:
 def list_processes() -> list[tuple[int, str, int]]:
     """(pid, command, RSS in KiB) of this user's processes, newest first."""
     out = []
-    for d in glob.glob("/proc/[0-9]*"):
-        pid = int(os.path.basename(d))
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        d, pid = f"/proc/{name}", int(name)
         try:
             if os.stat(d).st_uid != os.geteuid() or pid == os.getpid():
                 continue
@@ -497,7 +503,7 @@ class _GdbinitLine(argparse.Action):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="gdbckpt-batch", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="gdbckpt-batch", formatter_class=options.Formatter,
         description="Checkpoint a running process by pid, or restore one, without GDB.",
         epilog=f"subcommands: restore IMG | info IMG | verify IMG\nexit codes:\n{EXIT_HELP}")
     p.add_argument("pid", nargs="?", type=int, help="the process to save (on a terminal: "
@@ -532,7 +538,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def sub_parser(name: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"gdbckpt-batch {name}")
+    p = argparse.ArgumentParser(prog=f"gdbckpt-batch {name}", formatter_class=options.Formatter)
     p.add_argument("image")
     if name == "restore":
         options.add_to(p, options.RESTORE, "batch")     # the options of ckpt restore

@@ -227,11 +227,13 @@ class Grabber:
         os.close(self.pidfd)
 
 
-def read_states(pid: int, fds: list[FdInfo], repair: bool, tree=None) -> list[str]:
+def read_states(pid: int, fds: list[FdInfo], repair: bool | None = None,
+                tree=None) -> list[str]:
     """Fill in the state of every pipe, socket and anon-inode descriptor of the
     stopped process pid; returns what a restore will not give back, one line each.
-    tree (engine.tree.TreeEnds): the ends held by the other processes saved with it."""
-    from . import pipes, sockets
+    repair: save established TCP with TCP_REPAIR (None: if this process may).
+    tree (engine.tree.TreeEnds): the ends held by the other processes saved with it.
+    The modules for pipes and sockets load only for a process that has them."""
     lost: list[str] = []
     grab = Grabber(pid)
     try:
@@ -243,6 +245,7 @@ def read_states(pid: int, fds: list[FdInfo], repair: bool, tree=None) -> list[st
                 if f.kind == FdKind.MEMFD:
                     lost += _save_memfd(f, grab, fds)
                 elif f.kind == FdKind.PIPE:
+                    from . import pipes
                     ours = grab.take(f.fd)
                     try:
                         f.pipe = pipes.save(ours, f.target)
@@ -251,6 +254,9 @@ def read_states(pid: int, fds: list[FdInfo], repair: bool, tree=None) -> list[st
                 elif f.kind == FdKind.ANON:
                     lost += [f"{describe(f)}: {why}" for why in _save_anon(pid, f, grab)]
                 else:
+                    from . import sockets, tcprepair
+                    if repair is None:
+                        repair = tcprepair.can_repair()
                     ours = grab.take(f.fd)
                     try:
                         f.sock, whys = sockets.save(ours, repair)

@@ -219,21 +219,3 @@ def _date(timestamp: float) -> str:
             "%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, OSError, ValueError):
         return f"timestamp {timestamp!r} (out of range)"
-
-
-def tree_summary(members) -> str:
-    """' with its N descendants (pids ...)' for a save's line, or ''."""
-    if not members:
-        return ""
-    zombies = sum(m.exit_status is not None for m in members)
-    extra = f", {zombies} of them zombies" if zombies else ""
-    return (f" with {len(members)} descendant(s) ({', '.join(str(m.pid) for m in members)}"
-            f"{extra})")
-
-
-def restored_members(members: dict[int, int]) -> str:
-    """'; the rest of its tree: pids ...' for a restore's line, or ''."""
-    if not members:
-        return ""
-    return "; the rest of its tree: " + ", ".join(
-        str(live) if live == saved else f"{saved} as {live}" for saved, live in members.items())

@@ -9,6 +9,8 @@ only say so (`gdb` or `batch`).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import textwrap
 from typing import NamedTuple
 
@@ -105,6 +107,26 @@ def add_to(p: argparse.ArgumentParser, opts: tuple[Opt, ...], front: str) -> Non
             p.add_argument(f"--{o.name}", action="store_true", help=o.help)
 
 
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's own, given the width itself: argparse's default imports shutil (and with
+    it zlib, bz2 and lzma) for the terminal's width, at every parser made, so at every
+    gdbckpt-batch start. The width comes from where shutil would take it."""
+
+    def __init__(self, prog):
+        super().__init__(prog, width=_columns() - 2)
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 class _GdbParser(argparse.ArgumentParser):
     """argparse for a GDB command: a usage error is a UsageError, never an exit."""
 
@@ -114,6 +136,7 @@ class _GdbParser(argparse.ArgumentParser):
 
 def gdb_parser(command: str, opts: tuple[Opt, ...]) -> argparse.ArgumentParser:
     p = _GdbParser(prog=command, usage=usage(command, opts), add_help=False,
+                   formatter_class=Formatter,
                    exit_on_error=False, allow_abbrev=False)
     add_to(p, opts, "gdb")
     p.add_argument("image", nargs="?")

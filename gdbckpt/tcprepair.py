@@ -29,15 +29,12 @@ Caveats, as for CRIU:
   reuse), so the new socket leaves repair with it off.
 """
 
-
 import errno
 import fcntl
 import socket
 import struct
 
-import msgspec
-
-from .image.hexbytes import Hex
+from .image.model import TcpConn, host_port
 
 # linux/tcp.h; Python's socket module lacks these.
 TCP_REPAIR = 19
@@ -79,54 +76,12 @@ class RepairError(OSError):
     """A TCP_REPAIR step failed; the one-line message names the connection."""
 
 
-class TcpConn(msgspec.Struct):
-    """One ESTABLISHED connection as save() found it; only JSON-friendly types."""
-
-    family: int                 # AF_INET / AF_INET6
-    local: str
-    local_port: int
-    peer: str
-    peer_port: int
-    send_seq: int               # write_seq: seq after the last byte of send_queue
-    recv_seq: int               # rcv_nxt: seq after the last byte of recv_queue
-    send_queue: Hex             # unacked then unsent bytes
-    unsent: int                 # how many bytes at the end of send_queue were never sent
-    recv_queue: Hex             # received, not yet read by the program
-    mss: int                    # mss_clamp (what the peer advertised)
-    wscale: bool                # window scaling negotiated
-    snd_wscale: int
-    rcv_wscale: int
-    timestamps: bool
-    sack: bool
-    tsval: int                  # TCP_TIMESTAMP: our clock as the peer sees it
-    window: list[int]           # snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
-    nodelay: bool
-    cork: bool
-    keepalive: bool
-    keepidle: int
-    keepintvl: int
-    keepcnt: int
-    user_timeout: int
-    congestion: str
-    sndbuf: int                 # as getsockopt reports them (the kernel's doubled value)
-    rcvbuf: int
-    buf_lock: int               # SO_BUF_LOCK: sizes the program set; the others autotune
-
-    @property
-    def name(self) -> str:
-        return f"tcp {_addr(self.local, self.local_port)} -> {_addr(self.peer, self.peer_port)}"
-
-
-def _addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _describe(sock: socket.socket) -> str:
     """'tcp LOCAL -> PEER' for messages, whatever state the socket is in."""
     def end(get) -> str:
         try:
             a = get()
-            return _addr(a[0], a[1])
+            return host_port(a[0], a[1])
         except OSError:
             return "?"
     return f"tcp {end(sock.getsockname)} -> {end(sock.getpeername)}"

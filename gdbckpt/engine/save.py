@@ -14,7 +14,7 @@ import time
 
 import msgspec
 
-from .. import __version__, fileid, tcprepair
+from .. import __version__, fileid
 from .. import clocks as clockmod
 from .. import creds as credsmod
 from .. import fds as fdsmod
@@ -291,8 +291,7 @@ class _Saver:
 
     def _fds(self) -> list[FdInfo]:
         fds = self.fd_table
-        self.lost = fdsmod.read_states(self.inf.pid, fds, repair=tcprepair.can_repair(),
-                                       tree=self.ends)
+        self.lost = fdsmod.read_states(self.inf.pid, fds, tree=self.ends)
         named = {f.fd for f in fds if any(line.startswith(fdsmod.describe(f) + ":")
                                           for line in self.lost)}
         self.lost += [f"{fdsmod.describe(f)} cannot be restored: a restore puts /dev/null "

@@ -14,7 +14,6 @@ import fcntl
 import os
 import select
 import signal
-import socket
 import struct
 
 from .. import native
@@ -89,7 +88,7 @@ class Stub:
         self.in_ns = False
         self.userns = False         # ... and a user namespace (an unprivileged restore)
         self.inner_pid = pid
-        self.channel: tuple[socket.socket, int] | None = None
+        self.channel: tuple[socket.socket, int] | None = None  # noqa: F821 (lazy import)
 
     def give(self, index: int, items: list[tuple[int, int, bool]]) -> None:
         """Copies of our descriptors, at their numbers in the stub: (ours, fd, cloexec)
@@ -99,6 +98,7 @@ class Stub:
             batch = [(index, Op(StubOp.TAKE_FD, (me, ours, fd, int(cloexec))))
                      for ours, fd, cloexec in items]
         else:
+            import socket  # only here: a user namespace's tree (a costly import)
             sock, theirs = self.channel
             for ours, _, _ in items:
                 try:

@@ -161,3 +161,19 @@ def shared_descriptions(fd_tables: dict[int, list[FdInfo]]) -> None:
         seen += mine
 
 
+def summary(members) -> str:
+    """' with its N descendants (pids ...)' for a save's line, or ''."""
+    if not members:
+        return ""
+    zombies = sum(m.exit_status is not None for m in members)
+    extra = f", {zombies} of them zombies" if zombies else ""
+    return (f" with {len(members)} descendant(s) ({', '.join(str(m.pid) for m in members)}"
+            f"{extra})")
+
+
+def restored_line(members: dict[int, int]) -> str:
+    """'; the rest of its tree: pids ...' for a restore's line, or ''."""
+    if not members:
+        return ""
+    return "; the rest of its tree: " + ", ".join(
+        str(live) if live == saved else f"{saved} as {live}" for saved, live in members.items())

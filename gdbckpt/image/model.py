@@ -17,7 +17,6 @@ import math
 import msgspec
 
 from ..errors import ImageError
-from ..tcprepair import TcpConn
 from .hexbytes import Hex
 from .kinds import FdKind, Kind, LockKind
 
@@ -288,6 +287,49 @@ class InFlight(msgspec.Struct):
     path: str
     flags: int
     pos: int = 0
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class TcpConn(msgspec.Struct):
+    """One ESTABLISHED connection as save() found it; only JSON-friendly types."""
+
+    family: int                 # AF_INET / AF_INET6
+    local: str
+    local_port: int
+    peer: str
+    peer_port: int
+    send_seq: int               # write_seq: seq after the last byte of send_queue
+    recv_seq: int               # rcv_nxt: seq after the last byte of recv_queue
+    send_queue: Hex             # unacked then unsent bytes
+    unsent: int                 # how many bytes at the end of send_queue were never sent
+    recv_queue: Hex             # received, not yet read by the program
+    mss: int                    # mss_clamp (what the peer advertised)
+    wscale: bool                # window scaling negotiated
+    snd_wscale: int
+    rcv_wscale: int
+    timestamps: bool
+    sack: bool
+    tsval: int                  # TCP_TIMESTAMP: our clock as the peer sees it
+    window: list[int]           # snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
+    nodelay: bool
+    cork: bool
+    keepalive: bool
+    keepidle: int
+    keepintvl: int
+    keepcnt: int
+    user_timeout: int
+    congestion: str
+    sndbuf: int                 # as getsockopt reports them (the kernel's doubled value)
+    rcvbuf: int
+    buf_lock: int               # SO_BUF_LOCK: sizes the program set; the others autotune
+
+    @property
+    def name(self) -> str:
+        return f"tcp {host_port(self.local, self.local_port)} -> " \
+            f"{host_port(self.peer, self.peer_port)}"
 
 
 class SockState(msgspec.Struct):
