@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import struct
 
 from .errors import SaveError
@@ -112,9 +113,6 @@ class Proc:
     def personality(self) -> int:
         return int(self._read("personality"), 16)
 
-    def limits(self) -> str:
-        return self._read("limits")
-
 
 PAGEMAP_PIECE = 1 << 18    # pages a read covers: 1 GiB of address space, 2 MiB of entries
 
@@ -162,28 +160,21 @@ def kernel_identity() -> dict[str, str]:
             "hostname": u.nodename}
 
 
-# /proc/PID/limits names, in RLIMIT_* order.
-RLIMIT_NAMES = ("Max cpu time", "Max file size", "Max data size", "Max stack size",
-                "Max core file size", "Max resident set", "Max processes", "Max open files",
-                "Max locked memory", "Max address space", "Max file locks",
-                "Max pending signals", "Max msgqueue size", "Max nice priority",
-                "Max realtime priority", "Max realtime timeout")
-RLIM_INFINITY = (1 << 64) - 1
+RLIM_NLIMITS = 16                   # linux/resource.h: RLIMIT_CPU (0) to RLIMIT_RTTIME (15)
+RLIM_INFINITY = (1 << 64) - 1       # as the kernel and an image store it (Python says -1)
 
 
-def parse_limits(text: str) -> list[tuple[int, int, int]]:
-    """(resource, soft, hard) for every limit /proc/PID/limits shows."""
+def rlimits(pid: int) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) of every resource limit of a process (prlimit: it needs the
+    same ids as ptrace, which the tracer has)."""
     out = []
-    for line in text.splitlines()[1:]:
-        for res, name in enumerate(RLIMIT_NAMES):
-            if line.startswith(name):
-                soft, hard = line[len(name):].split()[:2]
-                out.append((res, _limit(soft), _limit(hard)))
+    for res in range(RLIM_NLIMITS):
+        try:
+            soft, hard = resource.prlimit(pid, res)
+        except OSError as e:
+            raise SaveError(f"cannot read the resource limits of {pid}: {e.strerror}") from None
+        out.append((res, soft & RLIM_INFINITY, hard & RLIM_INFINITY))
     return out
-
-
-def _limit(word: str) -> int:
-    return RLIM_INFINITY if word == "unlimited" else int(word)
 
 
 def parse_timers(text: str) -> list[dict[str, int]]:
@@ -226,18 +217,6 @@ def read_sysv_shm() -> dict[int, tuple[int, int, int]]:
         key, shmid, perms, size = line.split()[:4]
         out[int(shmid)] = (int(key) & 0xFFFFFFFF, int(size), int(perms, 8))
     return out
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """'0-2,5' -> [0, 1, 2, 5]."""
-    cpus = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 def comm_of(pid: int) -> str:

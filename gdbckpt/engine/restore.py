@@ -33,7 +33,7 @@ from ..image import format as fmt
 from ..libc import libc
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error, sysname
 from ..maps import Kind
-from ..procfs import Proc, parse_limits
+from ..procfs import Proc, rlimits
 from ..stubabi import RET_OFFSET, STUB_OP, StubOp, StubOpFlags
 from . import xstate as xstatemod
 from .front import Front
@@ -412,7 +412,7 @@ def _live(stub: Stub, p: Prepared, img: Image | None = None, objects=None) -> pl
         file_problems=p.files if root else planmod.check_files(img),
         can_set_exe=_checkpoint_capable() or stub.userns, stub_pid=stub.inner_pid,
         stub_fds={int(n) for n in os.listdir(f"/proc/{stub.pid}/fd")} - {stub.image_fd},
-        stub_limits={r: (s, h) for r, s, h in parse_limits(proc.limits())},
+        stub_limits={r: (s, h) for r, s, h in rlimits(stub.pid)},
         has_tty=_has_tty(), fd_checks=p.fds if root else p.member_fds.get(img.process.pid, {}),
         force=p.force, timer_ids=_timer_ids_supported(), stub_nice=int(proc.stat()["nice"]),
         sysv=p.sysv, same_ids=p.same_ids, xcr0=xstatemod.live_xcr0(),

@@ -44,9 +44,8 @@ from ..procfs import (
     Proc,
     comm_of,
     kernel_identity,
-    parse_cpu_list,
-    parse_limits,
     read_sysv_shm,
+    rlimits,
     sigset,
 )
 from . import tree as treemod
@@ -384,7 +383,7 @@ class _Saver:
             sigpending=sigset(status.get("ShdPnd", "0")),
             shared_pending=self.state.pending(self.inf.pid, shared=True),
             stopped_by=self.front.stop_reason(),
-            rlimits=[Rlimit(*r) for r in parse_limits(self.proc.limits())],
+            rlimits=[Rlimit(*r) for r in rlimits(self.inf.pid)],
             itimers=self.state.itimers(), timers=timers,
             no_new_privs=status.get("NoNewPrivs", "0") == "1",
             ppid=int(stat["ppid"]), pgid=int(stat["pgrp"]), sid=int(stat["session"]),
@@ -445,10 +444,8 @@ class _Saver:
             self.notes.append(f"thread {tid} was inside restart_syscall, whose call is unknown: "
                               "after a restore that call returns EINTR")
         task = Proc(self.inf.pid, tid)
-        status = task.status()
         rseq = self.inf.rseq_config(tid)
         robust = self.inf.robust_list(tid)
-        cpus = status.get("Cpus_allowed_list")
         altstack, tid_address = self.state.sigaltstack(), self.state.tid_address()
         # Only now: a thread in sigsuspend, ppoll or pselect had a temporary mask, and
         # the kernel put its own back as the thread left that call for the injected ones.
@@ -459,7 +456,7 @@ class _Saver:
             sigaltstack=altstack, tid_address=tid_address,
             robust_list=list(robust) if robust else None,
             pending=self.state.pending(tid) + self._stop_signal(tid),
-            cpus=parse_cpu_list(cpus) if cpus else None)
+            cpus=sorted(os.sched_getaffinity(tid)))
 
     def _stop_signal(self, tid: int) -> list[bytes]:
         """The signal the thread stopped with, when its tracer would pass it on resuming.

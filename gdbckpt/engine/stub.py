@@ -21,7 +21,7 @@ from ..errors import RestoreError
 from ..linux import is_syscall_error
 from ..maps import Mapping, read_mappings
 from ..plan import Op, Scratch
-from ..procfs import Proc, parse_limits
+from ..procfs import rlimits
 from ..stubabi import (
     RET_OFFSET,
     STUB_OP,
@@ -249,7 +249,7 @@ class Stub:
 
     def fd_limit(self) -> int:
         """The stub's soft RLIMIT_NOFILE."""
-        for res, soft, _ in parse_limits(Proc(self.pid).limits()):
+        for res, soft, _ in rlimits(self.pid):
             if res == RLIMIT_NOFILE:
                 return min(soft, 1 << 20)
         return 1024
