@@ -18,6 +18,7 @@ from gdbckpt.procfs import (
     parse_auxv,
     parse_stat,
     parse_timers,
+    rlimits,
     read_pagemap,
     runs,
 )
@@ -123,3 +124,26 @@ def test_parse_timers_notify_kinds_and_values():
     assert [(x["id"], x["notify"], x["tid"]) for x in t] == [(0, 0, 0), (1, 4, 123), (2, 2, 0),
                                                               (3, 1, 0)]
     assert t[1]["value"] == (1 << 64) - 1 and t[2]["value"] == 0x7F0012345678
+
+
+def test_rlimits_of_another_process_agree_with_its_proc_limits():
+    """prlimit's view, checked against the kernel's text (the oracle); infinity as the
+    kernel stores it, not Python's -1."""
+    import resource
+    import subprocess
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (123, 456))
+        resource.prlimit(p.pid, resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+        got = rlimits(p.pid)
+        text = open(f"/proc/{p.pid}/limits").read().splitlines()[1:]
+    finally:
+        p.kill()
+        p.wait()
+    assert [r for r, _, _ in got] == list(range(16)) and len(text) == 16
+    for (_, soft, hard), line in zip(got, text, strict=True):
+        words = line[26:].split()        # after the name column
+        want = [(1 << 64) - 1 if w == "unlimited" else int(w) for w in words[:2]]
+        assert [soft, hard] == want, line
+    assert got[resource.RLIMIT_NOFILE][1:] == (123, 456)
+
