@@ -18,8 +18,8 @@ from gdbckpt.procfs import (
     parse_auxv,
     parse_stat,
     parse_timers,
-    rlimits,
     read_pagemap,
+    rlimits,
     runs,
 )
 
