@@ -334,9 +334,9 @@ def make_objects(kind: str, infos: tuple, creds=None, self_pid: int = 0,
     info is None), and warnings. creds: the saved credentials when the restorer acts
     for another user: nothing is made that they could not have made themselves.
     self_pid: the restored process's pid. data(info): the bytes the image holds for
-    a descriptor (a memfd's)."""
-    from . import anonfds, pipes, sockets, tcprepair
+    a descriptor (a memfd's). Each kind's module loads only when it is needed."""
     if kind == "pipe":
+        from . import pipes
         reader, writer = infos
         state = (reader or writer).pipe
         ends = pipes.make(state, reader.flags if reader else None,
@@ -345,6 +345,7 @@ def make_objects(kind: str, infos: tuple, creds=None, self_pid: int = 0,
     if kind == "memfd":
         return [_make_memfd(infos[0], data(infos[0]))], []
     if kind == "anon":
+        from . import anonfds
         state = infos[0].anon
         if state.type == "fanotify" and creds is not None and \
                 not creds.effective >> CAP_SYS_ADMIN & 1:
@@ -355,6 +356,7 @@ def make_objects(kind: str, infos: tuple, creds=None, self_pid: int = 0,
         except ProcessLookupError as e:     # a pidfd's process has ended
             null = os.open("/dev/null", null_flags(infos[0]) & ACCMODE)
             return [null], [f"{describe(infos[0])}: {e.strerror}: /dev/null in its place"]
+    from . import sockets, tcprepair
     if kind == "socketpair":
         with as_fs_user(creds):         # files in flight are opened as the user
             ours = list(sockets.make_pair(infos[0].sock, infos[1].sock))
