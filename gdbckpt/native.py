@@ -35,6 +35,11 @@ def _helpers():
             lib = ctypes.CDLL(path)
             lib.ckpt_nonzero_pages.restype = ctypes.c_size_t
             lib.ckpt_nonzero_pages.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+            lib.ckpt_owner_slots.restype = ctypes.c_size_t
+            lib.ckpt_owner_slots.argtypes = [
+                ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),
+                ctypes.c_int32, ctypes.c_int32, ctypes.c_char_p,
+                ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t]
             _lib = lib
         except OSError:
             _lib = False    # not built: fall back to Python, slower but the same result
@@ -61,6 +66,28 @@ def nonzero_pages(buf, addr: int, npages: int) -> bytes:
         return out.raw
     view = memoryview(buf)
     return bytes(view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] != _ZERO_PAGE for i in range(npages))
+
+
+OWNER_SLOTS_BATCH = 4096
+
+
+def owner_slots(data: bytes, ids: set[int]) -> list[int] | None:
+    """Offsets of data's 8-aligned slots that may be a mutex held by one of ids (see
+    ckpt_owner_slots in native/helpers.c), or None without the C helper."""
+    lib = _helpers()
+    if not lib or not ids or min(ids) < 0 or max(ids) >= 1 << 31:
+        return None
+    lo, hi = min(ids), max(ids)
+    want = bytearray((hi - lo) // 8 + 1)
+    for i in ids:
+        want[(i - lo) >> 3] |= 1 << ((i - lo) & 7)
+    out = (ctypes.c_size_t * OWNER_SLOTS_BATCH)()
+    at, found = ctypes.c_size_t(0), []
+    while at.value < len(data):
+        n = lib.ckpt_owner_slots(data, len(data), ctypes.byref(at), lo, hi, bytes(want),
+                                 out, OWNER_SLOTS_BATCH)
+        found += out[:n]
+    return found
 
 
 def have_helpers() -> bool:

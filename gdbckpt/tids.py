@@ -15,6 +15,7 @@ import struct
 
 import msgspec
 
+from . import native
 from .image import format as fmt
 from .image.reader import Image
 from .linux import Prot
@@ -25,6 +26,7 @@ from .maps import Kind
 MUTEX = struct.Struct("<iIiIihhQQ")
 MUTEX_OWNER_AT = 8
 KIND_ROBUST, KIND_PI = 16, 32
+KIND_TYPE, KIND_RECURSIVE, KIND_ERRORCHECK = 3, 1, 2
 KIND_BITS = 3 | 16 | 32 | 64 | 128 | 256 | 512
 FUTEX_TID_MASK = 0x3FFFFFFF
 # Kinds of mapping a mutex can live in.
@@ -39,13 +41,27 @@ class MutexRef(msgspec.Struct, frozen=True):
 
 
 def looks_like_held_mutex(raw: bytes, old_tid: int) -> tuple[bool, bool]:
-    """(is a held mutex owned by old_tid, its lock word holds the tid too)."""
-    lock, _count, owner, nusers, kind, _spins, _elision, prev, nxt = MUTEX.unpack(raw)
+    """(is a held mutex owned by old_tid, its lock word holds the tid too).
+
+    Only the kinds whose owner glibc reads are taken: recursive and error-checking (their
+    lock and unlock compare it with the caller), robust and PI (the lock word holds the
+    tid). A normal or adaptive mutex's owner is only ever cleared by its unlock, so it
+    needs no patch, and its pattern (a small lock word, the tid, a small count, zeros)
+    is common in other data: in a JVM's heap every int[] whose compressed class pointer
+    equals the tid has it, and rewriting those headers crashed G1's marking.
+    """
+    lock, count, owner, nusers, kind, _spins, _elision, prev, nxt = MUTEX.unpack(raw)
     if owner != old_tid or lock == 0 or kind & ~KIND_BITS or kind < 0:
         return False, False
     if not 1 <= nusers < 1 << 16:
         return False, False
     robust = bool(kind & KIND_ROBUST)
+    kind_type = kind & KIND_TYPE
+    if not kind & (KIND_ROBUST | KIND_PI):
+        if kind_type not in (KIND_RECURSIVE, KIND_ERRORCHECK) or lock not in (1, 2):
+            return False, False         # lll lock word: 1 held, 2 held with waiters
+        if (kind_type == KIND_RECURSIVE) != (count > 0):
+            return False, False         # only a recursive one counts (robust ones all do)
     if not robust and (prev or nxt):
         return False, False
     lock_has_tid = bool(kind & (KIND_ROBUST | KIND_PI)) and lock & FUTEX_TID_MASK == old_tid
@@ -63,9 +79,23 @@ def find_held_mutexes(img: Image, old_tids: set[int]) -> list[MutexRef]:
         for c in img.chunks_in(v.start, v.end):
             if c.flags & fmt.ChunkFlags.ZERO:
                 continue
-            data = img.read_chunk(c)
-            for tid in old_tids:
-                found += _scan(data, c.vaddr, tid)
+            found += scan(img.read_chunk(c), c.vaddr, old_tids)
+    return found
+
+
+def scan(data: bytes, base: int, old_tids: set[int]) -> list[MutexRef]:
+    """Held mutexes owned by any of old_tids in data (memory at base), in address order."""
+    slots = native.owner_slots(data, old_tids)
+    if slots is None:       # no C helper: a scan per thread id
+        return sorted((ref for tid in old_tids for ref in _scan(data, base, tid)),
+                      key=lambda r: r.addr)
+    found = []
+    for start in slots:
+        raw = data[start:start + MUTEX.size]
+        owner = MUTEX.unpack(raw)[2]
+        ok, lock_tid = looks_like_held_mutex(raw, owner)
+        if ok:
+            found.append(MutexRef(base + start, owner, lock_tid))
     return found
 
 

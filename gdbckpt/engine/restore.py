@@ -38,7 +38,7 @@ from ..stubabi import RET_OFFSET, STUB_OP, StubOp, StubOpFlags
 from . import xstate as xstatemod
 from .front import Front
 from .process import Process
-from .stub import OpFailed, PidTaken, Stub, op_name
+from .stub import OpFailed, PidTaken, Stub, op_name, reserve_pids_up_to
 
 
 class RestoreResult(msgspec.Struct):
@@ -234,6 +234,10 @@ def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
     stub = _start_stub(want, new_session, _image_hand(img))
     p.same_ids = keep_tids and bool(want) and stub.pid == want and \
         not any(_exists(t) for t in ids[1:])
+    if p.same_ids and len(ids) > 1:
+        # The kernel's next pid sits right before the saved thread ids (the stub's was
+        # asked for): move it past them, or a process started meanwhile takes one.
+        reserve_pids_up_to(max(ids))
     phases["start stub"] = time.perf_counter() - t0
     try:
         if any(v.shm is not None for v in img.vmas):

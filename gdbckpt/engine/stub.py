@@ -377,6 +377,15 @@ def _wait_event_stop(tid: int) -> None:
         ptrace.interrupt(tid)
 
 
+def reserve_pids_up_to(pid: int) -> None:
+    """Make the kernel hand out pids after this one (ns_last_pid; where permitted)."""
+    try:
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(pid))
+    except OSError:
+        pass
+
+
 def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False,
                   hand: tuple[int, int] | None = None) -> tuple[int, bytes]:
     """Start the stub with only stdio and its ready pipe; returns once it is parked, with
@@ -386,11 +395,7 @@ def _spawn_parked(path: str, want_pid: int = 0, new_session: bool = False,
     CAP_CHECKPOINT_RESTORE); the caller checks whether it came.
     """
     if want_pid > 1 and not os.path.exists(f"/proc/{want_pid}"):
-        try:
-            with open(NS_LAST_PID, "w") as f:
-                f.write(str(want_pid - 1))
-        except OSError:
-            pass
+        reserve_pids_up_to(want_pid - 1)
     r, w = os.pipe()
     # The handed file first: it may sit at STUB_READY_FD's number in this process.
     actions = [(os.POSIX_SPAWN_DUP2, *hand)] if hand is not None else []
