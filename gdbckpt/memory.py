@@ -140,10 +140,11 @@ class _Iovec(ctypes.Structure):
 
 
 class MemoryDumper:
-    """Reads memory, finds zero pages and checksums in this thread; another writes the
-    image (compressing first, when asked), so that the two overlap (two buffers
-    take turns). The work is split so that the halves take about as long: raw,
-    reading 512 MiB takes 0.085 s and checksums 0.03, writing 0.15.
+    """Reads memory and finds zero pages in this thread; another checksums and writes the
+    image (compressing first, when asked), so that the two overlap (two buffers take
+    turns). The work is split so that the halves take about as long: for 512 MiB
+    here, reading 0.081 s and zero pages 0.006; checksums and writing 0.079 (with the
+    checksums on the reading side, that side took 0.111 s and the save 0.132).
 
     Reads use process_vm_readv (6 GB/s here against 3.5 for /proc/PID/mem);
     /proc/PID/mem, which may read what the process may not (PROT_NONE), takes
@@ -312,8 +313,6 @@ class MemoryDumper:
             is_dirty = ChunkFlags.DIRTY if (kind & 2 or not file_backed) else ChunkFlags.NONE
             if kind & 1:
                 data = buf.view[start * PAGE_SIZE:start * PAGE_SIZE + size]
-                if self.writer.compressor is None:
-                    data = self.writer.prepare_chunk(data)
                 out.append((at, data, is_dirty))
                 self.stats.stored += size
             else:
