@@ -215,7 +215,7 @@ def _signo(siginfo: bytes) -> int:
 def _date(timestamp: float) -> str:
     """The save's time in UTC; an image's clock may be anything, so never an exception."""
     try:
-        return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime(
+        return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, OSError, ValueError):
         return f"timestamp {timestamp!r} (out of range)"

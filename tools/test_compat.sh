@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `./dev test-compat`: the suite in a Debian 13 "trixie" chroot (GDB 16, Python 3.13,
 # glibc 2.41) that this script makes itself, as root, with debootstrap.
+# `GDBCKPT_COMPAT_SUITE=jammy ./dev test-compat`: the same in Ubuntu 22.04 (GDB 12.1,
+# Python 3.10, glibc 2.35), the oldest of the support matrix.
 #
-# The root is made once and kept under /var/tmp/gdbckpt-trixie ($GDBCKPT_COMPAT_ROOT):
+# The root is made once and kept under /var/tmp/gdbckpt-SUITE ($GDBCKPT_COMPAT_ROOT):
 # debootstrap --variant=minbase, then apt installs what `./dev test` needs. A marker file
 # written last records that it is complete (and with which packages); a root without it,
 # left by an interrupted run, is removed and made again. Each run copies the checkout's
@@ -13,15 +15,23 @@
 # SIGTERM the processes left in the root are ended and everything mounted under it is
 # unmounted.
 #
-# Environment: GDBCKPT_COMPAT_ROOT (where the root lives), GDBCKPT_COMPAT_MIRROR (a Debian
-# mirror, http://deb.debian.org/debian by default). PIP_* and proxy variables, /etc/pip.conf
+# Environment: GDBCKPT_COMPAT_SUITE (trixie or jammy), GDBCKPT_COMPAT_ROOT (where the root
+# lives), GDBCKPT_COMPAT_MIRROR (a Debian mirror, http://deb.debian.org/debian by default; an
+# Ubuntu one, http://archive.ubuntu.com/ubuntu, for jammy). Ubuntu's archive key comes from
+# that archive's ubuntu-keyring package when the host has no ubuntu-archive-keyring.gpg
+# (Debian 12 packages none); it is then as trusted as the mirror it came from. PIP_* and proxy variables, /etc/pip.conf
 # and the host's extra CA certificates (/usr/local/share/ca-certificates) are carried into
 # the root so that pip reaches PyPI there as it does here.
 set -euo pipefail
 
-suite=trixie
-mirror=${GDBCKPT_COMPAT_MIRROR:-http://deb.debian.org/debian}
-root=${GDBCKPT_COMPAT_ROOT:-/var/tmp/gdbckpt-trixie}
+suite=${GDBCKPT_COMPAT_SUITE:-trixie}
+case "$suite" in
+  trixie) distro=debian; default_mirror=http://deb.debian.org/debian;;
+  jammy) distro=ubuntu; default_mirror=http://archive.ubuntu.com/ubuntu;;
+  *) echo "test-compat: GDBCKPT_COMPAT_SUITE is trixie or jammy, not '$suite'" >&2; exit 2;;
+esac
+mirror=${GDBCKPT_COMPAT_MIRROR:-$default_mirror}
+root=${GDBCKPT_COMPAT_ROOT:-/var/tmp/gdbckpt-$suite}
 # What ./dev, the Makefile and the tests use: the compilers and GDB, Python with venv,
 # setpriv/unshare/ipcs (util-linux), mount, mkfs.ext4, the servers the tests save and
 # restore, ps/pgrep, ip/ss, and libc6-dbg as on the Debian 12 machines (GDB recommends it).
@@ -177,6 +187,24 @@ copy_host_settings() {
   fi
 }
 
+# Ubuntu's archive key: the host's, or the one in the archive's ubuntu-keyring package.
+ubuntu_keyring() {
+  ubuntu_key=/usr/share/keyrings/ubuntu-archive-keyring.gpg
+  [ -f "$ubuntu_key" ] && return 0
+  local dir="$root.keyring" deb
+  ubuntu_key="$dir/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+  [ -f "$ubuntu_key" ] && return 0
+  command -v curl >/dev/null || step "installing curl" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q curl
+  mkdir -p "$dir"
+  deb=$(curl -fsS "$mirror/dists/$suite/main/binary-amd64/Packages.gz" | zcat \
+    | awk '/^Package: ubuntu-keyring$/ {p=1} p && !done && /^Filename:/ {print $2; done=1}')
+  [ -n "$deb" ] || die "no ubuntu-keyring package in $mirror for $suite"
+  curl -fsS -o "$dir/keyring.deb" "$mirror/$deb" || die "cannot fetch $mirror/$deb"
+  dpkg-deb -x "$dir/keyring.deb" "$dir" || die "cannot unpack $deb"
+  [ -f "$ubuntu_key" ] || die "$deb holds no ubuntu-archive-keyring.gpg"
+}
+
 build_root() {
   if [ -e "$root" ]; then
     echo "test-compat: $root is incomplete (an interrupted run?): making it again" >&2
@@ -190,12 +218,28 @@ build_root() {
   fi
   [ -e /usr/share/debootstrap/scripts/$suite ] \
     || die "this debootstrap ($(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null)) does not know $suite"
+  local keyring=()
+  if [ "$distro" = ubuntu ]; then
+    ubuntu_keyring
+    keyring=(--keyring="$ubuntu_key" --components=main,universe)
+  fi
   step "debootstrap --variant=minbase $suite $root (a few minutes)" \
-    debootstrap --variant=minbase "$suite" "$root" "$mirror"
+    debootstrap --variant=minbase "${keyring[@]}" "$suite" "$root" "$mirror"
   # No service starts inside the root (redis-server's postinst would start one).
   printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
   chmod 755 "$root/usr/sbin/policy-rc.d"
   rm -f "$root/etc/apt/sources.list"
+  if [ "$distro" = ubuntu ]; then
+    cp "$ubuntu_key" "$root/usr/share/keyrings/gdbckpt-ubuntu-archive.gpg"
+    cat >"$root/etc/apt/sources.list.d/ubuntu.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: $suite $suite-updates $suite-security
+Components: main universe
+Signed-By: /usr/share/keyrings/gdbckpt-ubuntu-archive.gpg
+EOF
+    return
+  fi
   cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
 URIs: $mirror
@@ -261,9 +305,10 @@ while IFS='=' read -r name value; do
 done < <(env)
 [ -n "${TERM:-}" ] && env_args+=("TERM=$TERM")
 
+release=$(in_root sh -c '. /etc/os-release && echo "$PRETTY_NAME"')
 echo "test-compat: in $root: $(in_root sh -c 'gdb --version | head -n 1'); \
 $(in_root python3 --version 2>&1); $(in_root sh -c 'ldd --version | head -n 1'); \
-Debian $(cat "$root/etc/debian_version"); kernel $(uname -r)" >&2
+$release; kernel $(uname -r)" >&2
 # Run in the background and wait, so that INT/TERM reach the traps at once; cleanup ends
 # whatever is left running in the root.
 rc=0
@@ -271,5 +316,5 @@ in_root "${env_args[@]}" bash -c 'cd /src && exec ./dev test' </dev/null &
 child=$!
 wait "$child" || rc=$?
 child=
-echo "test-compat: ./dev test in Debian $(cat "$root/etc/debian_version") exited with $rc" >&2
+echo "test-compat: ./dev test in $release exited with $rc" >&2
 exit "$rc"

@@ -3,8 +3,16 @@ reader refuses a value it does not know (a newer gdbckpt's) naming the field."""
 
 import enum
 
+try:
+    from enum import StrEnum
+except ImportError:     # Python 3.10: GDB 12 on Ubuntu 22.04 embeds it
+    class StrEnum(str, enum.Enum):
+        """Python 3.11's enum.StrEnum: str() and format() give the value."""
+        __str__ = str.__str__
+        __format__ = str.__format__
 
-class Kind(enum.StrEnum):
+
+class Kind(StrEnum):
     """What a mapping is, as far as save and restore are concerned (maps.py sorts them)."""
     ANON = "anon"              # private anonymous memory (heap, stacks, malloc arenas)
     FILE = "file"              # private mapping of a file that is still on disk
@@ -18,7 +26,7 @@ class Kind(enum.StrEnum):
     SPECIAL = "special"        # another kernel-made mapping ([uprobes]): not restorable
 
 
-class FdKind(enum.StrEnum):
+class FdKind(StrEnum):
     """What an open descriptor is (fds.py says how each is saved and restored)."""
     FILE = "file"          # a regular file that is still on disk
     DIR = "dir"
@@ -32,7 +40,7 @@ class FdKind(enum.StrEnum):
     OTHER = "other"
 
 
-class LockKind(enum.StrEnum):
+class LockKind(StrEnum):
     """A file lock held through a descriptor."""
     FLOCK = "flock"
     POSIX = "posix"
