@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 from .linux import PAGE_SIZE
@@ -77,17 +78,24 @@ def owner_slots(data: bytes, ids: set[int]) -> list[int] | None:
     lib = _helpers()
     if not lib or not ids or min(ids) < 0 or max(ids) >= 1 << 31:
         return None
+    lo, hi, want = _id_bitmap(frozenset(ids))
+    out = (ctypes.c_size_t * OWNER_SLOTS_BATCH)()
+    at, found = ctypes.c_size_t(0), []
+    while at.value < len(data):
+        n = lib.ckpt_owner_slots(data, len(data), ctypes.byref(at), lo, hi, want,
+                                 out, OWNER_SLOTS_BATCH)
+        found += out[:n]
+    return found
+
+
+@functools.lru_cache(maxsize=4)
+def _id_bitmap(ids: frozenset[int]) -> tuple[int, int, bytes]:
+    """(lowest, highest, bit i - lowest set for each id): made once for a whole scan."""
     lo, hi = min(ids), max(ids)
     want = bytearray((hi - lo) // 8 + 1)
     for i in ids:
         want[(i - lo) >> 3] |= 1 << ((i - lo) & 7)
-    out = (ctypes.c_size_t * OWNER_SLOTS_BATCH)()
-    at, found = ctypes.c_size_t(0), []
-    while at.value < len(data):
-        n = lib.ckpt_owner_slots(data, len(data), ctypes.byref(at), lo, hi, bytes(want),
-                                 out, OWNER_SLOTS_BATCH)
-        found += out[:n]
-    return found
+    return lo, hi, bytes(want)
 
 
 def have_helpers() -> bool:

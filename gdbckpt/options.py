@@ -118,7 +118,8 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _columns() -> int:
     try:
-        return int(os.environ["COLUMNS"])
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
     except (KeyError, ValueError):
         pass
     try:

@@ -91,6 +91,9 @@ class Proc:
     def stat(self) -> dict[str, object]:
         return parse_stat(self._read("stat"))
 
+    def limits(self) -> str:
+        return self._read("limits")
+
     def status(self) -> dict[str, str]:
         return parse_status(self._read("status"))
 
@@ -165,16 +168,42 @@ RLIM_INFINITY = (1 << 64) - 1       # as the kernel and an image store it (Pytho
 
 
 def rlimits(pid: int) -> list[tuple[int, int, int]]:
-    """(resource, soft, hard) of every resource limit of a process (prlimit: it needs the
-    same ids as ptrace, which the tracer has)."""
+    """(resource, soft, hard) of every resource limit of a process: prlimit, which wants
+    the process's ids or CAP_SYS_RESOURCE; a tracer with only CAP_SYS_PTRACE (a container's
+    root, another user's process) reads the world-readable /proc/PID/limits instead."""
     out = []
     for res in range(RLIM_NLIMITS):
         try:
             soft, hard = resource.prlimit(pid, res)
+        except PermissionError:
+            return parse_limits(Proc(pid).limits())
         except OSError as e:
             raise SaveError(f"cannot read the resource limits of {pid}: {e.strerror}") from None
         out.append((res, soft & RLIM_INFINITY, hard & RLIM_INFINITY))
     return out
+
+
+# /proc/PID/limits names, in RLIMIT_* order.
+RLIMIT_NAMES = ("Max cpu time", "Max file size", "Max data size", "Max stack size",
+                "Max core file size", "Max resident set", "Max processes", "Max open files",
+                "Max locked memory", "Max address space", "Max file locks",
+                "Max pending signals", "Max msgqueue size", "Max nice priority",
+                "Max realtime priority", "Max realtime timeout")
+
+
+def parse_limits(text: str) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for every limit /proc/PID/limits shows."""
+    out = []
+    for line in text.splitlines()[1:]:
+        for res, name in enumerate(RLIMIT_NAMES):
+            if line.startswith(name):
+                soft, hard = line[len(name):].split()[:2]
+                out.append((res, _limit(soft), _limit(hard)))
+    return out
+
+
+def _limit(word: str) -> int:
+    return RLIM_INFINITY if word == "unlimited" else int(word)
 
 
 def parse_timers(text: str) -> list[dict[str, int]]:

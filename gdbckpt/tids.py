@@ -25,8 +25,9 @@ from .maps import Kind
 # elision, list.prev, list.next (40 bytes, 8-aligned).
 MUTEX = struct.Struct("<iIiIihhQQ")
 MUTEX_OWNER_AT = 8
-KIND_ROBUST, KIND_PI = 16, 32
+KIND_ROBUST, KIND_PI, KIND_PP = 16, 32, 64
 KIND_TYPE, KIND_RECURSIVE, KIND_ERRORCHECK = 3, 1, 2
+PP_STATE_MASK = (1 << 19) - 1      # a priority-protect lock word: ceiling << 19 | state
 KIND_BITS = 3 | 16 | 32 | 64 | 128 | 256 | 512
 FUTEX_TID_MASK = 0x3FFFFFFF
 # Kinds of mapping a mutex can live in.
@@ -58,10 +59,11 @@ def looks_like_held_mutex(raw: bytes, old_tid: int) -> tuple[bool, bool]:
     robust = bool(kind & KIND_ROBUST)
     kind_type = kind & KIND_TYPE
     if not kind & (KIND_ROBUST | KIND_PI):
-        if kind_type not in (KIND_RECURSIVE, KIND_ERRORCHECK) or lock not in (1, 2):
+        state = lock & PP_STATE_MASK if kind & KIND_PP else lock
+        if kind_type not in (KIND_RECURSIVE, KIND_ERRORCHECK) or state not in (1, 2):
             return False, False         # lll lock word: 1 held, 2 held with waiters
-        if (kind_type == KIND_RECURSIVE) != (count > 0):
-            return False, False         # only a recursive one counts (robust ones all do)
+        if not kind & KIND_PP and (kind_type == KIND_RECURSIVE) != (count > 0):
+            return False, False         # only a recursive one counts (robust, PP: all do)
     if not robust and (prev or nxt):
         return False, False
     lock_has_tid = bool(kind & (KIND_ROBUST | KIND_PI)) and lock & FUTEX_TID_MASK == old_tid

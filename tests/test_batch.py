@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import time
@@ -211,15 +212,19 @@ def test_process_we_may_not_trace_is_left_alone(tmp_path):
 
 
 @pytest.mark.slow        # --stdout is also checked by the test that it stands in for a file
-def test_a_corrupt_chunk_refuses_the_restore_before_anything_outside_changes(tmp_path):
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_corrupt_chunk_refuses_the_restore_before_anything_outside_changes(tmp_path,
+                                                                            compress):
     """The checksums are checked on a thread while the restore begins (restore.Checksums):
     a corrupt chunk still refuses it before the --stdout file is made, and leaves no
-    process."""
+    process. A compressed chunk, which the engine itself reads (and checks) before then,
+    gives the same one line."""
     argv = [example("counter"), "60", "20"]
     out, img = str(tmp_path / "out"), str(tmp_path / "p.img")
-    saved_by_pid(argv, out, img, r"^step 4 ")
+    saved_by_pid(argv, out, img, r"^step 4 ", *(["--compress"] if compress else []))
     chunks = json.loads(batch("info", "--json", img, check=0).stdout)["chunks"]
-    last = max((c for c in chunks if c["stored"]), key=lambda c: c["offset"])
+    last = max((c for c in chunks if c["stored"] and (c["codec"] == "ZSTD") == compress),
+               key=lambda c: c["offset"])
     data = bytearray(open(img, "rb").read())
     data[last["offset"] + last["stored"] // 2] ^= 0x40
     bad, made = str(tmp_path / "bad.img"), str(tmp_path / "made.out")
@@ -230,6 +235,10 @@ def test_a_corrupt_chunk_refuses_the_restore_before_anything_outside_changes(tmp
         assert not os.path.exists(made)
     assert subprocess.run(["pgrep", "-f", f"gdbckpt-stub|{argv[0]}"],
                           capture_output=True).stdout == b""
+    if compress:    # a compressed chunk is checked as it is read, --no-verify or not
+        first = one_line_error(batch("restore", bad, "--no-verify", "--stdout", made), 5)
+        assert "is corrupt" in first and not os.path.exists(made)
+        return
     # Unchecked, the same image restores (the flipped byte is the program's business).
     r = batch("restore", bad, "--no-verify", "--stdout", made, check=0)
     wait_gone(int(r.stdout.split("as process ")[1].split()[0]))
@@ -322,19 +331,33 @@ def nobodys(path: str):
     return f
 
 
-def saved_by_nobody(argv: list[str], shared_dir: str) -> tuple[str, str]:
+def saved_by_nobody(argv: list[str], shared_dir: str, saver=NOBODY) -> tuple[str, str]:
     """argv run as nobody (stdout to a file of nobody's) until its third step, then
-    saved by pid as nobody with --kill; returns (output file, image)."""
+    saved by pid with --kill, as nobody (saver () : as root); returns (output file, image)."""
     out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
     p = subprocess.Popen([*NOBODY, *argv], stdout=nobodys(out), stdin=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
         wait_for_output(out, r"^step 3 ")
-        batch(str(p.pid), "-o", img, "--kill", prefix=NOBODY, check=0)
+        batch(str(p.pid), "-o", img, "--kill", prefix=saver, check=0)
         p.wait(timeout=30)
     finally:
         p.kill()
     return out, img
+
+
+def test_root_saves_another_users_process_with_its_limits(shared_dir):
+    """Root may trace nobody's process but, without CAP_SYS_RESOURCE (a container's root;
+    this machine's), not prlimit it: the limits then come from /proc/PID/limits."""
+    argv = [example("counter"), "40", "20"]
+    out, img = saved_by_nobody(argv, shared_dir, saver=())
+    info = json.loads(batch("info", "--json", img, check=0).stdout)
+    limits = {r["resource"]: (r["soft"], r["hard"]) for r in info["process"]["rlimits"]}
+    assert sorted(limits) == list(range(16))
+    assert limits[7] == resource.getrlimit(resource.RLIMIT_NOFILE)    # inherited from us
+    r = batch("restore", img, "--json", check=0)
+    wait_gone(json.loads(r.stdout.splitlines()[-1])["pid"])
+    assert open(out).read() == uninterrupted(argv)
 
 
 def test_root_restoring_a_users_image_gets_a_process_running_as_that_user(shared_dir):

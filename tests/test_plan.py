@@ -313,7 +313,8 @@ def test_only_memory_steps_come_before_the_checksums_are_awaited(img, tmp_path):
     (engine.restore.Checksums): those may only touch the new process's own memory and
     open files read-only; every mapping and fill is among them, no descriptor is."""
     from gdbckpt.engine.restore import _seen_inside
-    p = plan.build(img, live(img), stdio={1: str(tmp_path / "out.txt")})
+    # As a restore runs it: handed the image it checked (image_fd), not opening its path.
+    p = plan.build(img, live(img, image_fd=1000), stdio={1: str(tmp_path / "out.txt")})
     first = next(i for i, s in enumerate(p.steps) if not _seen_inside(s))
     before, after = p.steps[:first], p.steps[first:]
     assert any(isinstance(s, plan.Fill) for s in before)

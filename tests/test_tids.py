@@ -44,6 +44,19 @@ def test_mutexes_whose_owner_glibc_reads_are_found(kind, robust, pi, times, lock
     assert not tids.looks_like_held_mutex(raw, threading.get_native_id() + 1)[0]
 
 
+def test_a_priority_protect_mutex_is_found_past_its_ceiling():
+    """A held priority-protect error-checking mutex as glibc 2.36 leaves it (read from a
+    real one: the first PP lock of a thread fails with EINVAL here, so it is written out):
+    the ceiling above the lock state in the lock word (1 << 19 | 1), count 1, kind 66."""
+    me = threading.get_native_id()
+    raw = tids.MUTEX.pack(1 << 19 | 1, 1, me, 1, ERRORCHECK | tids.KIND_PP, 0, 0, 0, 0)
+    assert tids.looks_like_held_mutex(raw, me) == (True, False)
+    waiters = tids.MUTEX.pack(3 << 19 | 2, 1, me, 2, RECURSIVE | tids.KIND_PP, 0, 0, 0, 0)
+    assert tids.looks_like_held_mutex(waiters, me) == (True, False)
+    free = tids.MUTEX.pack(1 << 19, 0, me, 0, ERRORCHECK | tids.KIND_PP, 0, 0, 0, 0)
+    assert tids.looks_like_held_mutex(free, me) == (False, False)
+
+
 @pytest.mark.parametrize("kind", [NORMAL, ADAPTIVE])
 def test_mutexes_whose_owner_only_unlock_clears_are_left(kind):
     raw = held(kind)

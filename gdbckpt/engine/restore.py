@@ -14,6 +14,7 @@ import errno
 import mmap
 import os
 import resource
+import stat
 import struct
 import threading
 import time
@@ -27,7 +28,7 @@ from .. import plan as planmod
 from .. import sysv
 from .. import tids as tidsmod
 from .. import vdso as vdsomod
-from ..errors import CkptError, RestoreError
+from ..errors import CkptError, ImageError, RestoreError
 from ..image import Image
 from ..image import format as fmt
 from ..libc import libc
@@ -80,6 +81,15 @@ class Prepared(msgspec.Struct):
         ImageError for a corrupt image."""
         if self.checksums is not None:
             self.checksums.wait()
+
+    def corrupt_first(self, failure: BaseException) -> None:
+        """A restore failed: if the image is corrupt, say that rather than what broke on
+        the corrupt bytes meanwhile (not on a Ctrl-C: no waiting then)."""
+        if isinstance(failure, CkptError) and not isinstance(failure, ImageError):
+            try:
+                self.checked()
+            except ImageError as e:
+                raise e from None
 
 
 class Checksums:
@@ -251,9 +261,10 @@ def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
         finally:
             executor.close()
         tids = _let_go(p, stub, stopped, warnings)
-    except BaseException:
+    except BaseException as e:
         stub.kill()
         sysv.remove(p.sysv)
+        p.corrupt_first(e)
         raise
     return RestoreResult(stub.pid, img, plan, warnings, time.perf_counter() - t0, phases, tids,
                          p.take_creds)
@@ -307,11 +318,12 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
                 warnings += set_dumpable(stub.proc, one, member_creds[one.process.pid])
             stub.release(members_stopped)
         tids = _let_go(p, root, stopped, warnings)
-    except BaseException:
+    except BaseException as e:
         objects.close()
         for stub in reversed(list(stubs.values()) + helpers):
             stub.kill()
         sysv.remove(p.sysv)
+        p.corrupt_first(e)
         raise
     finally:
         if root.channel is not None:
@@ -469,7 +481,9 @@ _CHANGES_FILES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 def _seen_inside(step: planmod.Step) -> bool:
     if isinstance(step, planmod.OpenFile):
-        return not step.flags & _CHANGES_FILES
+        # Read-only, and of a kind whose opening nobody notices: a FIFO's writer or a
+        # terminal would (the stub checks the kind as it opens, never blocking).
+        return not step.flags & _CHANGES_FILES and step.kind in (stat.S_IFREG, stat.S_IFDIR)
     return isinstance(step, _SEEN_INSIDE)
 
 
@@ -581,6 +595,8 @@ class _Executor:
                 self._take(i, self.objects.pid_of(step.pid), step.theirs, step.fd, step.cloexec)
             elif isinstance(step, planmod.TakeShared):
                 self._take(i, None, self.objects.shmem(step.inode), step.fd, False)
+        except ImageError:
+            raise                   # a corrupt chunk is the image's fault (exit 5), not a step's
         except CkptError as e:
             raise RestoreError(f"step {i} ({step.describe()}) failed: {e}") from None
 
@@ -644,20 +660,21 @@ class _Executor:
         if self._buf is None:
             self._buf = mmap.mmap(-1, 4 << 20)
             self._img_fd = os.dup(self.img.fd)
-        view = memoryview(self._buf)
-        for c in chunks:
-            if c.codec != fmt.Codec.NONE or c.flags & fmt.ChunkFlags.ZERO:
-                self.proc.write(c.vaddr, self.img.read_chunk(c, self._img_fd))
-                continue
-            for off in range(0, c.size, len(self._buf)):
-                n = min(len(self._buf), c.size - off)
-                try:
-                    got = os.preadv(self._img_fd, [view[:n]], c.offset + off)
-                except OSError as e:
-                    raise RestoreError(f"reading the image failed: {e.strerror}") from None
-                if got != n:
-                    raise RestoreError(f"the image ends inside the chunk at {c.vaddr:#x}")
-                self.proc.write(c.vaddr + off, view[:n])
+        # Released however this ends: close() must be able to close the buffer.
+        with memoryview(self._buf) as view:
+            for c in chunks:
+                if c.codec != fmt.Codec.NONE or c.flags & fmt.ChunkFlags.ZERO:
+                    self.proc.write(c.vaddr, self.img.read_chunk(c, self._img_fd))
+                    continue
+                for off in range(0, c.size, len(self._buf)):
+                    n = min(len(self._buf), c.size - off)
+                    try:
+                        got = os.preadv(self._img_fd, [view[:n]], c.offset + off)
+                    except OSError as e:
+                        raise RestoreError(f"reading the image failed: {e.strerror}") from None
+                    if got != n:
+                        raise RestoreError(f"the image ends inside the chunk at {c.vaddr:#x}")
+                    self.proc.write(c.vaddr + off, view[:n])
 
     def close(self) -> None:
         if self._img_fd is not None:
