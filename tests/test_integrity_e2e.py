@@ -66,6 +66,14 @@ def test_flipped_bits_are_found_and_named(sessions, tmp_path, image):
     assert want in error_of(s, f"ckpt verify {bad}")
     assert want in error_of(s, f"ckpt restore {bad}")
     assert s.pid() == 0, "nothing may run after a refused restore"
+    # With a process to give up, the checksums are checked before it is killed (without
+    # one, while the restore begins): the refusal keeps it.
+    s.start([example("counter"), "8", "1"], str(tmp_path / "live.out"),
+            breakpoint="compute_step if step == 2")
+    live = s.pid()
+    assert want in error_of(s, f"ckpt restore {bad}")
+    assert s.pid() == live and os.path.exists(f"/proc/{live}")
+    s.cli("kill")
     data = bytearray(open(image, "rb").read())
     meta_off = fmt.TRAILER.unpack_from(data, len(data) - fmt.TRAILER_SIZE)[3]
     data[meta_off + fmt.RECORD_HEADER.size + 5] ^= 1       # inside the first record: PROCESS

@@ -35,9 +35,12 @@ def restore(path: str, *, vdso_mode: str = "auto", dry_run: bool = False,
     which would mean reading it all.
     """
     fill = "lazy" if lazy else settings.value("fill-method")
+    # The checksums are checked while the restore begins when there is no process to
+    # give up for it; else first, before GDB kills the one it debugs.
     prepared = engine.prepare(path, vdso_mode=vdso_mode, stdio=stdio, force=force, fill=fill,
                               clocks=clocks,
-                              verify=settings.get("verify") if verify is None else verify)
+                              verify=settings.get("verify") if verify is None else verify,
+                              background=not gdb.selected_inferior().pid)
     if dry_run:
         return engine.dry_run(prepared)
     # What can be refused without a stub was refused before the process being
