@@ -211,7 +211,6 @@ def test_process_we_may_not_trace_is_left_alone(tmp_path):
         p.wait()
 
 
-@pytest.mark.slow        # --stdout is also checked by the test that it stands in for a file
 @pytest.mark.parametrize("compress", [False, True])
 def test_a_corrupt_chunk_refuses_the_restore_before_anything_outside_changes(tmp_path,
                                                                             compress):
@@ -245,6 +244,7 @@ def test_a_corrupt_chunk_refuses_the_restore_before_anything_outside_changes(tmp
     assert os.path.exists(made)
 
 
+@pytest.mark.slow        # --stdout is also checked by the test that it stands in for a file
 def test_restore_with_redirected_stdout(tmp_path):
     argv = [example("counter"), "60", "20"]
     want = uninterrupted_later(argv)
