@@ -495,6 +495,35 @@ def test_in_gdb_root_restoring_a_users_image_runs_it_as_that_user(sessions, shar
     assert read(out) == uninterrupted(argv)
 
 
+def test_in_gdb_root_saves_another_users_process_with_its_limits(sessions, shared_dir):
+    """GDB (root, without CAP_SYS_RESOURCE here) attached to nobody's process: ckpt save
+    reads its limits from /proc/PID/limits where prlimit is refused; the image restores."""
+    from harness import read
+    argv = [example("counter"), "40", "20"]
+    out, img = os.path.join(shared_dir, "out"), os.path.join(shared_dir, "p.img")
+    p = subprocess.Popen([*NOBODY, *argv], stdout=nobodys(out), stdin=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        wait_for_output(out, r"^step 3 ")
+        with open(f"/proc/{p.pid}/limits") as f:
+            nofile = next(line.split()[3:5] for line in f if line.startswith("Max open files"))
+        s = sessions()
+        s.cli(f"attach {p.pid}")
+        assert "Saved process" in s.save(img)
+        s.cli("kill")
+    finally:
+        p.kill()
+        p.wait()
+    info = json.loads(batch("info", "--json", img, check=0).stdout)
+    limits = {r["resource"]: (r["soft"], r["hard"]) for r in info["process"]["rlimits"]}
+    assert sorted(limits) == list(range(16))
+    assert limits[resource.RLIMIT_NOFILE] == tuple(int(n) for n in nofile)
+    r = sessions()
+    assert "Restored process" in r.restore(img, None, "/dev/null")
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(out) == uninterrupted(argv)
+
+
 def test_a_terminal_program_restored_headless_writes_to_the_restoring_terminal(tmp_path):
     """Saved on one terminal, restored from another: the output appears on the
     restoring terminal, and the command returns once the process runs."""
