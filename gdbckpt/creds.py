@@ -10,6 +10,7 @@ thread: on Linux credentials belong to each thread).
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 
 from .errors import RestoreError
@@ -18,6 +19,7 @@ from .libc import libc
 from .linux import Prctl, Sys
 
 
+@functools.cache
 def cap_last() -> int:
     """The highest capability this kernel knows (40, CAP_CHECKPOINT_RESTORE, on 5.9+)."""
     try:
@@ -99,10 +101,7 @@ def calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
     out: list[tuple[int, object, bytes | None]] = []
     groups = struct.pack(f"<{len(c.groups)}I", *c.groups) if c.groups else b"\0" * 4
     out.append((Sys.setgroups, lambda at: (len(c.groups), at), groups))
-    last = cap_last()
-    for cap in range(last + 1):
-        if not c.bounding >> cap & 1:
-            out.append((Sys.prctl, (PR_CAPBSET_DROP, cap), None))
+    out += _bounding_drops(c)
     # Capabilities kept across setresuid: KEEP_CAPS for the moment, unless the saved
     # securebits lock it (they then keep them, or the saved process had none either).
     keep = bool(c.permitted) and c.uids[1] != 0 and not c.securebits & KEEP_CAPS_LOCKED
@@ -115,13 +114,7 @@ def calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
     r, e, s, fs = (c.uids + [c.uids[0]] * 4)[:4]
     out.append((Sys.setresuid, (r, e, s), None))
     out.append((Sys.setfsuid, (fs,), None))
-    data = b"".join(CAP_DATA.pack(c.effective >> k & 0xFFFFFFFF, c.permitted >> k & 0xFFFFFFFF,
-                                  c.inheritable >> k & 0xFFFFFFFF) for k in (0, 32))
-    out.append((Sys.capset, lambda at: (at, at + CAP_HEADER.size),
-                CAP_HEADER.pack(CAP_V3, 0) + data))
-    for cap in range(last + 1):
-        if c.ambient >> cap & 1:
-            out.append((Sys.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap), None))
+    out += [_capset(c)] + _ambient_raises(c)
     if keep and not c.securebits & KEEP_CAPS:
         out.append((Sys.prctl, (Prctl.SET_KEEPCAPS, 0), None))
     return out
@@ -131,17 +124,23 @@ def keep_only_calls(c: Credentials) -> list[tuple[int, object, bytes | None]]:
     """The system calls that leave a thread with only c's capabilities, its ids
     unchanged: for a restore in a user namespace of its own, where the stub had every
     capability (of that namespace only) to choose pids and mount /proc."""
-    out: list[tuple[int, object, bytes | None]] = []
-    for cap in range(cap_last() + 1):
-        if not c.bounding >> cap & 1:
-            out.append((Sys.prctl, (PR_CAPBSET_DROP, cap), None))
+    return _bounding_drops(c) + [_capset(c)] + _ambient_raises(c)
+
+
+def _bounding_drops(c: Credentials) -> list[tuple[int, object, None]]:
+    return [(Sys.prctl, (PR_CAPBSET_DROP, cap), None)
+            for cap in range(cap_last() + 1) if not c.bounding >> cap & 1]
+
+
+def _capset(c: Credentials) -> tuple[int, object, bytes]:
     data = b"".join(CAP_DATA.pack(c.effective >> k & 0xFFFFFFFF, c.permitted >> k & 0xFFFFFFFF,
                                   c.inheritable >> k & 0xFFFFFFFF) for k in (0, 32))
-    out.append((Sys.capset, lambda at: (at, at + CAP_HEADER.size),
-                CAP_HEADER.pack(CAP_V3, 0) + data))
-    out += [(Sys.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap), None)
+    return (Sys.capset, lambda at: (at, at + CAP_HEADER.size), CAP_HEADER.pack(CAP_V3, 0) + data)
+
+
+def _ambient_raises(c: Credentials) -> list[tuple[int, object, None]]:
+    return [(Sys.prctl, (PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap), None)
             for cap in range(cap_last() + 1) if c.ambient >> cap & 1]
-    return out
 
 
 @contextlib.contextmanager

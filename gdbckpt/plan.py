@@ -47,7 +47,14 @@ from .linux import (
 from .maps import Kind, Mapping, find_gap
 from .procfs import pack_auxv
 from .regs import USER_CS_64
-from .stubabi import STUB_MAX_THREADS, STUB_OP, STUB_SCRATCH_SIZE, StubOp, StubOpFlags
+from .stubabi import (
+    RET_OFFSET,
+    STUB_MAX_THREADS,
+    STUB_OP,
+    STUB_SCRATCH_SIZE,
+    StubOp,
+    StubOpFlags,
+)
 
 # madvise() advice for smaps VmFlags a restore puts back.
 VMFLAG_ADVICE = {"dd": 16, "wf": 18, "dc": 10, "hg": 14, "nh": 15}
@@ -78,6 +85,17 @@ class Op(msgspec.Struct):
     nr: int
     args: tuple[int, ...] = ()
     flags: StubOpFlags = StubOpFlags.NONE
+
+
+def pack_ops(ops: list[Op]) -> bytes:
+    """Ops as the stub reads them (struct stub_op: nr, six arguments, flags, result)."""
+    return b"".join(STUB_OP.pack(op.nr, *op.args, *[0] * (6 - len(op.args)), int(op.flags), 0)
+                    for op in ops)
+
+
+def op_result(packed: bytes, k: int) -> int:
+    """The result the stub left in op k of ops it ran (as pack_ops laid them out)."""
+    return int.from_bytes(packed[k * STUB_OP.size + RET_OFFSET:][:8], "little", signed=True)
 
 
 class Scratch:
@@ -1704,9 +1722,7 @@ def _limits(step: Limits, scratch: Scratch) -> list[Op]:
 @encode.register(CloneThread)
 def _clone_thread(step: CloneThread, scratch: Scratch) -> list[Op]:
         setup = encode(step.setup, scratch)
-        blob = b"".join(STUB_OP.pack(o.nr, *o.args, *[0] * (6 - len(o.args)), int(o.flags), 0)
-                        for o in setup)
-        at = scratch.put(blob)
+        at = scratch.put(pack_ops(setup))
         scratch.setups[step.state.tid] = (at, setup)      # the executor checks their results
         n = len(setup)
         flags = CLONE_THREAD_FLAGS if step.tid_ptr else CLONE_THREAD_FLAGS & ~TID_POINTER_FLAGS

@@ -31,6 +31,7 @@ Caveats, as for CRIU:
 
 import errno
 import fcntl
+import functools
 import socket
 import struct
 
@@ -125,8 +126,9 @@ def leave_repair(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
 
 
+@functools.cache
 def can_repair() -> bool:
-    """Whether this process may use TCP_REPAIR, tried on a throwaway socket."""
+    """Whether this process may use TCP_REPAIR, tried once on a throwaway socket."""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)

@@ -35,7 +35,7 @@ from ..libc import libc
 from ..linux import Prctl, PrSetMM, Sys, is_syscall_error, sysname
 from ..maps import Kind
 from ..procfs import Proc, rlimits
-from ..stubabi import RET_OFFSET, STUB_OP, StubOp, StubOpFlags
+from ..stubabi import STUB_OP, StubOp, StubOpFlags
 from . import xstate as xstatemod
 from .front import Front
 from .process import Process
@@ -147,19 +147,17 @@ def prepare(path: str, *, vdso_mode: str = "auto", verify: bool = True,
     fds = {fd: check for fd, check in planmod.check_fds(img).items() if fd not in stdio}
     p = Prepared(img, planmod.check_files(img), fds, force, fill, vdso_mode, stdio, t0=t0,
                  checksums=checksums)
-    planmod.preflight(img, live_vdso=vdsomod.own_vdso(), live_layout=vdsomod.own_layout(),
-                      xcr0=xstatemod.live_xcr0(), fd_checks=p.fds, force=force, fill=fill,
-                      vdso_mode=vdso_mode)
-    p.time_offsets, p.clocks_note, p.clocks_back = clockmod.plan_for(img.process.clocks, clocks)
-    p.take_creds = credsmod.check(img.process.creds, credsmod.own())
-    for _, one in img.members:
-        if one is not None:
+    for one in img.living:
+        if one is not img:
             p.member_fds[one.process.pid] = planmod.check_fds(one)
-            planmod.preflight(one, live_vdso=vdsomod.own_vdso(),
-                              live_layout=vdsomod.own_layout(), xcr0=xstatemod.live_xcr0(),
-                              fd_checks=p.member_fds[one.process.pid], force=force, fill=fill,
-                              vdso_mode=vdso_mode)
-            credsmod.check(one.process.creds, credsmod.own())
+        planmod.preflight(one, live_vdso=vdsomod.own_vdso(), live_layout=vdsomod.own_layout(),
+                          xcr0=xstatemod.live_xcr0(),
+                          fd_checks=p.fds if one is img else p.member_fds[one.process.pid],
+                          force=force, fill=fill, vdso_mode=vdso_mode)
+        creds = credsmod.check(one.process.creds, credsmod.own())
+        if one is img:
+            p.take_creds = creds
+    p.time_offsets, p.clocks_note, p.clocks_back = clockmod.plan_for(img.process.clocks, clocks)
     p.phases["read image"] = time.perf_counter() - t0
     return p
 
@@ -250,9 +248,7 @@ def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
         reserve_pids_up_to(max(ids))
     phases["start stub"] = time.perf_counter() - t0
     try:
-        if any(v.shm is not None for v in img.vmas):
-            p.checked()             # SysV segments are seen from outside while they exist
-        p.sysv = sysv.prepare(img.vmas)
+        p.sysv = _sysv_segments(p)
         plan = planmod.build(img, _live(stub, p), p.vdso_mode, p.stdio, p.fill)
         phases["plan"] = time.perf_counter() - t0
         executor = _Executor(stub, img, plan, front, p.take_creds, checked=p.checked)
@@ -289,7 +285,7 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
     img, t0, phases = p.img, p.t0, p.phases
     capable = _checkpoint_capable()
     in_ns = in_ns or treemod.check_pids(img) or not capable
-    hand = _image_hand(img, treemod.taken_fds(img))
+    hand = _image_hand(img)
     if in_ns:
         # New pid and mount namespaces take CAP_SYS_ADMIN; without it, a user namespace.
         userns = not credsmod.have(credsmod.CAP_SYS_ADMIN)
@@ -305,9 +301,7 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
         made: dict[int, int] = {}
         treemod.make_processes(stubs, img, None if in_ns else os.getpgid(root.pid), made)
         phases["start stubs"] = time.perf_counter() - t0
-        if any(v.shm is not None for one in img.living for v in one.vmas):
-            p.checked()             # SysV segments are seen from outside while they exist
-        p.sysv = treemod.sysv_segments(img)
+        p.sysv = _sysv_segments(p)
         objects.pids = {saved: stub.inner_pid for saved, stub in stubs.items()}
         root_plan, warnings, member_creds = _run_plans(p, stubs, objects, front)
         phases["plans"] = time.perf_counter() - t0
@@ -336,6 +330,15 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
                         f"have their saved pids; here the root is {root.pid}")
     return RestoreResult(root.pid, img, root_plan, warnings, time.perf_counter() - t0, phases,
                          tids, p.take_creds, members)
+
+
+def _sysv_segments(p: Prepared) -> dict:
+    """The SysV segments the saved processes attached, made once for all of them: seen
+    from outside while they exist, so only once the checksums are known good."""
+    vmas = [v for one in p.img.living for v in one.vmas]
+    if any(v.shm is not None for v in vmas):
+        p.checked()
+    return sysv.prepare(vmas)
 
 
 def _run_plans(p: Prepared, stubs: dict[int, Stub], objects,
@@ -376,16 +379,12 @@ def _let_go(p: Prepared, stub: Stub, stopped: bool, warnings: list[str]) -> dict
 PID_TRIES = 5
 
 
-def _image_hand(img: Image, taken: set[int] | None = None) -> tuple[int, int]:
+def _image_hand(img: Image) -> tuple[int, int]:
     """The image's open file, and the number the stub holds it at: the highest below the
-    fd limit (which the stub inherits) that no saved descriptor uses (taken: of any
-    process of a tree, whose stubs all inherit it)."""
+    fd limit (which the stub inherits) that no saved descriptor uses, of any process of a
+    tree (whose stubs all inherit it)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    number = min(soft, 1 << 20) - 1
-    taken = taken if taken is not None else {f.fd for f in img.fds}
-    while number in taken:
-        number -= 1
-    return img.fd, number
+    return img.fd, img.free_fd_below(min(soft, 1 << 20))
 
 
 def _start_stub(want: int, new_session: bool, hand: tuple[int, int]) -> Stub:
@@ -563,7 +562,7 @@ class _Executor:
         at, setup = self.stub.scratch.setups[step.state.tid]
         raw = self.proc.read(at, STUB_OP.size * len(setup))
         for k, op in enumerate(setup):
-            ret = int.from_bytes(raw[k * STUB_OP.size + RET_OFFSET:][:8], "little", signed=True)
+            ret = planmod.op_result(raw, k)
             if is_syscall_error(ret):
                 msg = f"thread {step.state.tid}: {op_name(op)}: {os.strerror(-ret)}"
                 if not op.flags & StubOpFlags.IGNORE_ERROR:

@@ -108,9 +108,10 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
         compressor = zstandard.ZstdCompressor(level=1)
     # Everything but memory is read before the image file exists: a program watching
     # the image's directory (inotify) would otherwise have an event the save made.
-    savers = {m.pid: _Saver(m.proc, front, strict, tables[m.pid], ends).read(t0)
+    shm = read_sysv_shm()           # the host's segments: read once for the whole tree
+    savers = {m.pid: _Saver(m.proc, front, strict, tables[m.pid], ends, shm).read()
               for m in living}
-    root = _Saver(proc, front, strict, tables[proc.pid], ends, resume).read(t0)
+    root = _Saver(proc, front, strict, tables[proc.pid], ends, shm, resume).read()
     if not members:
         _children_left_out(root, proc.pid, strict)
     with ImageWriter(path, sync=sync, compressor=compressor) as w:
@@ -167,7 +168,7 @@ class _Saver:
     """One process of the saved tree: its chunks into the writer, its records returned."""
 
     def __init__(self, inf: Process, front: Front, strict: bool, fds: list[FdInfo],
-                 ends: treemod.TreeEnds | None, resume=None):
+                 ends: treemod.TreeEnds | None, sysv: dict, resume=None):
         self.inf = inf
         self.front = front
         self.resume = resume
@@ -177,12 +178,12 @@ class _Saver:
         self.proc = Proc(inf.pid)
         self.state = StateReader(inf, self.proc)
         self.notes: list[str] = []
-        self.sysv = read_sysv_shm()
+        self.sysv = sysv                # shmid -> (key, size, perms): procfs.read_sysv_shm
         self.image_sizes: dict[int, int] = {}
         self.lazy_images: set[str] = set()
         self.lost: list[str] = []
 
-    def read(self, start: float) -> _Saver:
+    def read(self) -> _Saver:
         """Everything of the stopped process but its memory."""
         self.phases: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -20,10 +20,9 @@ from .. import native
 from ..errors import RestoreError
 from ..linux import is_syscall_error
 from ..maps import Mapping, read_mappings
-from ..plan import Op, Scratch
+from ..plan import Op, Scratch, op_result, pack_ops
 from ..procfs import rlimits
 from ..stubabi import (
-    RET_OFFSET,
     STUB_OP,
     STUB_READY_FD,
     STUB_SCRATCH_SIZE,
@@ -179,19 +178,17 @@ class Stub:
         """Our pid for the child that this stub knows as inner."""
         if not self.in_ns:
             return inner        # the stub sees our pids (if unshared, only its children not)
-        for tid in os.listdir(f"/proc/{self.pid}/task"):
-            with open(f"/proc/{self.pid}/task/{tid}/children") as f:
-                for child in f.read().split():
-                    if _ns_pids(f"/proc/{child}")[-1:] == [inner]:
-                        return int(child)
+        from .tree import children
+        for child in children(self.pid):
+            if _ns_pids(f"/proc/{child}")[-1:] == [inner]:
+                return child
         raise RestoreError(f"the child {inner} of the restart stub is not to be found")
 
     def _load(self, ops: list[Op]) -> None:
         """Ops in place and the stub about to run them, for a run that does not come
         back to its trap."""
         self._flush_scratch()
-        blob = b"".join(STUB_OP.pack(op.nr, *op.args, *([0] * (6 - len(op.args))),
-                                     int(op.flags), 0) for op in ops)
+        blob = pack_ops(ops)
         self.proc.write(self.ops_at, blob)
         self.proc.close()
         regs = self.proc.regs(self.pid)
@@ -265,14 +262,12 @@ class Stub:
         results: list[int] = []
         for first in range(0, len(batch), OPS_PER_RUN):
             part = batch[first:first + OPS_PER_RUN]
-            blob = b"".join(STUB_OP.pack(op.nr, *op.args, *([0] * (6 - len(op.args))),
-                                         int(op.flags), 0) for _, op in part)
+            blob = pack_ops([op for _, op in part])
             self.proc.write(self.ops_at, blob)
             done = self._call(self.ops_at, len(part))
             out = self.proc.read(self.ops_at, len(blob))
             for k, (step, op) in enumerate(part[:done + 1]):
-                ret = int.from_bytes(out[k * STUB_OP.size + RET_OFFSET:][:8], "little",
-                                     signed=True)
+                ret = op_result(out, k)
                 if k == done and done < len(part):
                     raise OpFailed(step, op, -ret)
                 if is_syscall_error(ret) and op.flags & StubOpFlags.IGNORE_ERROR:

@@ -146,19 +146,20 @@ def ends(fd_tables: dict[int, list[FdInfo]]) -> TreeEnds:
 def shared_descriptions(fd_tables: dict[int, list[FdInfo]]) -> None:
     """Mark each descriptor that is the same open file description as one of a process
     earlier in the tree (in restore order: the root first): FdInfo.shared_from."""
-    seen: list[tuple[int, FdInfo]] = []
+    seen: dict[str, list[tuple[int, FdInfo]]] = {}     # by target: only those may match
     for pid, table in fd_tables.items():
         mine = []
         for f in table:
             if f.same_as >= 0:
                 continue
-            owner = next(((p, g) for p, g in seen if g.target == f.target
-                          and fdsmod.same_file(p, g.fd, pid, f.fd)), None)
+            owner = next(((p, g) for p, g in seen.get(f.target, ())
+                          if fdsmod.same_file(p, g.fd, pid, f.fd)), None)
             if owner is not None:
                 f.shared_from = [owner[0], owner[1].fd]
             else:
                 mine.append((pid, f))
-        seen += mine
+        for p, f in mine:
+            seen.setdefault(f.target, []).append((p, f))
 
 
 def summary(members) -> str:

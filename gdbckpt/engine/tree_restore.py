@@ -20,7 +20,6 @@ import struct
 
 from .. import fds as fdsmod
 from .. import plan as planmod
-from .. import sysv
 from ..errors import RestoreError
 from ..image import Image
 from ..image.model import FdInfo, Member
@@ -171,7 +170,7 @@ def start_in_namespace(img: Image, new_session: bool, hand,
     init = root = None
     try:
         # A socket our descriptors go through: the namespace cannot name our pid.
-        number = _free_number(img, hand[1])
+        number = img.free_fd_below(hand[1])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             outer.give(0, [(theirs.fileno(), number, True)])
@@ -213,19 +212,6 @@ def _map_own_ids(pid: int) -> None:
     except OSError as e:
         raise RestoreError(f"cannot set up a user namespace for the tree: {e.strerror}") \
             from None
-
-
-def taken_fds(img: Image) -> set[int]:
-    """Descriptor numbers any process of the tree had."""
-    return {f.fd for i in img.living for f in i.fds}
-
-
-def _free_number(img: Image, below: int) -> int:
-    taken = taken_fds(img)
-    number = below - 1
-    while number in taken:
-        number -= 1
-    return number
 
 
 def make_processes(stubs: dict[int, Stub], img: Image, root_pgid: int | None,
@@ -293,6 +279,3 @@ def _drain_sigchld(stub: Stub) -> None:
     stub.run([(0, planmod.Op(Sys.rt_sigtimedwait, (mask, 0, zero, 8),
                              StubOpFlags.IGNORE_ERROR))])
 
-
-def sysv_segments(img: Image) -> dict:
-    return sysv.prepare([v for i in img.living for v in i.vmas])

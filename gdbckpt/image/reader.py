@@ -79,6 +79,14 @@ class Image(msgspec.Struct, weakref=True, eq=False):   # weakref: the fd's final
         """This image, and that of every other living process of its tree."""
         return [self] + [m for _, m in self.members if m is not None]
 
+    def free_fd_below(self, limit: int) -> int:
+        """The highest descriptor number below limit that no process of the image uses."""
+        taken = {f.fd for one in self.living for f in one.fds}
+        number = limit - 1
+        while number in taken:
+            number -= 1
+        return number
+
     @property
     def compressed(self) -> bool:
         return bool(self.flags & fmt.ImageFlags.COMPRESSED)
@@ -369,15 +377,15 @@ class _Loader:
 
     def _build(self, records, table: list[Chunk], own: set[int], size: int,
                meta_off: int, who: str = "") -> Image:
-        found: dict[fmt.RecordType, list] = {t: [] for t in fmt.RecordType}
         where = self.where
         self.where = f"{where}{who}"
         try:
-            return self._build_one(records, found, table, own, size, meta_off)
+            return self._build_one(records, table, own, size, meta_off)
         finally:
             self.where = where
 
-    def _build_one(self, records, found, table, own, size, meta_off) -> Image:
+    def _build_one(self, records, table, own, size, meta_off) -> Image:
+        found: dict[fmt.RecordType, list] = {t: [] for t in fmt.RecordType}
         for i, (rtype, rflags, payload) in records:
             if rtype not in fmt.RecordType.__members__.values():
                 if rflags & fmt.RecordFlags.OPTIONAL:

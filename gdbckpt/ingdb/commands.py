@@ -11,7 +11,6 @@ import gdb
 
 from .. import info as infomod
 from .. import options
-from ..engine import tree
 from ..errors import CkptError, UsageError
 from ..image import Image
 from . import settings
@@ -88,7 +87,7 @@ The process stays stopped where it was; 'continue' runs it on."""
                          strict=args.strict, single=args.single)
         for note in r.notes:
             gdb.write(f"ckpt save: note: {note}\n")
-        gdb.write(f"Saved process {r.pid} ({r.comm}){tree.summary(r.members)} to "
+        gdb.write(f"Saved process {r.pid} ({r.comm}){_tree().summary(r.members)} to "
                   f"{r.path}: {r.threads} thread(s), {r.mappings} mappings, "
                   f"{infomod.mib(r.stored)} of memory ({infomod.mib(r.image_size)} image) in "
                   f"{r.seconds:.2f} s.\n")
@@ -135,7 +134,7 @@ TCP connection through TCP_REPAIR, where permitted; otherwise it is reset).
         detached = ", detached: it runs on its own" if args.detach else ""
         gdb.write(f"Restored process {p.pid} ({p.comm}) as process {r.pid} in "
                   f"{r.seconds:.2f} s (vDSO: {r.plan.vdso_mode}){detached}"
-                  f"{tree.restored_line(r.members)}.\n")
+                  f"{_tree().restored_line(r.members)}.\n")
         if not args.detach:
             gdb.execute("frame", to_string=False)
 
@@ -204,3 +203,9 @@ def register() -> bool:
     CkptVerify()
     _registered = True
     return True
+
+
+def _tree():
+    """engine.tree, for a save's or restore's line: not loaded at every GDB start."""
+    from ..engine import tree
+    return tree
