@@ -456,8 +456,11 @@ def _send_queue(sender: socket.socket, st: SockState, to: bytes | None = None) -
             sender.sendall(msg)
         return
     for i, msg in enumerate(st.queue):
-        files = [_reopen(f) for f in st.inflight if f.message == i]
+        files: list[int] = []
         try:
+            for f in st.inflight:       # one at a time: those opened are closed on failure
+                if f.message == i:
+                    files.append(_reopen(f))
             if files:
                 anc = [(SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(files)}i", *files))]
                 sender.sendmsg([msg], anc, 0, *([to] if to else []))
