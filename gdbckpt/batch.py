@@ -222,8 +222,8 @@ def save_once(pid: int, name: str, path: str, args, advance, after: str):
     killed.
 
     A tree that runs on is stopped only while its state is read: the root's memory
-    comes from a copy-on-write snapshot while it runs (--no-snapshot: stopped
-    throughout).
+    comes from a copy-on-write snapshot while it runs (--no-snapshot: read
+    before it runs on).
     """
     from .engine import save as engine_save
     from .engine import tree
@@ -243,8 +243,8 @@ def save_once(pid: int, name: str, path: str, args, advance, after: str):
     try:
         result = engine_save.save(proc, path, front=BatchFront(advance), sync=not args.no_sync,
                                   compress=args.compress, strict=args.strict,
-                                  resume=resume if after == "running" and not args.no_snapshot
-                                  else None, members=members)
+                                  resume=resume if after == "running" else None,
+                                  snapshot=not args.no_snapshot, members=members)
         if after == "killed":
             if result.lost and not args.force:
                 raise BatchError(f"saved to {result.path}, but the process was left running: "

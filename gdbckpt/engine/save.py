@@ -36,7 +36,7 @@ from ..image.model import (
     Vma,
 )
 from ..image.writer import ImageWriter
-from ..linux import PAGE_SIZE, SIGSTOP, SIGTRAP, Prot, sysname
+from ..linux import PAGE_SIZE, SIGKILL, SIGSTOP, SIGTRAP, Prot, sysname
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
 from ..memory import READ_PIECE, MemoryDumper, regions
 from ..procfs import (
@@ -73,7 +73,7 @@ class SaveResult(msgspec.Struct):
 
 
 def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = False,
-         compress: bool = False, strict: bool = False, resume=None,
+         compress: bool = False, strict: bool = False, resume=None, snapshot: bool = True,
          members: list[treemod.TreeProcess] = ()) -> SaveResult:
     """Save proc, whose threads are all stopped under our (or the front end's) ptrace,
     with the descendants given (engine/tree.py: seized, or zombies).
@@ -83,18 +83,21 @@ def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = F
     then read from a copy-on-write snapshot (a child made by an injected
     clone, as Redis's BGSAVE and DMTCP's forked checkpoints do), and
     resume() is called to let the process (and its tree) run on meanwhile.
-    The descendants are saved first, whole, while everything is stopped.
+    Without snapshot, the memory is read first and resume() called as soon as
+    it has been (the writing may still go on). The descendants are saved first,
+    whole, while everything is stopped.
     """
     t0 = time.perf_counter()
     front = front or Front()
     try:
-        return _save_tree(proc, path, front, sync, compress, strict, resume, list(members), t0)
+        return _save_tree(proc, path, front, sync, compress, strict, resume, snapshot,
+                          list(members), t0)
     finally:
         front.changed(proc)
 
 
 def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: bool,
-               strict: bool, resume, members: list[treemod.TreeProcess],
+               strict: bool, resume, snapshot: bool, members: list[treemod.TreeProcess],
                t0: float) -> SaveResult:
     living = [m for m in members if m.proc is not None]
     tables = {p.pid: fdsmod.read_fds(p.pid) for p in [proc] + [m.proc for m in living]}
@@ -111,7 +114,7 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
     shm = read_sysv_shm()           # the host's segments: read once for the whole tree
     savers = {m.pid: _Saver(m.proc, front, strict, tables[m.pid], ends, shm).read()
               for m in living}
-    root = _Saver(proc, front, strict, tables[proc.pid], ends, shm, resume).read()
+    root = _Saver(proc, front, strict, tables[proc.pid], ends, shm, resume, snapshot).read()
     if not members:
         _children_left_out(root, proc.pid, strict)
     with ImageWriter(path, sync=sync, compressor=compressor) as w:
@@ -168,10 +171,12 @@ class _Saver:
     """One process of the saved tree: its chunks into the writer, its records returned."""
 
     def __init__(self, inf: Process, front: Front, strict: bool, fds: list[FdInfo],
-                 ends: treemod.TreeEnds | None, sysv: dict, resume=None):
+                 ends: treemod.TreeEnds | None, sysv: dict, resume=None,
+                 snapshot: bool = True):
         self.inf = inf
         self.front = front
         self.resume = resume
+        self.snapshot = snapshot
         self.strict = strict
         self.fd_table = fds
         self.ends = ends
@@ -216,9 +221,9 @@ class _Saver:
                 f.data = self._file_data(w, f)
         t1 = time.perf_counter()
         dumper = MemoryDumper(self.inf.pid, w, self.front.inserted_breakpoints(self.inf))
-        child = None
+        child, resumed = None, False
         try:
-            now, later = _split(todo) if self.resume else (todo, [])
+            now, later = _split(todo) if self.resume and self.snapshot else (todo, [])
             for region in now:
                 dumper.dump(region)
                 progress(dumper.stats.mapped)
@@ -226,12 +231,21 @@ class _Saver:
                 child = self._snapshot()
                 if child:
                     dumper.switch(child)
+                else:           # read while stopped
+                    for region in later:
+                        dumper.dump(region)
+                    later = []
+            if self.resume:
+                # Everything that must be one instant has been read (the writer thread
+                # may still be writing it): the process runs on.
                 phases["stopped"] = time.perf_counter() - start
-                if child:
-                    self.resume()
-                for region in later:
-                    dumper.dump(region)
-                    progress(dumper.stats.mapped)
+                self.resume()
+                resumed = True
+            for region in later:
+                dumper.dump(region)
+                progress(dumper.stats.mapped)
+            if child:
+                os.kill(child, SIGKILL)    # read whole: its end overlaps the last writes
             progress(dumper.stats.mapped, final=True)
         finally:
             try:
@@ -241,7 +255,7 @@ class _Saver:
                     drop_snapshot(child)
                     reap_snapshot(self.inf.pid, child)
         phases["memory"] = time.perf_counter() - t1
-        if child is None and self.resume:
+        if self.resume and not resumed:
             self.resume()
         if dumper.stats.unreadable:
             self.notes.append(f"{dumper.stats.unreadable // PAGE_SIZE} pages could not be read "
