@@ -36,7 +36,7 @@ from ..image.model import (
     Vma,
 )
 from ..image.writer import ImageWriter
-from ..linux import PAGE_SIZE, SIGKILL, SIGSTOP, SIGTRAP, Prot, sysname
+from ..linux import PAGE_SIZE, SIGSTOP, SIGTRAP, Prot, sysname
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
 from ..memory import READ_PIECE, MemoryDumper, regions
 from ..procfs import (
@@ -244,8 +244,6 @@ class _Saver:
             for region in later:
                 dumper.dump(region)
                 progress(dumper.stats.mapped)
-            if child:
-                os.kill(child, SIGKILL)    # read whole: its end overlaps the last writes
             progress(dumper.stats.mapped, final=True)
         finally:
             try:
