@@ -212,7 +212,8 @@ class _Saver:
                 for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
         total = sum(r.count for r in todo) * PAGE_SIZE
         progress = self.front.progress("save", total)
-        if w.compressor is None:
+        reserve = w.compressor is None
+        if reserve and not self.resume:
             w.reserve(total)
         vdso = self._vdso(maps)     # read while stopped: the process may exit after
         # Deleted files' bytes while the process is stopped: it may write them.
@@ -241,6 +242,10 @@ class _Saver:
                 phases["stopped"] = time.perf_counter() - start
                 self.resume()
                 resumed = True
+                if reserve:
+                    # Not while it was stopped: allocating the blocks can take ext4
+                    # 200 ms when it is still freeing an old image's.
+                    w.reserve(total)
             for region in later:
                 dumper.dump(region)
                 progress(dumper.stats.mapped)

@@ -119,8 +119,9 @@ class ImageWriter:
 
     def reserve(self, size: int) -> None:
         """Allocate the blocks for size more bytes of chunks ahead: ext4 then writes ~20%
-        faster here. Best effort;
-        commit() trims the file to what was written."""
+        faster here. Best effort, and safe while another thread writes chunks (the
+        blocks from an offset it has passed are already there); commit() trims the
+        file to what was written."""
         try:
             os.posix_fallocate(self.fd, self.offset, size)
             self.reserved = True
