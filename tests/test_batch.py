@@ -599,3 +599,25 @@ def test_a_crafted_image_cannot_make_roots_restore_map_a_root_only_file(shared_d
     assert r.returncode != 0, r.stdout
     assert f"open {secret} as fd" in r.stderr and "Permission denied" in r.stderr, r.stderr
     assert secret.read_bytes() == b"root's own" * 1000
+
+
+def test_a_snapshot_finds_the_same_pages_as_the_stopped_process(tmp_path):
+    """A running save takes the pages to read of private memory from the snapshot's
+    pagemap, not the process's: of a process asleep (its memory unchanging), the
+    snapshot's image and a --no-snapshot image hold the same chunks, byte for byte."""
+    from gdbckpt.image.reader import Image
+    p = subprocess.Popen([example("sleeper"), "60"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "sleeping"
+        tables = []
+        for name, opts in (("snap", ()), ("stopped", ("--no-snapshot",))):
+            img = str(tmp_path / f"{name}.img")
+            batch(str(p.pid), "-o", img, "--no-sync", *opts, check=0)
+            tables.append(sorted((c.vaddr, c.size, c.flags, c.csum)
+                                 for c in Image.open(img).chunks))
+    finally:
+        p.kill()
+        p.wait()
+    assert len(tables[0]) > 5
+    assert tables[0] == tables[1]

@@ -208,13 +208,11 @@ class _Saver:
         phases = self.phases
         fds, maps, files, file_of = self.fds, self.maps, self.files, self.file_of
         threads, process = self.threads, self.process
-        todo = [r for m in maps if m.kind in STORED_KINDS
-                for r in regions(self.inf.pid, m, self._file_size(m, files, file_of))]
-        total = sum(r.count for r in todo) * PAGE_SIZE
-        progress = self.front.progress("save", total)
+        stored = [m for m in maps if m.kind in STORED_KINDS]
+        now_maps, later_maps = (_split(stored) if self.resume and self.snapshot
+                                else (stored, []))
+        now = self._todo(self.inf.pid, now_maps)
         reserve = w.compressor is None
-        if reserve and not self.resume:
-            w.reserve(total)
         vdso = self._vdso(maps)     # read while stopped: the process may exit after
         # Deleted files' bytes while the process is stopped: it may write them.
         for f in fds:
@@ -222,30 +220,37 @@ class _Saver:
                 f.data = self._file_data(w, f)
         t1 = time.perf_counter()
         dumper = MemoryDumper(self.inf.pid, w, self.front.inserted_breakpoints(self.inf))
-        child, resumed = None, False
+        child, resumed, later = None, False, []
         try:
-            now, later = _split(todo) if self.resume and self.snapshot else (todo, [])
+            if later_maps:
+                # The pages to read of private memory come from the snapshot's own
+                # pagemap (a fork copies the page table entries of every mapping
+                # that has private pages), not while the process is stopped.
+                child = self._snapshot()
+                if child is None:       # read while stopped
+                    now += self._todo(self.inf.pid, later_maps)
+            total = _size(now)
+            if reserve and not self.resume:
+                w.reserve(total)
+            progress = self.front.progress("save", total)
             for region in now:
                 dumper.dump(region)
                 progress(dumper.stats.mapped)
-            if later:
-                child = self._snapshot()
-                if child:
-                    dumper.switch(child)
-                else:           # read while stopped
-                    for region in later:
-                        dumper.dump(region)
-                    later = []
             if self.resume:
                 # Everything that must be one instant has been read (the writer thread
                 # may still be writing it): the process runs on.
                 phases["stopped"] = time.perf_counter() - start
                 self.resume()
                 resumed = True
-                if reserve:
-                    # Not while it was stopped: allocating the blocks can take ext4
-                    # 200 ms when it is still freeing an old image's.
-                    w.reserve(total)
+            if child:
+                dumper.switch(child)
+                later = self._todo(child, later_maps)
+                total += _size(later)
+                progress = self.front.progress("save", total)
+            if reserve and self.resume:
+                # Not while it was stopped: allocating the blocks can take ext4 200 ms
+                # when it is still freeing an old image's.
+                w.reserve(total)
             for region in later:
                 dumper.dump(region)
                 progress(dumper.stats.mapped)
@@ -279,6 +284,11 @@ class _Saver:
                           mappings=len(maps), stored=st.stored, mapped=st.mapped,
                           image_size=0, seconds=0.0, notes=self.notes, phases=phases,
                           lost=self.lost), records
+
+    def _todo(self, pid: int, maps: list[Mapping]) -> list:
+        """The regions to read of maps, as process pid's pagemap shows them."""
+        return [r for m in maps
+                for r in regions(pid, m, self._file_size(m, self.files, self.file_of))]
 
     def _snapshot(self) -> int | None:
         """A copy-on-write snapshot, or None where one cannot be made (a process limit,
@@ -527,15 +537,18 @@ class _Saver:
         return info
 
 
-def _split(todo: list) -> tuple[list, list]:
+def _split(maps: list[Mapping]) -> tuple[list[Mapping], list[Mapping]]:
     """What must be read while the process is stopped, and what a snapshot can give later:
     a fork shares shared memory with the process, and has no DONTFORK mappings and
     zeroes WIPEONFORK ones."""
-    def now(r) -> bool:
-        m = r.mapping
+    def now(m: Mapping) -> bool:
         return m.shared or m.kind in (Kind.SHMEM, Kind.FILE_SHARED, Kind.VDSO) or \
             "dc" in m.vmflags or "wf" in m.vmflags
-    return [r for r in todo if now(r)], [r for r in todo if not now(r)]
+    return [m for m in maps if now(m)], [m for m in maps if not now(m)]
+
+
+def _size(todo: list) -> int:
+    return sum(r.count for r in todo) * PAGE_SIZE
 
 
 def _is_image(path: str) -> bool:
