@@ -8,10 +8,12 @@ compare the two files joined with the output of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import re
+import select
 import shlex
 import subprocess
 import sys
@@ -19,12 +21,14 @@ import threading
 import time
 
 from gdbckpt.image import format as fmt
+from gdbckpt.libc import libc
 from gdbckpt.mi import Gdb, MiError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(REPO, "examples", "build")
 EXAMPLES = os.path.join(REPO, "examples")
 SYSTEM_PYTHON = "/usr/bin/python3"
+PR_SET_CHILD_SUBREAPER = 36
 # Run as nobody, with no capabilities: how users (not CI's root) run.
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all")
 
@@ -182,17 +186,19 @@ BATCH = [sys.executable, "-m", "gdbckpt.batch"]
 
 
 def wait_gone(pid: int, timeout: float = 60) -> None:
-    """Until pid has ended (or is a zombie)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except FileNotFoundError:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"process {pid} is still running")
+    """Until pid has ended (or is a zombie). A pidfd, not /proc polling: a restore
+    running beside this test rewinds the pid cursor, and the pid may be reused."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ended = select.poll()
+        ended.register(fd, select.POLLIN)
+        if not ended.poll(timeout * 1000):
+            raise AssertionError(f"process {pid} is still running")
+    finally:
+        os.close(fd)
 
 
 def batch(*args, prefix=(), timeout=120, check=None) -> subprocess.CompletedProcess:
@@ -238,6 +244,21 @@ def reap(pids) -> None:
             os.waitpid(pid, 0)
         except ChildProcessError:
             wait_gone(pid)
+
+
+@contextlib.contextmanager
+def leaves_no_process(pattern: str):
+    """What the commands run inside leave behind comes to this test, a child subreaper
+    meanwhile: none of it may match pattern (as `pgrep -f`). Only this test's own
+    processes are looked at, so that tests can run side by side (pytest -n)."""
+    libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc().prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    left = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", pattern],
+                          capture_output=True, text=True).stdout.split()
+    assert not left, [read(f"/proc/{pid}/cmdline").replace("\0", " ") for pid in left]
 
 
 def batch_restore(img: str, *opts: str, prefix=()) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """The ckpt commands in real GDB: help, one-line errors, loading, replacing a live process."""
 
 import os
+import select
 import subprocess
 
 import pytest
@@ -100,13 +101,19 @@ def test_restore_replaces_a_live_process(sessions, tmp_path):
     s.start([example("counter"), "50", "1"], str(tmp_path / "other.out"),
             breakpoint="compute_step if step == 1")
     other = s.pid()
+    # A pidfd, not /proc/PID: restores elsewhere (run in parallel) rewind the kernel's
+    # pid cursor, so the pid may already belong to someone else.
+    other_fd = os.pidfd_open(other)
     after = str(tmp_path / "after.out")
     out = s.restore(img, after)
     assert "Restored process" in out
     # The original ran on and ended: its pid is free, and as root the restore takes it back.
     assert s.pid() not in (0, other)
     assert s.pid() == old or os.geteuid() != 0
-    assert not os.path.exists(f"/proc/{other}")
+    gone = select.poll()
+    gone.register(other_fd, select.POLLIN)
+    assert gone.poll(0), "the process being debugged was not killed"
+    os.close(other_fd)
     assert s.finish().get("reason") == "exited-normally"
     assert read(before).splitlines()[:4] + read(after).splitlines() == \
         uninterrupted(argv).splitlines()

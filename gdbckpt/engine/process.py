@@ -131,6 +131,11 @@ class Process:
             except ptrace.PtraceError:
                 pass        # it ended
         self.owned = False
+        if stop:
+            # The SIGSTOP is taken once the threads run again, after we return; wait
+            # for it so that "left stopped" is true when the command ends.
+            for tid in self.tids:
+                wait_state(self.pid, tid, "T")
 
     def kill(self) -> None:
         """SIGKILL a process we seized, and take each thread's death as its tracer: only
