@@ -185,6 +185,11 @@ def wait_for_output(path: str, pattern: str, timeout: float = 30) -> str:
 BATCH = [sys.executable, "-m", "gdbckpt.batch"]
 
 
+def pid_cursor() -> int:
+    """The last pid the kernel handed out."""
+    return int(read("/proc/sys/kernel/ns_last_pid"))
+
+
 def wait_gone(pid: int, timeout: float = 60) -> None:
     """Until pid has ended (or is a zombie). A pidfd, not /proc polling: a restore
     running beside this test rewinds the pid cursor, and the pid may be reused."""

@@ -4,7 +4,7 @@ import os
 import re
 
 import pytest
-from harness import EXAMPLES, NOBODY, SYSTEM_PYTHON, example, read, uninterrupted
+from harness import EXAMPLES, NOBODY, SYSTEM_PYTHON, example, pid_cursor, read, uninterrupted
 
 QUIET = "handle SIGUSR2 nostop noprint pass"
 
@@ -29,6 +29,7 @@ def test_workers_mutex_condvar_and_held_errorcheck_mutex(sessions, shared_dir, w
     assert re.search(r"Pending: +1 signals", info), info    # the holder's blocked SIGUSR1
     r = sessions(prefix=prefix)
     r.cli(QUIET)
+    cursor = pid_cursor()
     text = r.cli(f"ckpt restore --stdin=/dev/null {img}", timeout=120)
     threads = r.cli("info threads")
     assert len(re.findall(r"LWP \d+", threads)) == 6, threads
@@ -40,6 +41,8 @@ def test_workers_mutex_condvar_and_held_errorcheck_mutex(sessions, shared_dir, w
     else:
         # Root may choose ids, and the old ones are free: the same pid and tids come back.
         assert sorted(re.findall(r"LWP (\d+)", threads)) == saved_lwps
+        # Nor did it rewind the kernel's pid cursor (the next process gets a new pid).
+        assert pid_cursor() >= max(cursor, *map(int, saved_lwps))
         assert "thread ids change" not in text
     assert r.finish(60).get("reason") == "exited-normally"
     got = read(out)

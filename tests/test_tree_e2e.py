@@ -19,6 +19,7 @@ from harness import (
     by_pid_and_back,
     error_of,
     example,
+    pid_cursor,
     read,
     reap,
     restore_and_finish,
@@ -115,10 +116,13 @@ def test_a_family_saved_by_pid_comes_back_headless(tmp_path):
     plan = batch("restore", img, "--dry-run", check=0).stdout
     assert plan.count("--- process") == 2 and "a zombie for" in plan, plan
     assert "[shared with the tree]" in plan and "take the shared memory object" in plan
+    cursor = pid_cursor()
     r = batch_restore(img)
     # Its children were reaped (saved_by_pid): every pid comes back as it was.
     restored = json.loads(r.stdout.splitlines()[-1])
     assert restored["pid"] == done["pid"] and "namespace" not in r.stdout, r.stdout
+    # Asking for old pids did not rewind the kernel's: the next process gets a new one.
+    assert pid_cursor() >= cursor
     assert sorted(restored["members"].values()) == sorted(done["members"])
     reap(json.loads(r.stdout.splitlines()[-1])["members"].values())
     assert read(out) == want()

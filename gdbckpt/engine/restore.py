@@ -39,7 +39,7 @@ from ..stubabi import STUB_OP, StubOp, StubOpFlags
 from . import xstate as xstatemod
 from .front import Front
 from .process import Process
-from .stub import OpFailed, PidTaken, Stub, op_name, reserve_pids_up_to
+from .stub import OpFailed, PidTaken, Stub, op_name, pid_cursor, reserve_pids_up_to
 
 
 class RestoreResult(msgspec.Struct):
@@ -239,13 +239,9 @@ def _restore(p: Prepared, front: Front, stopped: bool, new_session: bool,
     img, t0, phases = p.img, p.t0, p.phases
     ids = [t.tid for t in img.threads]
     want = ids[0] if _checkpoint_capable() and not _exists(ids[0]) else 0
-    stub = _start_stub(want, new_session, _image_hand(img))
+    stub = _start_stub(want, new_session, _image_hand(img), hold=ids[1:] if keep_tids else ())
     p.same_ids = keep_tids and bool(want) and stub.pid == want and \
         not any(_exists(t) for t in ids[1:])
-    if p.same_ids and len(ids) > 1:
-        # The kernel's next pid sits right before the saved thread ids (the stub's was
-        # asked for): move it past them, or a process started meanwhile takes one.
-        reserve_pids_up_to(max(ids))
     phases["start stub"] = time.perf_counter() - t0
     try:
         p.sysv = _sysv_segments(p)
@@ -291,7 +287,8 @@ def _restore_tree_once(p: Prepared, front: Front, stopped: bool, new_session: bo
         userns = not credsmod.have(credsmod.CAP_SYS_ADMIN)
         root, helpers = treemod.start_in_namespace(img, new_session, hand, userns=userns)
     else:
-        root, helpers = _start_stub(img.process.pid, new_session, hand), []
+        root, helpers = _start_stub(img.process.pid, new_session, hand,
+                                    hold=treemod.saved_ids(img)), []
     stubs = {img.process.pid: root}
     objects = treemod.Objects(img.living)
     try:
@@ -387,17 +384,27 @@ def _image_hand(img: Image) -> tuple[int, int]:
     return img.fd, img.free_fd_below(min(soft, 1 << 20))
 
 
-def _start_stub(want: int, new_session: bool, hand: tuple[int, int]) -> Stub:
+def _start_stub(want: int, new_session: bool, hand: tuple[int, int],
+                hold: list[int] | tuple = ()) -> Stub:
     """The stub, with pid want if it can be had: on a busy machine another process may
-    take the pid between ns_last_pid and the spawn, so a few tries; then any pid."""
-    for _ in range(PID_TRIES if want else 1):
-        stub = Stub.start(want, new_session=new_session, hand=hand)
-        if not want or stub.pid == want:
-            return stub
-        stub.kill()
-        if _exists(want):
-            break           # taken for good: go on with a new pid
-    return Stub.start(0, new_session=new_session, hand=hand)
+    take the pid between ns_last_pid and the spawn, so a few tries; then any pid.
+    hold: the ids still to be asked for (threads, a tree's processes)."""
+    before = pid_cursor() if want else None
+    try:
+        for _ in range(PID_TRIES if want else 1):
+            stub = Stub.start(want, new_session=new_session, hand=hand)
+            if not want or stub.pid == want:
+                return stub
+            stub.kill()
+            if _exists(want):
+                break           # taken for good: go on with a new pid
+        return Stub.start(0, new_session=new_session, hand=hand)
+    finally:
+        if before is not None:
+            # The kernel's pid cursor back where it was, or past the ids still to be
+            # asked for: else the processes started next get pids just freed (and
+            # may take those ids before the restore asks for them).
+            reserve_pids_up_to(max(before, want, *hold))
 
 
 def set_dumpable(proc: Process, img: Image, creds_taken: bool = False) -> list[str]:

@@ -372,6 +372,15 @@ def _wait_event_stop(tid: int) -> None:
         ptrace.interrupt(tid)
 
 
+def pid_cursor() -> int | None:
+    """The last pid the kernel handed out (ns_last_pid), if it can be read."""
+    try:
+        with open(NS_LAST_PID) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def reserve_pids_up_to(pid: int) -> None:
     """Make the kernel hand out pids after this one (ns_last_pid; where permitted)."""
     try:

@@ -146,12 +146,16 @@ def shared_memory(images: list[Image]) -> set[int]:
     return {inode for inode, pids in seen.items() if len(pids) > 1}
 
 
+def saved_ids(img: Image) -> list[int]:
+    """Every pid and thread id of the tree."""
+    return [t.tid for t in img.threads] + [m.pid for m, _ in img.members] + \
+        [t.tid for _, i in img.members if i is not None for t in i.threads[1:]]
+
+
 def check_pids(img: Image) -> bool:
     """A tree comes back only with the pids it had: its processes know one another's.
     True when they are taken here: the tree then gets a pid namespace of its own."""
-    pids = [t.tid for t in img.threads] + [m.pid for m, _ in img.members] + \
-        [t.tid for _, i in img.members if i is not None for t in i.threads[1:]]
-    return any(os.path.exists(f"/proc/{p}") for p in pids)
+    return any(os.path.exists(f"/proc/{p}") for p in saved_ids(img))
 
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
