@@ -11,8 +11,9 @@ gdbckpt save the ticker reports the longest gap between two iterations: the
 pause the process itself saw. Then `gdbckpt-batch restore IMG` (the whole
 command: it returns once the process runs) against the fill floor, a fresh
 process writing the same amount of memory (`bigmem N 0`, also a whole
-command). Prints medians, ratios and the targets of the speed issue, and
-writes benchmarks/results/headless.json.
+command). Then the start floor: Python starting and importing what each command
+loads, and nothing else. Prints medians, ratios and the targets of the speed
+issue, and writes benchmarks/results/headless.json.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def start_floor(reps: int) -> dict:
+    """The fixed cost of a command on this machine, measured in the same run: the venv's
+    Python starting and importing what `gdbckpt-batch` and a save or a restore load, and
+    nothing else (whole commands, medians). A small save or restore cannot be faster."""
+    py = os.path.join(REPO, ".venv", "bin", "python")
+    floors = {}
+    for what in ("save", "restore"):
+        code = f"import gdbckpt.batch, gdbckpt.engine.{what}"
+        floors[what] = statistics.median(timed([py, "-c", code]) for _ in range(max(reps, 5)))
+    floors["python"] = statistics.median(timed([py, "-c", "pass"]) for _ in range(max(reps, 5)))
+    return floors
 
 
 def cpu() -> str:
@@ -153,6 +167,10 @@ def main() -> int:
         rows.append(row)
         print("  ".join(f"{row[c]:>10.3f}" if isinstance(row[c], float) else f"{row[c]:>10}"
                         for c in cols), flush=True)
+    floor = start_floor(args.reps)
+    print(f"\nStart floor (Python starting: {floor['python']:.3f} s; then importing what "
+          f"the command loads, no work): save {floor['save']:.3f} s, restore "
+          f"{floor['restore']:.3f} s")
     print("\nTargets:")
     for what, mib, limit in TARGETS:
         row = next((r for r in rows if r["MiB"] == mib), None)
@@ -162,7 +180,8 @@ def main() -> int:
         print(f"  {what:<22} at {mib:>4} MiB: {row[what]:8.3f}  (at most {limit})  {ok}")
     os.makedirs(os.path.join(REPO, "benchmarks", "results"), exist_ok=True)
     with open(os.path.join(REPO, "benchmarks", "results", "headless.json"), "w") as f:
-        json.dump({"cpu": cpu(), "kernel": platform.release(), "rows": rows}, f, indent=1)
+        json.dump({"cpu": cpu(), "kernel": platform.release(), "rows": rows,
+                   "start floor s": floor}, f, indent=1)
     return 0
 
 
