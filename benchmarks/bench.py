@@ -34,31 +34,14 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from warm import Memory  # noqa: E402
+
 from gdbckpt.mi import Gdb  # noqa: E402
 
 BIGMEM = os.path.join(REPO, "examples", "build", "bigmem")
 SETTLE = 1.0      # seconds before measuring this machine's limits
-COLD_PAUSE = 10.0  # seconds after which freed memory has gone back to the host
 MiB = 1 << 20
 
-
-class Memory:
-    """Puts the machine's free memory into a stated state before each measurement."""
-
-    def __init__(self, mode: str, directory: str, size: int):
-        self.mode, self.path, self.size = mode, os.path.join(directory, "warm.tmp"), size
-        self.block = mmap.mmap(-1, 4 * MiB)
-        self.block.write(os.urandom(4 * MiB))
-
-    def prepare(self) -> None:
-        if self.mode == "cold":
-            time.sleep(COLD_PAUSE)
-            return
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        for _ in range(max(1, self.size // len(self.block))):
-            os.write(fd, self.block)
-        os.close(fd)
-        os.unlink(self.path)
 
 # The issue's targets, checked at the end.
 TARGETS = {

@@ -11,9 +11,11 @@ gdbckpt save the ticker reports the longest gap between two iterations: the
 pause the process itself saw. Then `gdbckpt-batch restore IMG` (the whole
 command: it returns once the process runs) against the fill floor, a fresh
 process writing the same amount of memory (`bigmem N 0`, also a whole
-command). Then the start floor: Python starting and importing what each command
-loads, and nothing else. Prints medians, ratios and the targets of the speed
-issue, and writes benchmarks/results/headless.json.
+command). The start floor, measured first: Python starting and importing what
+each command loads, and nothing else. Prints medians, ratios and the targets of the speed
+issue, and writes benchmarks/results/headless.json. Every timed command
+starts from warm memory (benchmarks/warm.py), the same for gdbckpt, gcore and
+the fill floor.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from warm import Memory, MiB
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = os.path.join(REPO, ".venv", "bin", "gdbckpt-batch")
@@ -101,6 +105,7 @@ def cpu() -> str:
 
 def bench_size(mib: int, reps: int, work: str) -> dict:
     img, core = os.path.join(work, "h.img"), os.path.join(work, "core")
+    warm = Memory("warm", work, (mib + 4) * MiB).prepare    # before every timed command
     t = Ticker(mib)
     saves, synced, gcores, pauses = [], [], [], []
     try:
@@ -108,6 +113,7 @@ def bench_size(mib: int, reps: int, work: str) -> dict:
         for rep in range(reps):
             order = ("gcore", "save") if rep % 2 else ("save", "gcore")
             for what in order:
+                warm()
                 if what == "gcore":
                     gcores.append(timed(["gcore", "-o", core, str(t.p.pid)]))
                     os.unlink(f"{core}.{t.p.pid}")
@@ -118,12 +124,15 @@ def bench_size(mib: int, reps: int, work: str) -> dict:
                     saves.append(timed([BATCH, str(t.p.pid), "-o", img, "--no-sync"]))
                     pauses.append(t.gap_ms())
             _unlink(img)
+            warm()
             synced.append(timed([BATCH, str(t.p.pid), "-o", img]))
     finally:
         t.close()
     restores, floors = [], []
     for _ in range(reps):
+        warm()
         floors.append(timed([BIGMEM, str(mib), "0"]))
+        warm()
         t0 = time.perf_counter()
         # Its stdout was our pipe (and its stderr may be): a restored process would get
         # our own, and hold this capture open.
@@ -161,13 +170,14 @@ def main() -> int:
     cols = ("MiB", "save s", "save --sync s", "gcore s", "save / gcore", "pause ms",
             "restore s", "fill floor s", "restore / fill floor")
     print("  ".join(f"{c:>10}" for c in cols))
+    # First, before the large sizes leave the machine freeing their memory and files.
+    floor = start_floor(args.reps)
     rows = []
     for mib in sizes:
         row = bench_size(mib, args.reps, work)
         rows.append(row)
         print("  ".join(f"{row[c]:>10.3f}" if isinstance(row[c], float) else f"{row[c]:>10}"
                         for c in cols), flush=True)
-    floor = start_floor(args.reps)
     print(f"\nStart floor (Python starting: {floor['python']:.3f} s; then importing what "
           f"the command loads, no work): save {floor['save']:.3f} s, restore "
           f"{floor['restore']:.3f} s")
