@@ -62,6 +62,7 @@ class Gdb:
         self.token = 0
         self.stderr: list[str] = []
         self.events: list[dict] = []     # *stopped records not yet consumed
+        self.printed: list[str] = []     # all console output, asynchronous messages included
         self._backlog: list[dict] = []   # records read after a command's result
         self.timeout = timeout
         # Without async MI, GDB reads no command (not even -exec-interrupt)
@@ -77,6 +78,8 @@ class Gdb:
                 self.stderr.append(str(r.get("payload", "")))
             if r.get("type") == "notify" and r.get("message") == "stopped":
                 self.events.append(r)
+            if r.get("type") == "console":
+                self.printed.append(str(r.get("payload") or ""))
         if not out and self.ctl.gdb_process.poll() is not None:
             raise MiError(command, f"GDB is gone (exit status {self.ctl.gdb_process.returncode})",
                           "".join(self.stderr))

@@ -36,6 +36,10 @@ SAVE = (
     Opt("strict", "refuse to save a process that a restore would not give back whole (a "
         "socket whose peer is another process, a TCP connection without TCP_REPAIR, ...); "
         "by default the save names each such thing"),
+    Opt("snapshot", "return once the registers, mappings, descriptors and shared memory "
+        "are read and a copy-on-write snapshot of the memory is made: the image is written "
+        "in the background while you go on debugging, and GDB says when it is done "
+        "(gdbckpt-batch always saves so)", only="gdb"),
     Opt("single", "save this process only, not its children and their descendants (a "
         "restored parent then waits for children that are not there: the save names them)"),
 )

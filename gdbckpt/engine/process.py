@@ -387,15 +387,19 @@ class Process:
 
     def _snapshot(self) -> int:
         tid = self.current
-        options = ptrace.Opt.TRACESYSGOOD | ptrace.Opt.TRACECLONE
-        self._pt(ptrace.set_options, tid, options)
         self.children = []
-        try:
-            # CLONE_FILES and CLONE_FS: the copy holds no reference of its own to the
-            # process's files (a closed socket's port is free again, a pipe's peer sees EOF).
-            ret = self.syscall(Sys.clone, CLONE_FILES | CLONE_FS, 0, 0, 0, 0, tid=tid)
-        finally:
-            self._pt(ptrace.set_options, tid, ptrace.Opt.TRACESYSGOOD)
+        # CLONE_FILES and CLONE_FS: the copy holds no reference of its own to the
+        # process's files (a closed socket's port is free again, a pipe's peer sees EOF).
+        args = (Sys.clone, CLONE_FILES | CLONE_FS, 0, 0, 0, 0)
+        if not self.owned:
+            # GDB's tracing options are its own (and already report clones): kept.
+            ret = self.syscall(*args, tid=tid)
+        else:
+            self._pt(ptrace.set_options, tid, ptrace.Opt.TRACESYSGOOD | ptrace.Opt.TRACECLONE)
+            try:
+                ret = self.syscall(*args, tid=tid)
+            finally:
+                self._pt(ptrace.set_options, tid, ptrace.Opt.TRACESYSGOOD)
         if is_syscall_error(ret) or not self.children:
             raise self.raise_as(f"cannot make a copy-on-write snapshot: clone: "
                                 f"{os.strerror(-ret) if ret < 0 else 'no child seen'}")
@@ -521,6 +525,15 @@ def drop_snapshot(child: int) -> None:
             return
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             return
+
+
+def detach_snapshot(child: int) -> None:
+    """Let go of a held snapshot child, left stopped (SIGSTOP, taken before it runs a
+    single instruction): read through /proc/PID/mem, it needs no tracer, and the front
+    end's own tracer (GDB's) then never sees it."""
+    ptrace.detach(child, signal.SIGSTOP)
+    if not wait_state(child, child, "T"):
+        raise SaveError("the snapshot of the process did not stay stopped")
 
 
 def reap_snapshot(pid: int, child: int, raise_as=SaveError) -> None:

@@ -51,7 +51,7 @@ from ..procfs import (
 from . import tree as treemod
 from . import xstate as xstatemod
 from .front import Front
-from .process import Process, drop_snapshot, reap_snapshot
+from .process import Process, detach_snapshot, drop_snapshot, reap_snapshot
 from .state import StateReader, debuggers_own
 
 
@@ -70,11 +70,12 @@ class SaveResult(msgspec.Struct):
     lost: list[str] = msgspec.field(default_factory=list)   # what a restore will not
                                                                 # give back as it was
     members: list[treemod.TreeProcess] = msgspec.field(default_factory=list)
+    snapshot: int = 0       # the snapshot child's pid (a zombie until reaped), or 0
 
 
 def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = False,
          compress: bool = False, strict: bool = False, resume=None, snapshot: bool = True,
-         members: list[treemod.TreeProcess] = ()) -> SaveResult:
+         members: list[treemod.TreeProcess] = (), background=None) -> SaveResult | None:
     """Save proc, whose threads are all stopped under our (or the front end's) ptrace,
     with the descendants given (engine/tree.py: seized, or zombies).
 
@@ -86,19 +87,26 @@ def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = F
     Without snapshot, the memory is read first and resume() called as soon as
     it has been (the writing may still go on). The descendants are saved first,
     whole, while everything is stopped.
+
+    With background, the snapshot is let go of (left stopped, needing no tracer),
+    and what is left, reading it and writing the image, is handed over instead of
+    done: background(finish) is called, finish() -> SaveResult to be run on
+    another thread, and save returns None. A front end whose own tracer stays on
+    the process (GDB) then has it back at once. The snapshot, killed at the end,
+    is then the process's zombie until reap_snapshot (or until the process ends).
     """
     t0 = time.perf_counter()
     front = front or Front()
     try:
         return _save_tree(proc, path, front, sync, compress, strict, resume, snapshot,
-                          list(members), t0)
+                          list(members), t0, background)
     finally:
         front.changed(proc)
 
 
 def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: bool,
                strict: bool, resume, snapshot: bool, members: list[treemod.TreeProcess],
-               t0: float) -> SaveResult:
+               t0: float, background=None) -> SaveResult | None:
     living = [m for m in members if m.proc is not None]
     tables = {p.pid: fdsmod.read_fds(p.pid) for p in [proc] + [m.proc for m in living]}
     ends = None
@@ -117,7 +125,8 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
     root = _Saver(proc, front, strict, tables[proc.pid], ends, shm, resume, snapshot).read()
     if not members:
         _children_left_out(root, proc.pid, strict)
-    with ImageWriter(path, sync=sync, compressor=compressor) as w:
+    w = ImageWriter(path, sync=sync, compressor=compressor)
+    try:
         saved = []
         for m in members:
             first, records, result = len(w.chunks), [], None
@@ -126,25 +135,45 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
             saved.append((Member(pid=m.pid, ppid=m.ppid, pgid=m.pgid, sid=m.sid, comm=m.comm,
                                  exit_status=m.exit_status, chunks=[first, len(w.chunks) - first]),
                           records, result))
-        result, records = root.run(w, t0)
-        t1 = time.perf_counter()
-        for rtype, obj in records:
-            w.add_record(rtype, obj)
-        for member, records, _ in saved:
-            w.add_record(fmt.RecordType.MEMBER, member)
+        root.reap = background is None
+        rest = root.run_stopped(w, t0)
+    except BaseException:
+        w.abort()
+        raise
+
+    def finish() -> SaveResult:
+        with w:
+            result, records = rest()
+            t1 = time.perf_counter()
             for rtype, obj in records:
                 w.add_record(rtype, obj)
-        result.path = w.commit()
-    result.phases["metadata and commit"] = time.perf_counter() - t1
-    for member, _, one in saved:
-        if one is not None:
-            who = f"process {member.pid} ({member.comm})"
-            result.notes += [f"{who}: {n}" for n in one.notes]
-            result.lost += [f"{who}: {n}" for n in one.lost]
-    result.members = members
-    result.image_size = os.path.getsize(result.path)
-    result.seconds = time.perf_counter() - t0
-    return result
+            for member, records, _ in saved:
+                w.add_record(fmt.RecordType.MEMBER, member)
+                for rtype, obj in records:
+                    w.add_record(rtype, obj)
+            result.path = w.commit()
+        result.phases["metadata and commit"] = time.perf_counter() - t1
+        for member, _, one in saved:
+            if one is not None:
+                who = f"process {member.pid} ({member.comm})"
+                result.notes += [f"{who}: {n}" for n in one.notes]
+                result.lost += [f"{who}: {n}" for n in one.lost]
+        result.members = members
+        result.image_size = os.path.getsize(result.path)
+        result.seconds = time.perf_counter() - t0
+        result.snapshot = root.child or 0
+        return result
+
+    if background is None:
+        return finish()
+    try:
+        if root.child:
+            detach_snapshot(root.child)
+    except CkptError:
+        return finish()     # still ours: read here, while the front end waits
+    root.front = Front()    # no calls into the front end from the other thread
+    background(finish)
+    return None
 
 
 def quiet_connections(proc: Process) -> None:
@@ -187,6 +216,8 @@ class _Saver:
         self.image_sizes: dict[int, int] = {}
         self.lazy_images: set[str] = set()
         self.lost: list[str] = []
+        self.child: int | None = None   # the snapshot
+        self.reap = True                # the process reaps it as the save ends
 
     def read(self) -> _Saver:
         """Everything of the stopped process but its memory."""
@@ -205,34 +236,38 @@ class _Saver:
 
     def run(self, w: ImageWriter, start: float) -> tuple[SaveResult, list[tuple]]:
         """The memory into w; returns the result and the records to write."""
+        return self.run_stopped(w, start)()
+
+    def run_stopped(self, w: ImageWriter, start: float):
+        """What must be read while the process is stopped, then resume(); returns the
+        rest (reading the snapshot, when there is one), which needs no ptrace of the
+        process: a front end may run it on another thread while the process runs."""
         phases = self.phases
-        fds, maps, files, file_of = self.fds, self.maps, self.files, self.file_of
-        threads, process = self.threads, self.process
-        stored = [m for m in maps if m.kind in STORED_KINDS]
+        stored = [m for m in self.maps if m.kind in STORED_KINDS]
         now_maps, later_maps = (_split(stored) if self.resume and self.snapshot
                                 else (stored, []))
         now = self._todo(self.inf.pid, now_maps)
         reserve = w.compressor is None
-        vdso = self._vdso(maps)     # read while stopped: the process may exit after
+        self.vdso = self._vdso(self.maps)    # read while stopped: the process may exit after
         # Deleted files' bytes while the process is stopped: it may write them.
-        for f in fds:
+        for f in self.fds:
             if f.kind in (fdsmod.FdKind.DELETED, fdsmod.FdKind.MEMFD) and f.same_as < 0:
                 f.data = self._file_data(w, f)
         t1 = time.perf_counter()
         dumper = MemoryDumper(self.inf.pid, w, self.front.inserted_breakpoints(self.inf))
-        child, resumed, later = None, False, []
+        child = None
         try:
             if later_maps:
                 # The pages to read of private memory come from the snapshot's own
                 # pagemap (a fork copies the page table entries of every mapping
                 # that has private pages), not while the process is stopped.
-                child = self._snapshot()
+                child = self.child = self._snapshot()
                 if child is None:       # read while stopped
                     now += self._todo(self.inf.pid, later_maps)
             total = _size(now)
             if reserve and not self.resume:
                 w.reserve(total)
-            progress = self.front.progress("save", total)
+            progress = first = self.front.progress("save", total)
             for region in now:
                 dumper.dump(region)
                 progress(dumper.stats.mapped)
@@ -241,30 +276,43 @@ class _Saver:
                 # may still be writing it): the process runs on.
                 phases["stopped"] = time.perf_counter() - start
                 self.resume()
-                resumed = True
-            if child:
-                dumper.switch(child)
-                later = self._todo(child, later_maps)
-                total += _size(later)
-                progress = self.front.progress("save", total)
-            if reserve and self.resume:
-                # Not while it was stopped: allocating the blocks can take ext4 200 ms
-                # when it is still freeing an old image's.
-                w.reserve(total)
-            for region in later:
-                dumper.dump(region)
-                progress(dumper.stats.mapped)
-            progress(dumper.stats.mapped, final=True)
-        finally:
+        except BaseException:
+            self._end_memory(dumper, child)
+            raise
+
+        def rest() -> tuple[SaveResult, list[tuple]]:
             try:
-                dumper.close()
-            finally:
+                later = []
                 if child:
-                    drop_snapshot(child)
+                    dumper.switch(child)
+                    later = self._todo(child, later_maps)
+                more = total + _size(later)
+                if reserve and self.resume:
+                    # Not while it was stopped: allocating the blocks can take ext4
+                    # 200 ms when it is still freeing an old image's.
+                    w.reserve(more)
+                progress = self.front.progress("save", more) if child else first
+                for region in later:
+                    dumper.dump(region)
+                    progress(dumper.stats.mapped)
+                progress(dumper.stats.mapped, final=True)
+            finally:
+                self._end_memory(dumper, child)
+            phases["memory"] = time.perf_counter() - t1
+            return self._result(dumper)
+        return rest
+
+    def _end_memory(self, dumper: MemoryDumper, child: int | None) -> None:
+        try:
+            dumper.close()
+        finally:
+            if child:
+                drop_snapshot(child)
+                if self.reap:
                     reap_snapshot(self.inf.pid, child)
-        phases["memory"] = time.perf_counter() - t1
-        if self.resume and not resumed:
-            self.resume()
+
+    def _result(self, dumper: MemoryDumper) -> tuple[SaveResult, list[tuple]]:
+        phases, threads, process = self.phases, self.threads, self.process
         if dumper.stats.unreadable:
             self.notes.append(f"{dumper.stats.unreadable // PAGE_SIZE} pages could not be read "
                               "(past the end of a mapped file): a restore leaves them as "
@@ -274,14 +322,15 @@ class _Saver:
         phases["memory: checksums and writing (overlapped)"] = dumper.write_seconds
         records = [(fmt.RecordType.PROCESS, process)]
         records += [(fmt.RecordType.THREAD, th) for th in threads]
-        records += [(fmt.RecordType.VMAS, {"vmas": [self._vma(m, file_of) for m in maps]}),
-                    (fmt.RecordType.FILES, {"files": files}), (fmt.RecordType.VDSO, vdso),
-                    (fmt.RecordType.FDS, {"fds": fds})]
+        records += [(fmt.RecordType.VMAS, {"vmas": [self._vma(m, self.file_of)
+                                                    for m in self.maps]}),
+                    (fmt.RecordType.FILES, {"files": self.files}),
+                    (fmt.RecordType.VDSO, self.vdso), (fmt.RecordType.FDS, {"fds": self.fds})]
         if self.notes:
             records.append((fmt.RecordType.NOTES, {"notes": self.notes}))
         st = dumper.stats
         return SaveResult(path="", pid=self.inf.pid, comm=process.comm, threads=len(threads),
-                          mappings=len(maps), stored=st.stored, mapped=st.mapped,
+                          mappings=len(self.maps), stored=st.stored, mapped=st.mapped,
                           image_size=0, seconds=0.0, notes=self.notes, phases=phases,
                           lost=self.lost), records
 

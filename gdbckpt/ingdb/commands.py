@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import traceback
 
 import gdb
@@ -21,6 +22,7 @@ def _guard(name: str):
     def deco(fn):
         @functools.wraps(fn)
         def invoke(self, arg, from_tty):
+            _report_background_saves()
             try:
                 return fn(self, arg, from_tty)
             except CkptError as e:
@@ -38,6 +40,16 @@ def _guard(name: str):
                     from None
         return invoke
     return deco
+
+
+def _report_background_saves() -> None:
+    """Background saves that ended are said first (ingdb/save.py, if it was loaded)."""
+    save = sys.modules.get(f"{__package__}.save")
+    if save is not None:
+        try:
+            save.report_finished()
+        except CkptError:
+            pass
 
 
 def _argv(arg: str, command: str) -> list[str]:
@@ -84,13 +96,28 @@ The process stays stopped where it was; 'continue' runs it on."""
         from . import save as savemod
         args = options.parse_gdb("ckpt save", options.SAVE, _argv(arg, "ckpt save"))
         r = savemod.save(args.image, sync=args.sync or None, compress=args.compress,
-                         strict=args.strict, single=args.single)
-        for note in r.notes:
-            gdb.write(f"ckpt save: note: {note}\n")
-        gdb.write(f"Saved process {r.pid} ({r.comm}){_tree().summary(r.members)} to "
-                  f"{r.path}: {r.threads} thread(s), {r.mappings} mappings, "
-                  f"{infomod.mib(r.stored)} of memory ({infomod.mib(r.image_size)} image) in "
-                  f"{r.seconds:.2f} s.\n")
+                         strict=args.strict, single=args.single,
+                         report=_report_saved if args.snapshot else None)
+        if r is None:
+            gdb.write(f"Saving to {os.path.abspath(args.image)} in the background, from a "
+                      "copy-on-write snapshot: the process can go on; GDB says when the "
+                      "image is written.\n")
+            return
+        _report_saved(r)
+
+
+def _report_saved(r) -> None:
+    """What a save did (r: its SaveResult), or why a background save failed."""
+    if isinstance(r, BaseException):
+        why = str(r) if isinstance(r, CkptError) else f"internal error: {type(r).__name__}: {r}"
+        gdb.write(f"ckpt save: the background save failed: {why}\n", gdb.STDERR)
+        return
+    for note in r.notes:
+        gdb.write(f"ckpt save: note: {note}\n")
+    gdb.write(f"Saved process {r.pid} ({r.comm}){_tree().summary(r.members)} to "
+              f"{r.path}: {r.threads} thread(s), {r.mappings} mappings, "
+              f"{infomod.mib(r.stored)} of memory ({infomod.mib(r.image_size)} image) in "
+              f"{r.seconds:.2f} s.\n")
 
 
 class CkptRestore(gdb.Command):

@@ -1,0 +1,125 @@
+"""ckpt save --snapshot in GDB: the command returns once the state is read and a
+copy-on-write snapshot made; the image is written while the process runs on, and
+GDB says when. The image is the process as it was at the save, exactly."""
+
+import os
+import re
+import stat
+import subprocess
+import time
+
+from harness import (
+    error_of,
+    example,
+    leaves_no_process,
+    read,
+    restore_and_finish,
+    uninterrupted,
+)
+
+from gdbckpt.mi import GDBINIT
+
+
+def wait_saved(s, img: str, timeout: float = 60) -> str:
+    """What GDB printed until it reported the background save to img as done. GDB says
+    so at its next prompt, stop or ckpt command once the image is in place."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(img):
+            s.cli(f"ckpt info --brief {img}")
+            seen = "".join(s.gdb.printed)
+            if f"to {img}:" in seen or "background save failed" in seen:
+                return seen
+        time.sleep(0.05)
+    raise AssertionError(f"no end of the background save: {''.join(s.gdb.printed)!r}")
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def test_the_process_runs_on_while_the_image_is_written_and_restores_exactly(sessions, tmp_path):
+    argv = [example("counter"), "8", "1"]
+    img, before, after = (str(tmp_path / n) for n in ("c.img", "before.out", "after.out"))
+    s = sessions()
+    s.start(argv, before, breakpoint="compute_step if step == 4")
+    text = s.cli(f"ckpt save --snapshot {img}")
+    assert "in the background" in text, text
+    pid = s.pid()
+    # The snapshot (a child of the process, let go of by GDB's thread) is none of GDB's.
+    assert len(children(pid)) <= 1
+    assert len(re.findall(r"process \d+", s.cli("info inferiors"))) == 1
+    assert len(re.findall(r"^\*? +\d+ +", s.cli("info threads"), re.M)) == 1
+    s.cli("delete")
+    s.cli("break compute_step if step == 6")
+    assert s.finish().get("reason") == "breakpoint-hit"     # it ran on meanwhile
+    saved = wait_saved(s, img)
+    assert re.search(rf"Saved process {pid} \(counter\) to {re.escape(img)}", saved), saved
+    assert stat.S_IMODE(os.stat(img).st_mode) == 0o600
+    # Its ended snapshot was reaped by the process, stopped here, as GDB said so.
+    assert children(pid) == []
+    s.cli("delete")
+    assert s.finish().get("reason") == "exited-normally"
+    r = sessions()
+    text = r.restore(img, after)
+    assert "Restored process" in text, text
+    assert "compute_step" in r.cli("bt") and "step = 4" in r.cli("info args") + r.cli(
+        "info locals")
+    assert r.finish().get("reason") == "exited-normally"
+    assert read(before).splitlines()[:4] + read(after).splitlines() == \
+        uninterrupted(argv).splitlines()
+
+
+def test_the_image_is_the_one_of_a_stopped_save(sessions, tmp_path):
+    """bigmem rewrites nothing after its fill; saved in the background and in the
+    foreground at one stop, the two images restore to the same checked memory."""
+    argv = [example("bigmem"), "64", "2", "0"]
+    fg, bg = str(tmp_path / "fg.img"), str(tmp_path / "bg.img")
+    s = sessions()
+    s.start(argv, str(tmp_path / "out"), breakpoint="sum_all")
+    s.cli(f"ckpt save {fg}")
+    s.cli(f"ckpt save --snapshot {bg}")
+    assert "Saved process" in wait_saved(s, bg)
+    info = [s.cli(f"ckpt info --brief {p}") for p in (fg, bg)]
+    sizes = [re.search(r"Memory: +(.*)", i)[1] for i in info]
+    assert sizes[0] == sizes[1], info
+    for img in (fg, bg):
+        _, text, _ = restore_and_finish(sessions, img, "--stdout=/dev/null")
+        assert "Restored process" in text
+
+
+def test_a_second_save_to_an_image_being_written_is_refused(sessions, tmp_path):
+    img = str(tmp_path / "b.img")
+    s = sessions()
+    s.start([example("bigmem"), "256", "2", "0"], "/dev/null", breakpoint="sum_all")
+    s.cli(f"ckpt save --snapshot {img}")
+    msg = error_of(s, f"ckpt save {img}")
+    assert "is still being written by a background save" in msg, msg
+    assert "Saved process" in wait_saved(s, img)
+
+
+def test_quitting_gdb_waits_for_the_image_and_leaves_no_snapshot(tmp_path):
+    img = str(tmp_path / "q.img")
+    with leaves_no_process("bigmem"):
+        subprocess.run(["gdb", "-nx", "-batch", "-ex", f"source {GDBINIT}",
+                        "-ex", "break sum_all", "-ex", "run 256 2 0 > /dev/null",
+                        "-ex", f"ckpt save --snapshot {img}", example("bigmem")],
+                       capture_output=True, text=True, timeout=120, check=True)
+        _reap_orphans()
+    r = subprocess.run(["gdb", "-nx", "-batch", "-ex", f"source {GDBINIT}",
+                        "-ex", f"ckpt verify {img}"], capture_output=True, text=True, timeout=60)
+    assert ": good:" in r.stdout, r.stdout + r.stderr
+
+
+def _reap_orphans() -> None:
+    """The snapshot, orphaned when GDB killed the process, came to us (a subreaper):
+    a zombie then, not a stopped copy."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        assert os.WIFSIGNALED(status) or os.WIFEXITED(status), status
