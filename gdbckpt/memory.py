@@ -226,6 +226,10 @@ class MemoryDumper:
                                              region.mapping)))
             self.scan_seconds += time.perf_counter() - t
             if got < n:
+                if not has_memory(self.pid):
+                    # Not pages past a file's end: the whole process is gone (a snapshot
+                    # killed by someone else, say). The image would lack the rest.
+                    raise SaveError(f"process {self.pid} ended while its memory was read")
                 # Unreadable pages (beyond the end of a file): skip them one by one.
                 self.stats.unreadable += PAGE_SIZE
                 got += 1
@@ -321,6 +325,16 @@ class MemoryDumper:
                     # A private page zeroed over a file: a restore over the file must zero it.
                     out.append((at, None, (ChunkFlags.DIRTY, size)))
         return out
+
+
+def has_memory(pid: int) -> bool:
+    """Whether pid still has its memory: a process loses it only as it ends (its statm
+    is then all zeros, as a zombie's)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[0]) > 0
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _combine(nonzero: bytes, dirty: bytes) -> bytes:

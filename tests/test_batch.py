@@ -622,3 +622,39 @@ def test_a_snapshot_finds_the_same_pages_as_the_stopped_process(tmp_path):
         p.wait()
     assert len(tables[0]) > 5
     assert tables[0] == tables[1]
+
+
+@pytest.mark.parametrize("when", ["while stopped", "while running on"])
+def test_a_snapshot_killed_during_the_save_fails_it_and_leaves_no_image(tmp_path, when):
+    """Something else kills the snapshot (an administrator, the OOM killer): the save
+    fails in one line, not an image short of memory, whenever that happens."""
+    from gdbckpt.engine import save as engine_save
+    from gdbckpt.engine.front import Front
+    from gdbckpt.engine.process import Process
+    from gdbckpt.errors import SaveError
+    out, img = str(tmp_path / "out"), str(tmp_path / "k.img")
+    p = spawn([example("bigmem"), "64", "1000", "1000"], out)
+    resumed = []
+
+    class KillsTheSnapshot(Front):
+        def progress(self, phase, total):
+            def advance(done, final=False):
+                if (when == "while running on") == bool(resumed):
+                    with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                        for child in f.read().split():
+                            os.kill(int(child), signal.SIGKILL)
+            return advance
+    try:
+        wait_for_output(out, r"^step 0 ")
+        proc = Process.seize(p.pid)
+        try:
+            with pytest.raises(SaveError, match="ended while"):
+                engine_save.save(proc, img, front=KillsTheSnapshot(),
+                                 resume=lambda: resumed.append(proc.release()))
+        finally:
+            proc.release()
+        assert not os.path.exists(img)
+        assert os.listdir(tmp_path) == ["out"]          # no temporary file either
+    finally:
+        p.kill()
+        p.wait()

@@ -468,6 +468,10 @@ class Process:
         if at is not None and any(s <= at < e for s, e in ranges):
             self._syscall_at = None
 
+    def syscall_insn(self) -> int:
+        """The address of a syscall instruction in the process's code."""
+        return self._find_syscall_insn()
+
     def _find_syscall_insn(self) -> int:
         if self._syscall_at is not None:
             return self._syscall_at
@@ -527,13 +531,17 @@ def drop_snapshot(child: int) -> None:
             return
 
 
-def detach_snapshot(child: int) -> None:
-    """Let go of a held snapshot child, left stopped (SIGSTOP, taken before it runs a
-    single instruction): read through /proc/PID/mem, it needs no tracer, and the front
-    end's own tracer (GDB's) then never sees it."""
-    ptrace.detach(child, signal.SIGSTOP)
-    if not wait_state(child, child, "T"):
-        raise SaveError("the snapshot of the process did not stay stopped")
+def detach_snapshot(child: int, syscall_at: int) -> None:
+    """Let go of a held snapshot child (read through /proc/PID/mem, it needs no tracer,
+    and the front end's own tracer, GDB's, then never sees it), parked in pause() with
+    every signal blocked until it is killed. Not left stopped: were the process to end
+    first, its orphaned process group's SIGHUP and SIGCONT would end the snapshot or
+    let it run. It runs no instruction of the program, and writes none of its memory."""
+    regs = ptrace.getregs(child)
+    regs.update(rip=syscall_at, rax=Sys.pause, orig_rax=-1)
+    ptrace.setregs(child, regs)
+    ptrace.set_sigmask(child, (1 << 64) - 1)
+    ptrace.detach(child, 0)
 
 
 def reap_snapshot(pid: int, child: int, raise_as=SaveError) -> None:

@@ -38,7 +38,7 @@ from ..image.model import (
 from ..image.writer import ImageWriter
 from ..linux import PAGE_SIZE, SIGSTOP, SIGTRAP, Prot, sysname
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
-from ..memory import READ_PIECE, MemoryDumper, regions
+from ..memory import READ_PIECE, MemoryDumper, has_memory, regions
 from ..procfs import (
     MM_FIELDS,
     Proc,
@@ -168,12 +168,21 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
         return finish()
     try:
         if root.child:
-            detach_snapshot(root.child)
+            detach_snapshot(root.child, proc.syscall_insn())
     except CkptError:
         return finish()     # still ours: read here, while the front end waits
     root.front = Front()    # no calls into the front end from the other thread
     background(finish)
     return None
+
+
+def _check_snapshot(child: int | None) -> None:
+    """The snapshot still has its memory: then it had it for every read before (a
+    memory does not come back), and they read what it held. It loses it only as it
+    ends, which we make it do after this: something else killed it."""
+    if child and not has_memory(child):
+        raise SaveError("the snapshot of the process ended while it was read (killed by "
+                        "something else?)")
 
 
 def quiet_connections(proc: Process) -> None:
@@ -282,25 +291,37 @@ class _Saver:
 
         def rest() -> tuple[SaveResult, list[tuple]]:
             try:
-                later = []
-                if child:
-                    dumper.switch(child)
-                    later = self._todo(child, later_maps)
-                more = total + _size(later)
-                if reserve and self.resume:
-                    # Not while it was stopped: allocating the blocks can take ext4
-                    # 200 ms when it is still freeing an old image's.
-                    w.reserve(more)
-                progress = self.front.progress("save", more) if child else first
-                for region in later:
-                    dumper.dump(region)
-                    progress(dumper.stats.mapped)
-                progress(dumper.stats.mapped, final=True)
+                try:
+                    self._read_later(dumper, w, child, later_maps, total, first, reserve)
+                except (SaveError, OSError):
+                    _check_snapshot(child)      # the reason, when it is that
+                    raise
+                # Only we end it, after this: whatever ended it first may have cut short
+                # what was read (its pagemap, its pages) without an error.
+                _check_snapshot(child)
             finally:
                 self._end_memory(dumper, child)
             phases["memory"] = time.perf_counter() - t1
             return self._result(dumper)
         return rest
+
+    def _read_later(self, dumper: MemoryDumper, w: ImageWriter, child: int | None,
+                    later_maps: list[Mapping], total: int, first, reserve: bool) -> None:
+        """The private memory, from the snapshot (if there is one) as the process runs."""
+        later = []
+        if child:
+            dumper.switch(child)
+            later = self._todo(child, later_maps)
+        more = total + _size(later)
+        if reserve and self.resume:
+            # Not while it was stopped: allocating the blocks can take ext4 200 ms
+            # when it is still freeing an old image's.
+            w.reserve(more)
+        progress = self.front.progress("save", more) if child else first
+        for region in later:
+            dumper.dump(region)
+            progress(dumper.stats.mapped)
+        progress(dumper.stats.mapped, final=True)
 
     def _end_memory(self, dumper: MemoryDumper, child: int | None) -> None:
         try:
