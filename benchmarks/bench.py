@@ -131,6 +131,18 @@ def time_save(g: Gdb, img: str, mem: Memory, compress: bool = False) -> dict:
                  "'image': r.image_size, 'stored': r.stored}))")
 
 
+def time_background_save(g: Gdb, img: str, mem: Memory) -> dict:
+    """ckpt save --snapshot: until the command returns (what a GDB user waits for
+    before going on), and until the image is written."""
+    remove(img)
+    mem.prepare()
+    return py(g, "import json, time, gdbckpt.ingdb.save as d; t = time.perf_counter(); "
+                 f"d.save({img!r}, report=lambda r: None); back = time.perf_counter() - t; "
+                 f"d._writing[{img!r}].join(); done = time.perf_counter() - t; "
+                 "d.report_finished(); "
+                 "print(json.dumps({'seconds': back, 'written': done}))")
+
+
 def time_gcore(g: Gdb, core: str, mem: Memory) -> dict:
     remove(core)
     mem.prepare()
@@ -185,6 +197,7 @@ def bench_size(mib: int, reps: int, work: str, mode: str) -> dict:
                 saves.append(time_save(g, img, mem))
                 gcores.append(time_gcore(g, core, mem))
         remove(core)
+        background = [time_background_save(g, img, mem) for _ in range(reps)]
         compressed = time_save(g, img + ".zst", mem, compress=True)
     finally:
         g.cli("kill")
@@ -195,6 +208,8 @@ def bench_size(mib: int, reps: int, work: str, mode: str) -> dict:
         "MiB": mib, "memory": mode, "rss": resident, "image": saves[-1]["image"],
         "core": gcores[-1]["size"], "save s": median(saves), "gcore s": median(gcores),
         "save phases": phases(saves),
+        "snapshot save returns s": median(background),
+        "snapshot save written s": median(background, "written"),
         "restore stub s": median(stub), "restore stub ready s": median(stub, "ready"),
         "restore procmem s": median([time_restore(img, "procmem", mem) for _ in range(reps)]),
         "restore lazy s": median(lazy), "restore lazy ready s": median(lazy, "ready"),
@@ -214,7 +229,7 @@ def report(lim: dict, sizes: list[dict]) -> dict[str, float]:
         print(f"  {k:<24} {v:6.2f}")
     print(f"\n{'MiB':>6} {'mem':>4} {'save s':>7} {'gcore s':>7} {'ratio':>5} {'restore':>7} "
           f"{'GiB/s':>5} {'procmem':>7} {'lazy s':>6} {'ready':>6} {'img/RSS':>7} "
-          f"{'zstd save':>9} {'zstd x':>6}")
+          f"{'zstd save':>9} {'zstd x':>6} {'--snapshot':>10}")
     for r in sizes:
         gib = r["MiB"] / 1024
         print(f"{r['MiB']:>6} {r['memory']:>4} {r['save s']:7.3f} {r['gcore s']:7.3f} "
@@ -222,9 +237,10 @@ def report(lim: dict, sizes: list[dict]) -> dict[str, float]:
               f"{gib / r['restore stub ready s']:5.2f} {r['restore procmem s']:7.3f} "
               f"{r['restore lazy s']:6.3f} {r['restore lazy ready s']:6.3f} "
               f"{r['image'] / r['rss']:7.2f} {r['compressed save s']:9.3f} "
-              f"{r['image'] / r['compressed image']:6.2f}")
+              f"{r['image'] / r['compressed image']:6.2f} "
+              f"{r['snapshot save returns s']:10.3f}")
     print("  restore: until GDB shows the saved point, symbols loaded; GiB/s and ready: until "
-          "the process is in place")
+          "the process is in place; --snapshot: until ckpt save --snapshot returns")
     for r in sizes:
         print(f"\n{r['MiB']} MiB save phases (s):    " +
               ", ".join(f"{k} {v:.3f}" for k, v in r["save phases"].items()))
