@@ -93,6 +93,7 @@ The process stays stopped where it was; 'continue' runs it on."""
 
     @_guard("ckpt save")
     def invoke(self, arg, from_tty):
+        self.dont_repeat()      # an empty line after it does not save again
         from . import save as savemod
         args = options.parse_gdb("ckpt save", options.SAVE, _argv(arg, "ckpt save"))
         r = savemod.save(args.image, sync=args.sync or None, compress=args.compress,
@@ -141,6 +142,7 @@ TCP connection through TCP_REPAIR, where permitted; otherwise it is reset).
 
     @_guard("ckpt restore")
     def invoke(self, arg, from_tty):
+        self.dont_repeat()      # an empty line after it does not restore again
         from . import restore
         args = options.parse_gdb("ckpt restore", options.RESTORE, _argv(arg, "ckpt restore"))
         stdio = {fd: name for fd, name in enumerate((args.stdin, args.stdout, args.stderr))
