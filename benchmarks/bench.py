@@ -138,7 +138,7 @@ def time_background_save(g: Gdb, img: str, mem: Memory) -> dict:
     mem.prepare()
     return py(g, "import json, time, gdbckpt.ingdb.save as d; t = time.perf_counter(); "
                  f"d.save({img!r}, report=lambda r: None); back = time.perf_counter() - t; "
-                 f"d._writing[{img!r}].join(); done = time.perf_counter() - t; "
+                 f"d._writing[{img!r}][0].join(); done = time.perf_counter() - t; "
                  "d.report_finished(); "
                  "print(json.dumps({'seconds': back, 'written': done}))")
 

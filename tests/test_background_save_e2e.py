@@ -15,6 +15,7 @@ from harness import (
     read,
     restore_and_finish,
     uninterrupted,
+    wait_gone,
 )
 
 from gdbckpt.image import Image
@@ -117,14 +118,58 @@ def test_the_image_is_the_one_of_a_stopped_save_even_if_the_process_ends(session
         assert "Restored process" in text
 
 
-def test_a_second_save_to_an_image_being_written_is_refused(sessions, tmp_path):
+def test_a_second_save_meanwhile_is_refused_and_the_snapshot_reaped_after(sessions, tmp_path):
+    """Another save of the process while its background save runs would take the
+    snapshot (a child of the process) for one of its children: refused until GDB has
+    said the first is done; by then the process, stopped, has reaped the snapshot."""
     img = str(tmp_path / "b.img")
     s = sessions()
     s.start([example("bigmem"), "256", "2", "0"], "/dev/null", breakpoint="sum_all")
+    pid = s.pid()
     s.cli(f"ckpt save --snapshot {img}")
     msg = error_of(s, f"ckpt save {img}")
     assert "is still being written by a background save" in msg, msg
+    msg = error_of(s, f"ckpt save {tmp_path / 'other.img'}")
+    assert f"a background save of process {pid} is still being written" in msg, msg
     assert "Saved process" in wait_saved(s, img)
+    assert children(pid) == []
+    s.cli(f"ckpt save {tmp_path / 'other.img'}")
+    assert "could not be read" not in "".join(s.gdb.printed)
+
+
+def test_a_snapshot_does_not_outlive_a_killed_gdb(sessions, tmp_path):
+    """GDB SIGKILLed while the image is written: the snapshot (parked, its reader's
+    tracee with EXITKILL) ends with it instead of holding its memory for good."""
+    s = sessions()
+    s.start([example("bigmem"), "512", "2", "0"], "/dev/null", breakpoint="sum_all")
+    pid = s.pid()
+    s.cli(f"ckpt save --snapshot {tmp_path / 'k.img'}")
+    snaps = children(pid)
+    s.gdb.ctl.gdb_process.kill()
+    try:
+        for snap in snaps:
+            wait_gone(snap, timeout=20)
+    finally:
+        for snap in snaps:      # a snapshot left would hold GDB's stderr open: a hang
+            try:
+                os.kill(snap, 9)
+            except ProcessLookupError:
+                pass
+
+
+def test_gdb_leaving_an_attached_process_reaps_its_snapshot(tmp_path):
+    """gdb -p, a background save, quit: the process runs on without a zombie child."""
+    p = subprocess.Popen([example("bigmem"), "64", "1000", "1000"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        subprocess.run(["gdb", "-nx", "-batch", "-ex", f"source {GDBINIT}", "-p", str(p.pid),
+                        "-ex", f"ckpt save --snapshot {tmp_path / 'a.img'}"],
+                       capture_output=True, text=True, timeout=120, check=True)
+        assert os.path.exists(tmp_path / "a.img")
+        assert p.poll() is None and children(p.pid) == []
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_quitting_gdb_waits_for_the_image_and_leaves_no_snapshot(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 
@@ -542,6 +543,41 @@ def detach_snapshot(child: int, syscall_at: int) -> None:
     ptrace.setregs(child, regs)
     ptrace.set_sigmask(child, (1 << 64) - 1)
     ptrace.detach(child, 0)
+
+
+def hold_snapshot(child: int) -> None:
+    """The calling thread (the one that reads the snapshot) becomes its tracer, with
+    EXITKILL: the snapshot ends when that thread does, or should the whole front end
+    die, instead of sleeping on for good. It stops for nothing meanwhile (every signal
+    is blocked), so the front end's own waits see nothing of it."""
+    try:
+        ptrace.seize(child, ptrace.Opt.EXITKILL)
+    except ptrace.PtraceError:
+        pass                # read anyway; end_snapshot still ends it
+
+
+def end_snapshot(child: int, timeout: float = 10) -> None:
+    """Kill a snapshot let go of by detach_snapshot, and wait until it has ended (its
+    pidfd, taken while it lives, cannot be another's): only then can the process reap
+    it. As its tracer, if hold_snapshot made us that, take its end first, which hands
+    it to the process."""
+    try:
+        fd = os.pidfd_open(child)
+    except OSError:
+        return              # it has ended already
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        ended = select.poll()
+        ended.register(fd, select.POLLIN)
+        ended.poll(int(timeout * 1000))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        os.waitpid(child, ptrace.WALL | os.WNOHANG)
+    except ChildProcessError:
+        pass                # not ours to wait for: it is the process's already
 
 
 def reap_snapshot(pid: int, child: int, raise_as=SaveError) -> None:

@@ -51,7 +51,14 @@ from ..procfs import (
 from . import tree as treemod
 from . import xstate as xstatemod
 from .front import Front
-from .process import Process, detach_snapshot, drop_snapshot, reap_snapshot
+from .process import (
+    Process,
+    detach_snapshot,
+    drop_snapshot,
+    end_snapshot,
+    hold_snapshot,
+    reap_snapshot,
+)
 from .state import StateReader, debuggers_own
 
 
@@ -164,13 +171,13 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
         result.snapshot = root.child or 0
         return result
 
-    if background is None:
-        return finish()
+    if background is None or not root.child:
+        return finish()     # without a snapshot, nothing is left to do meanwhile
     try:
-        if root.child:
-            detach_snapshot(root.child, proc.syscall_insn())
+        detach_snapshot(root.child, proc.syscall_insn())
     except CkptError:
         return finish()     # still ours: read here, while the front end waits
+    root.parked = True
     root.front = Front()    # no calls into the front end from the other thread
     background(finish)
     return None
@@ -227,6 +234,7 @@ class _Saver:
         self.lost: list[str] = []
         self.child: int | None = None   # the snapshot
         self.reap = True                # the process reaps it as the save ends
+        self.parked = False             # let go of by the front end's tracer
 
     def read(self) -> _Saver:
         """Everything of the stopped process but its memory."""
@@ -309,6 +317,8 @@ class _Saver:
                     later_maps: list[Mapping], total: int, first, reserve: bool) -> None:
         """The private memory, from the snapshot (if there is one) as the process runs."""
         later = []
+        if child and self.parked:
+            hold_snapshot(child)
         if child:
             dumper.switch(child)
             later = self._todo(child, later_maps)
@@ -327,7 +337,9 @@ class _Saver:
         try:
             dumper.close()
         finally:
-            if child:
+            if child and self.parked:
+                end_snapshot(child)
+            elif child:
                 drop_snapshot(child)
                 if self.reap:
                     reap_snapshot(self.inf.pid, child)

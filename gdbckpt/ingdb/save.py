@@ -11,6 +11,7 @@ still pending, as it is at the end of a -batch run.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -24,8 +25,8 @@ from ..linux import Sys
 from . import settings
 from .front import GdbFront, stopped_process
 
-# Background saves being written: image path -> thread.
-_writing: dict[str, threading.Thread] = {}
+# Background saves being written: image path -> (thread, process pid).
+_writing: dict[str, tuple[threading.Thread, int]] = {}
 # Their outcomes, from their threads: (path, process pid, SaveResult or error, report).
 _finished: queue.SimpleQueue = queue.SimpleQueue()
 # Snapshots killed at the end of a background save, the process's zombies until it
@@ -47,20 +48,31 @@ def save(path: str, *, sync: bool | None = None, compress: bool = False,
     if path in _writing:
         raise SaveError(f"{path} is still being written by a background save")
     proc = stopped_process()
+    busy = [p for p, (_, pid) in _writing.items() if pid == proc.pid]
+    if busy:
+        # Its snapshot is a child of the process: a save now would take it for one.
+        proc.close()
+        raise SaveError(f"a background save of process {proc.pid} is still being written "
+                        f"to {busy[0]}; save again once GDB says it is done")
     members = []
     try:
         if not single:
             members = tree.seize_descendants(proc.pid)
         background = None if report is None else _background(path, proc.pid, report)
         with settings.temporarily(language="c"):    # GDB's Go or Rust would misread $_siginfo
-            return engine_save.save(proc, path, front=GdbFront(),
-                                    sync=settings.get("sync") if sync is None else sync,
-                                    compress=compress, strict=strict, members=members,
-                                    resume=_stays_stopped if report else None,
-                                    background=background)
+            r = engine_save.save(proc, path, front=GdbFront(),
+                                 sync=settings.get("sync") if sync is None else sync,
+                                 compress=compress, strict=strict, members=members,
+                                 resume=_stays_stopped if report else None,
+                                 background=background)
     finally:
         tree.release(members)
         proc.close()
+    if r is not None and r.snapshot:
+        # Read here after all (the snapshot could not be let go of): its zombie is reaped.
+        _zombies.add((r.pid, r.snapshot))
+        reap_snapshots()
+    return r
 
 
 def _stays_stopped() -> None:
@@ -78,14 +90,25 @@ def _background(path: str, pid: int, report):
                 outcome = e
             _finished.put((path, pid, outcome, report))
         thread = threading.Thread(target=run, name="gdbckpt-save", daemon=True)
-        _writing[path] = thread
-        thread.start()
+        _writing[path] = (thread, pid)
+        try:
+            thread.start()
+        except RuntimeError:                # no thread to be had: done here, then
+            run()
     return start
 
 
 def report_finished(reap: bool = True) -> None:
     """On GDB's thread: what the background saves that ended did; with reap, the
-    process reaps their snapshots if GDB has it stopped."""
+    process reaps their snapshots if GDB has it stopped. From GDB's events: an error
+    is one line, never a traceback."""
+    try:
+        _report_finished(reap)
+    except Exception as e:
+        gdb.write(f"ckpt save: {e}\n", gdb.STDERR)
+
+
+def _report_finished(reap: bool) -> None:
     while True:
         try:
             path, pid, outcome, report = _finished.get_nowait()
@@ -102,9 +125,9 @@ def report_finished(reap: bool = True) -> None:
 def _exiting(_event) -> None:
     """A save in flight is finished, not left half-written (its snapshot would stay
     stopped for good), and said."""
-    for thread in list(_writing.values()):
+    for thread, _ in list(_writing.values()):
         thread.join()
-    report_finished(reap=False)
+    report_finished()       # and the process, still stopped, reaps the snapshots
 
 
 def reap_snapshots() -> None:
@@ -121,8 +144,9 @@ def reap_snapshots() -> None:
         return                                  # running: later
     try:
         for pair in mine:
-            proc.syscall(Sys.wait4, pair[1], 0, WALL | WNOHANG, 0)
-            _zombies.discard(pair)
+            got = proc.syscall(Sys.wait4, pair[1], 0, WALL | WNOHANG, 0)
+            if got in (pair[1], -errno.ECHILD):     # reaped, or not its to reap
+                _zombies.discard(pair)
     except CkptError:
         pass
     finally:
