@@ -45,6 +45,12 @@ class Terminal:
         self.send(f"echo {name}-done\\n")
         self.wait(f"{name}-done\r?\n")
 
+    def stop_at_step_2(self, out) -> None:
+        """Run examples/counter to its step 2, output to out."""
+        self.send("break compute_step if step == 2")
+        self.send(f"run 6 100 > {out}")
+        self.wait("Breakpoint 1, compute_step")
+
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -69,9 +75,7 @@ def terminal():
 def test_an_empty_line_does_not_save_or_restore_again(terminal, tmp_path):
     img = str(tmp_path / "t.img")
     t = terminal
-    t.send("break compute_step if step == 2")
-    t.send(f"run 6 100 > {tmp_path / 'out'}")
-    t.wait("Breakpoint 1, compute_step")
+    t.stop_at_step_2(tmp_path / "out")
     t.send(f"ckpt save {img}")
     t.wait("Saved process")
     t.send("")                          # GDB repeats the last command, if it may
@@ -88,9 +92,7 @@ def test_an_empty_line_does_not_save_or_restore_again(terminal, tmp_path):
 def test_a_background_save_is_reported_at_the_prompt(terminal, tmp_path):
     img = str(tmp_path / "b.img")
     t = terminal
-    t.send("break compute_step if step == 2")
-    t.send(f"run 6 100 > {tmp_path / 'out'}")
-    t.wait("Breakpoint 1, compute_step")
+    t.stop_at_step_2(tmp_path / "out")
     t.send(f"ckpt save --snapshot {img}")
     t.wait("in the background")
     # Said before the prompt that follows its end: the user's next line shows it.
