@@ -11,6 +11,7 @@ tracer die, and nothing is written into the process's code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -391,15 +392,13 @@ class Process:
         self.children = []
         # CLONE_FILES and CLONE_FS: the copy holds no reference of its own to the
         # process's files (a closed socket's port is free again, a pipe's peer sees EOF).
-        args = (Sys.clone, CLONE_FILES | CLONE_FS, 0, 0, 0, 0)
-        if not self.owned:
-            # GDB's tracing options are its own (and already report clones): kept.
-            ret = self.syscall(*args, tid=tid)
-        else:
+        # GDB's tracing options are its own (and already report clones): kept.
+        if self.owned:
             self._pt(ptrace.set_options, tid, ptrace.Opt.TRACESYSGOOD | ptrace.Opt.TRACECLONE)
-            try:
-                ret = self.syscall(*args, tid=tid)
-            finally:
+        try:
+            ret = self.syscall(Sys.clone, CLONE_FILES | CLONE_FS, 0, 0, 0, 0, tid=tid)
+        finally:
+            if self.owned:
                 self._pt(ptrace.set_options, tid, ptrace.Opt.TRACESYSGOOD)
         if is_syscall_error(ret) or not self.children:
             raise self.raise_as(f"cannot make a copy-on-write snapshot: clone: "
@@ -588,9 +587,15 @@ def reap_snapshot(pid: int, child: int, raise_as=SaveError) -> None:
     except CkptError:
         return
     try:
-        proc.syscall(Sys.wait4, child, 0, WALL_FLAG | WNOHANG, 0)
+        reap_snapshot_in(proc, child)
     finally:
         proc.release()
+
+
+def reap_snapshot_in(proc: Process, child: int) -> bool:
+    """The stopped process (ours or the front end's) reaps its snapshot child, by an
+    injected wait4; True once it is gone (reaped, or not the process's to reap)."""
+    return proc.syscall(Sys.wait4, child, 0, WALL_FLAG | WNOHANG, 0) in (child, -errno.ECHILD)
 
 
 WALL_FLAG, WNOHANG = 0x40000000, 1

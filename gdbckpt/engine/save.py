@@ -95,12 +95,13 @@ def save(proc: Process, path: str, *, front: Front | None = None, sync: bool = F
     it has been (the writing may still go on). The descendants are saved first,
     whole, while everything is stopped.
 
-    With background, the snapshot is let go of (left stopped, needing no tracer),
-    and what is left, reading it and writing the image, is handed over instead of
-    done: background(finish) is called, finish() -> SaveResult to be run on
-    another thread, and save returns None. A front end whose own tracer stays on
-    the process (GDB) then has it back at once. The snapshot, killed at the end,
-    is then the process's zombie until reap_snapshot (or until the process ends).
+    With background, the snapshot is let go of (parked, needing no tracer:
+    process.detach_snapshot), and what is left, reading it and writing the
+    image, is handed over instead of done: background(finish) is called,
+    finish() -> SaveResult to be run on another thread, and save returns None.
+    A front end whose own tracer stays on the process (GDB) then has it back at
+    once. The snapshot, killed at the end, is then the process's zombie until
+    reap_snapshot_in (or until the process ends).
     """
     t0 = time.perf_counter()
     front = front or Front()
@@ -168,7 +169,7 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
         result.members = members
         result.image_size = os.path.getsize(result.path)
         result.seconds = time.perf_counter() - t0
-        result.snapshot = root.child or 0
+        result.snapshot = 0 if root.reap else (root.child or 0)    # a zombie left
         return result
 
     if background is None or not root.child:

@@ -11,7 +11,6 @@ still pending, as it is at the end of a -batch run.
 
 from __future__ import annotations
 
-import errno
 import os
 import queue
 import threading
@@ -20,8 +19,8 @@ import gdb
 
 from ..engine import save as engine_save
 from ..engine import tree
+from ..engine.process import reap_snapshot_in
 from ..errors import CkptError, SaveError
-from ..linux import Sys
 from . import settings
 from .front import GdbFront, stopped_process
 
@@ -32,7 +31,6 @@ _finished: queue.SimpleQueue = queue.SimpleQueue()
 # Snapshots killed at the end of a background save, the process's zombies until it
 # reaps them: (process pid, snapshot pid).
 _zombies: set[tuple[int, int]] = set()
-WALL, WNOHANG = 0x40000000, 1
 
 
 def save(path: str, *, sync: bool | None = None, compress: bool = False,
@@ -144,8 +142,7 @@ def reap_snapshots() -> None:
         return                                  # running: later
     try:
         for pair in mine:
-            got = proc.syscall(Sys.wait4, pair[1], 0, WALL | WNOHANG, 0)
-            if got in (pair[1], -errno.ECHILD):     # reaped, or not its to reap
+            if reap_snapshot_in(proc, pair[1]):
                 _zombies.discard(pair)
     except CkptError:
         pass
