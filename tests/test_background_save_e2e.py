@@ -11,6 +11,7 @@ import time
 from harness import (
     error_of,
     example,
+    gdb_prefix,
     leaves_no_process,
     read,
     restore_and_finish,
@@ -18,6 +19,7 @@ from harness import (
     wait_gone,
 )
 
+from gdbckpt.engine.tree import children
 from gdbckpt.image import Image
 from gdbckpt.image import format as fmt
 from gdbckpt.mi import GDBINIT
@@ -57,9 +59,12 @@ def pages(img: Image) -> dict[int, bytes]:
     return out
 
 
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(c) for c in f.read().split()]
+def batch_gdb(*args: str) -> subprocess.CompletedProcess:
+    """gdb -batch with gdbckpt and the shim (GDB cannot write extended registers, as
+    on AMX hosts); what it runs gets no shim."""
+    return subprocess.run([*gdb_prefix(), "gdb", "-nx", "-batch", "-ex", f"source {GDBINIT}",
+                           "-ex", "unset environment LD_PRELOAD", *args],
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_the_process_runs_on_while_the_image_is_written_and_restores_exactly(sessions, tmp_path):
@@ -162,9 +167,8 @@ def test_gdb_leaving_an_attached_process_reaps_its_snapshot(tmp_path):
     p = subprocess.Popen([example("bigmem"), "64", "1000", "1000"], stdout=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        subprocess.run(["gdb", "-nx", "-batch", "-ex", f"source {GDBINIT}", "-p", str(p.pid),
-                        "-ex", f"ckpt save --snapshot {tmp_path / 'a.img'}"],
-                       capture_output=True, text=True, timeout=120, check=True)
+        r = batch_gdb("-p", str(p.pid), "-ex", f"ckpt save --snapshot {tmp_path / 'a.img'}")
+        assert r.returncode == 0, r.stderr
         assert os.path.exists(tmp_path / "a.img")
         assert p.poll() is None and children(p.pid) == []
     finally:
@@ -175,13 +179,11 @@ def test_gdb_leaving_an_attached_process_reaps_its_snapshot(tmp_path):
 def test_quitting_gdb_waits_for_the_image_and_leaves_no_snapshot(tmp_path):
     img = str(tmp_path / "q.img")
     with leaves_no_process("bigmem"):
-        subprocess.run(["gdb", "-nx", "-batch", "-ex", f"source {GDBINIT}",
-                        "-ex", "break sum_all", "-ex", "run 256 2 0 > /dev/null",
-                        "-ex", f"ckpt save --snapshot {img}", example("bigmem")],
-                       capture_output=True, text=True, timeout=120, check=True)
+        r = batch_gdb("-ex", "break sum_all", "-ex", "run 256 2 0 > /dev/null",
+                      "-ex", f"ckpt save --snapshot {img}", example("bigmem"))
+        assert r.returncode == 0, r.stderr
         _reap_orphans()
-    r = subprocess.run(["gdb", "-nx", "-batch", "-ex", f"source {GDBINIT}",
-                        "-ex", f"ckpt verify {img}"], capture_output=True, text=True, timeout=60)
+    r = batch_gdb("-ex", f"ckpt verify {img}")
     assert ": good:" in r.stdout, r.stdout + r.stderr
 
 
@@ -196,3 +198,15 @@ def _reap_orphans() -> None:
         if pid == 0:
             return
         assert os.WIFSIGNALED(status) or os.WIFEXITED(status), status
+
+
+def test_bad_input_to_a_background_save_is_one_line(sessions, tmp_path):
+    s = sessions()
+    assert error_of(s, f"ckpt save --snapshot {tmp_path / 'x.img'}") == (
+        "ckpt save: there is no process: start or attach one first")
+    s.start([example("counter"), "8", "1"], str(tmp_path / "out"),
+            breakpoint="compute_step if step == 2")
+    msg = error_of(s, f"ckpt save --snapshot {tmp_path / 'no' / 'dir' / 'x.img'}")
+    assert msg.startswith("ckpt save: cannot create an image in ") and "no/dir" in msg, msg
+    assert children(s.pid()) == []          # no snapshot made, or left, for it
+    assert os.listdir(tmp_path) == ["out"]
