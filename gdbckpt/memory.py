@@ -206,8 +206,19 @@ class MemoryDumper:
         if self.error is not None:
             raise self.error
 
-    def dump(self, region: Region) -> None:
-        self.stats.mapped += region.count * PAGE_SIZE
+    def drain(self) -> None:
+        """Wait until the writer thread has written all that was handed to it (both buffers
+        back), so that someone else may append to the image."""
+        bufs = [self.free.get() for _ in range(2)]
+        for buf in bufs:
+            self.free.put(buf)
+        if self.error is not None:
+            raise self.error
+
+    def dump(self, region: Region, counted: bool = False) -> None:
+        """counted: the region's size is in stats.mapped already."""
+        if not counted:
+            self.stats.mapped += region.count * PAGE_SIZE
         base = region.mapping.start + region.first * PAGE_SIZE
         done = 0
         while done < region.count:
@@ -222,7 +233,7 @@ class MemoryDumper:
             self.read_seconds += time.perf_counter() - t
             self._unpatch(buf, addr, got)
             t = time.perf_counter()
-            self.work.put((buf, self._chunks(buf, addr, got, region.dirty[done:done + got],
+            self.work.put((buf, self.chunks(buf, addr, got, region.dirty[done:done + got],
                                              region.mapping)))
             self.scan_seconds += time.perf_counter() - t
             if got < n:
@@ -300,7 +311,7 @@ class MemoryDumper:
             self.stats.read += PAGE_SIZE
         return npages
 
-    def _chunks(self, buf: _Buffer, addr: int, npages: int, dirty: bytes,
+    def chunks(self, buf: _Buffer, addr: int, npages: int, dirty: bytes,
                 m: Mapping) -> list[tuple]:
         """What to write of npages read at addr: (vaddr, bytes, flags), or
         (vaddr, None, (flags, size)) for zero pages that must be written as such."""

@@ -356,3 +356,23 @@ def error_of(session, command: str, timeout: float = 120) -> str:
 def read(path: str) -> str:
     with open(path) as f:
         return f.read()
+
+
+def pages(img) -> dict[int, bytes]:
+    """Every page of memory the image holds, by address (chunks are ordered and cut
+    differently when some memory is read while stopped and the rest later). The
+    threads' rseq areas are blanked: the kernel writes there the CPU a thread runs on
+    each time it returns to user space, as the parked snapshot did once."""
+    out = {}
+    for c in img.table:
+        if c.flags & fmt.ChunkFlags.FILE_DATA:
+            continue
+        data = img.read_chunk(c) if not c.flags & fmt.ChunkFlags.ZERO else bytes(c.size)
+        for i in range(0, c.size, 4096):
+            out[c.vaddr + i] = data[i:i + 4096]
+    for t in img.threads:
+        if t.rseq is not None:
+            page = t.rseq.addr & ~4095
+            at = t.rseq.addr - page
+            out[page] = out[page][:at] + bytes(t.rseq.size) + out[page][at + t.rseq.size:]
+    return out

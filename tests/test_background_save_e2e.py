@@ -13,6 +13,7 @@ from harness import (
     example,
     gdb_prefix,
     leaves_no_process,
+    pages,
     read,
     restore_and_finish,
     uninterrupted,
@@ -21,7 +22,6 @@ from harness import (
 
 from gdbckpt.engine.tree import children
 from gdbckpt.image import Image
-from gdbckpt.image import format as fmt
 from gdbckpt.mi import GDBINIT
 
 
@@ -37,26 +37,6 @@ def wait_saved(s, img: str, timeout: float = 60) -> str:
                 return seen
         time.sleep(0.05)
     raise AssertionError(f"no end of the background save: {''.join(s.gdb.printed)!r}")
-
-
-def pages(img: Image) -> dict[int, bytes]:
-    """Every page of memory the image holds, by address (chunks are ordered and cut
-    differently when some memory is read while stopped and the rest later). The
-    threads' rseq areas are blanked: the kernel writes there the CPU a thread runs on
-    each time it returns to user space, as the parked snapshot did once."""
-    out = {}
-    for c in img.table:
-        if c.flags & fmt.ChunkFlags.FILE_DATA:
-            continue
-        data = img.read_chunk(c) if not c.flags & fmt.ChunkFlags.ZERO else bytes(c.size)
-        for i in range(0, c.size, 4096):
-            out[c.vaddr + i] = data[i:i + 4096]
-    for t in img.threads:
-        if t.rseq is not None:
-            page = t.rseq.addr & ~4095
-            at = t.rseq.addr - page
-            out[page] = out[page][:at] + bytes(t.rseq.size) + out[page][at + t.rseq.size:]
-    return out
 
 
 def batch_gdb(*args: str) -> subprocess.CompletedProcess:

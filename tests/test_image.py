@@ -467,3 +467,42 @@ def test_a_shared_descriptor_must_name_a_process_restored_before(tmp_path):
                       root_fds=later)
     with pytest.raises(ImageError, match="fd 1 shares the descriptor of no process"):
         Image.open(path)
+
+
+# --- chunks written by someone else (engine/selfdump.py) ---------------------------
+
+def written_image(path, gap: int, at_delta: int = 0):
+    """An image whose second chunk was written into the file by someone else (a
+    snapshot), gap bytes after the first: a hole, as the save punches out zero pages."""
+    def records(w):
+        at = w.offset + gap + at_delta
+        os.pwrite(w.fd, PATTERN, at)
+        w.add_written_chunk(HEAP + 0x4000, len(PATTERN), at, fmt.checksum(PATTERN),
+                            fmt.ChunkFlags.DIRTY)
+        w.advance(gap + len(PATTERN))
+        w.trim = True
+        w.add_record(fmt.RecordType.PROCESS, PROCESS)
+        w.add_record(fmt.RecordType.THREAD, THREAD)
+        w.add_record(fmt.RecordType.VMAS, {"vmas": VMAS})
+        w.add_record(fmt.RecordType.FILES, {"files": FILES})
+    with ImageWriter(str(path)) as w:
+        w.add_chunk(HEAP, RANDOM, fmt.ChunkFlags.DIRTY)
+        records(w)
+        w.commit()
+    return str(path)
+
+
+def test_a_hole_between_chunks_is_no_corruption(tmp_path):
+    img = Image.open(written_image(tmp_path / "a.img", gap=3 * PAGE))
+    first, second = img.chunks
+    assert second.offset == first.offset + first.span + 3 * PAGE
+    assert img.read_chunk(second) == PATTERN
+    assert img.verify_chunks() == first.span + second.span
+
+
+@pytest.mark.parametrize("delta, words", [
+    (-PAGE, "not a page boundary at or after"),      # over the first chunk
+    (100, "not a page boundary")])
+def test_a_chunk_over_the_one_before_or_off_a_page_is_refused(tmp_path, delta, words):
+    with pytest.raises(ImageError, match=words):
+        Image.open(written_image(tmp_path / "a.img", gap=0, at_delta=delta))

@@ -49,6 +49,11 @@ def deferred_signals():
 ATTACH_TIMEOUT = 10
 
 
+class Call:
+    """An injected system call that Process.running started: its rax, once it is done."""
+    result: int = 0
+
+
 class Process:
     """A process whose threads are all stopped under our (or GDB's) ptrace."""
 
@@ -213,7 +218,10 @@ class Process:
         done = 0
         try:
             while done < len(view):
-                done += os.pwrite(self.mem_fd(), view[done:], addr + done)
+                n = os.pwrite(self.mem_fd(), view[done:], addr + done)
+                if n == 0:          # its memory is gone: it has ended
+                    raise OSError(errno.ESRCH, os.strerror(errno.ESRCH))
+                done += n
         except OSError as e:
             raise self.raise_as(
                 f"cannot write {len(view)} bytes at {addr:#x}: {e.strerror}") from None
@@ -244,7 +252,16 @@ class Process:
         and a signal its tracer passes on keeps its siginfo. No single-step,
         so no trap flag is left behind should the tracer die.
         """
+        with self.running(nr, *args, tid=tid) as call:
+            pass
+        return call.result
+
+    @contextlib.contextmanager
+    def running(self, nr: int, *args: int, tid: int | None = None):
+        """syscall(), with the block run while the thread runs the call (a long write, say):
+        yields a Call whose result is set once the block is done and the call too."""
         tid = tid or self.current
+        call = Call()
         with deferred_signals():
             if self._pt(ptrace.syscall_op, tid) == SyscallOp.ENTRY:
                 raise self.raise_as(f"thread {tid} is stopped at the entry of a system call "
@@ -257,7 +274,9 @@ class Process:
             regs.update(zip(SYSCALL_ARG_REGS, (*args, *[0] * (6 - len(args))), strict=True))
             if site is None:        # no vDSO: run to the exit stop of a call found in the code
                 regs["rip"] = self._find_syscall_insn()
-                return self._syscall_by_stops(tid, nr, regs, saved, siginfo, mask)
+                call.result = self._syscall_by_stops(tid, nr, regs, saved, siginfo, mask)
+                yield call
+                return
             regs["rip"] = site
             original = self.read(site, len(CALL_AND_TRAP))
             blocked = None
@@ -267,11 +286,14 @@ class Process:
                 blocked = self._pt(ptrace.get_sigmask, tid)
                 self.set_regs(regs, tid)
                 self._pt(ptrace.cont, tid, 0)
-                after = self._to_trap(tid, site + len(CALL_AND_TRAP), nr)
+                try:
+                    yield call
+                finally:
+                    after = self._to_trap(tid, site + len(CALL_AND_TRAP), nr)
+                call.result = ptrace.signed(after["rax"])
             finally:
                 self.write(site, original)
                 self._put_back(tid, saved, siginfo, mask, blocked)
-        return ptrace.signed(after["rax"])
 
     def _put_back(self, tid: int, regs: dict, siginfo: bytes | None, mask: int,
                   blocked: int | None = None) -> None:
@@ -318,7 +340,10 @@ class Process:
             vdso = next((m for m in self.maps() if m.kind == Kind.VDSO), None)
             if vdso is not None:
                 head = self.read(vdso.start, 16)
-                if head[:4] == b"\x7fELF" and head[9:9 + len(CALL_AND_TRAP)] == bytes(3):
+                # Padding; or our call and trap already, in a snapshot: its parent held
+                # them there as it forked.
+                if head[:4] == b"\x7fELF" and head[9:9 + len(CALL_AND_TRAP)] in (
+                        bytes(3), CALL_AND_TRAP):
                     self._site_at = vdso.start + 9
         return self._site_at or None
 

@@ -36,7 +36,7 @@ from ..image.model import (
     Vma,
 )
 from ..image.writer import ImageWriter
-from ..linux import PAGE_SIZE, SIGSTOP, SIGTRAP, Prot, sysname
+from ..linux import PAGE_SIZE, SIGKILL, SIGSTOP, SIGTRAP, Prot, sysname
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
 from ..memory import READ_PIECE, MemoryDumper, has_memory, regions
 from ..procfs import (
@@ -48,6 +48,7 @@ from ..procfs import (
     rlimits,
     sigset,
 )
+from . import selfdump
 from . import tree as treemod
 from . import xstate as xstatemod
 from .front import Front
@@ -58,6 +59,7 @@ from .process import (
     end_snapshot,
     hold_snapshot,
     reap_snapshot,
+    wait_state,
 )
 from .state import StateReader, debuggers_own
 
@@ -167,7 +169,7 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
                 result.notes += [f"{who}: {n}" for n in one.notes]
                 result.lost += [f"{who}: {n}" for n in one.lost]
         result.members = members
-        result.image_size = os.path.getsize(result.path)
+        result.image_size = _image_size(result.path)
         result.seconds = time.perf_counter() - t0
         result.snapshot = 0 if root.reap else (root.child or 0)    # a zombie left
         return result
@@ -184,10 +186,21 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
     return None
 
 
-def _check_snapshot(child: int | None) -> None:
+def _image_size(path: str) -> int:
+    """The bytes the image takes: fewer than its length where it has holes."""
+    st = os.stat(path)
+    return min(st.st_size, st.st_blocks * 512)
+
+
+def _check_snapshot(child: int | None, failed: bool = False) -> None:
     """The snapshot still has its memory: then it had it for every read before (a
     memory does not come back), and they read what it held. It loses it only as it
-    ends, which we make it do after this: something else killed it."""
+    ends, which we make it do after this: something else killed it.
+
+    failed: a read or an injected call failed, perhaps as it was being killed; unless
+    it is still stopped for us (the failure is another), wait for its end a moment."""
+    if child and failed:
+        wait_state(child, child, "tXZ", timeout=2)
     if child and not has_memory(child):
         raise SaveError("the snapshot of the process ended while it was read (killed by "
                         "something else?)")
@@ -236,6 +249,7 @@ class _Saver:
         self.child: int | None = None   # the snapshot
         self.reap = True                # the process reaps it as the save ends
         self.parked = False             # let go of by the front end's tracer
+        self.killed = False             # by us, once all of it was written
 
     def read(self) -> _Saver:
         """Everything of the stopped process but its memory."""
@@ -303,11 +317,13 @@ class _Saver:
                 try:
                     self._read_later(dumper, w, child, later_maps, total, first, reserve)
                 except (SaveError, OSError):
-                    _check_snapshot(child)      # the reason, when it is that
+                    if not self.killed:
+                        _check_snapshot(child, failed=True)     # the reason, if it is that
                     raise
                 # Only we end it, after this: whatever ended it first may have cut short
                 # what was read (its pagemap, its pages) without an error.
-                _check_snapshot(child)
+                if not self.killed:
+                    _check_snapshot(child)
             finally:
                 self._end_memory(dumper, child)
             phases["memory"] = time.perf_counter() - t1
@@ -329,10 +345,43 @@ class _Saver:
             # when it is still freeing an old image's.
             w.reserve(more)
         progress = self.front.progress("save", more) if child else first
-        for region in later:
-            dumper.dump(region)
-            progress(dumper.stats.mapped)
+        if later:
+            self._dump_snapshot(child, dumper, w, later, progress)
         progress(dumper.stats.mapped, final=True)
+
+    def _dump_snapshot(self, child: int, dumper: MemoryDumper, w: ImageWriter, todo: list,
+                       progress) -> None:
+        """The snapshot's regions into the image: written by the snapshot itself where it
+        can (engine/selfdump.py; worth its set-up from a few MiB on, and not for a parked
+        snapshot, which has no tracer to make it), read by dumper otherwise."""
+        out = None
+        if not self.parked and w.compressor is None and _size(todo) >= SELF_DUMP_FROM and \
+                selfdump.used_for(self.inf.pid):
+            out = selfdump.SelfDump.start(Process(child, [child]), dumper, w)
+        ok = False
+        try:
+            for region in todo:
+                (out or dumper).dump(region)
+                progress(dumper.stats.mapped)
+            ok = True
+        finally:
+            if out is not None:
+                out.close(self._end_snapshot_early if ok else None)
+                self.phases["memory: written by the snapshot"] = out.write_seconds
+                self.phases["memory: zero pages and checksums (meanwhile)"] = out.scan_seconds
+                self.phases["memory: written by the process"] = \
+                    self.phases.get("memory: written by the process", 0) + out.write_seconds
+                self.phases["memory: zero pages and checksums of what it wrote"] = \
+                    self.phases.get("memory: zero pages and checksums of what it wrote", 0) + \
+                    out.scan_seconds
+
+    def _end_snapshot_early(self) -> None:
+        """All of the snapshot has been written: it is killed now, its end (tens of ms for
+        a large one) overlapping the last checks and the commit. Whatever ended it
+        first may have cut short the reads before: that is checked first."""
+        _check_snapshot(self.child)
+        os.kill(self.child, SIGKILL)
+        self.killed = True
 
     def _end_memory(self, dumper: MemoryDumper, child: int | None) -> None:
         try:
@@ -618,6 +667,9 @@ class _Saver:
                 self.notes.append(f"mapping {m.describe()} is made by the kernel and cannot be "
                                   "restored; it is left out")
         return info
+
+
+SELF_DUMP_FROM = 4 << 20
 
 
 def _split(maps: list[Mapping]) -> tuple[list[Mapping], list[Mapping]]:

@@ -106,6 +106,7 @@ class ImageWriter:
         self.flags = fmt.ImageFlags.NONE
         self.committed = False
         self.reserved = False
+        self.trim = False                  # the file may run past what commit() writes
         self.offset = fmt.HEADER_SIZE
         d, base = os.path.split(self.path)
         if os.path.isdir(self.path):
@@ -166,6 +167,17 @@ class ImageWriter:
         compress = not flags & fmt.ChunkFlags.FILE_DATA
         return self.put_chunk(vaddr, self.prepare_chunk(data, compress), flags)
 
+    def add_written_chunk(self, vaddr: int, size: int, offset: int, csum: int,
+                          flags: fmt.ChunkFlags) -> None:
+        """A chunk someone else wrote at offset in the chunk area (engine/selfdump.py),
+        with its checksum; whole pages, so no padding."""
+        self.chunks.append((vaddr, size, offset, size, int(flags), int(fmt.Codec.NONE), csum))
+
+    def advance(self, size: int) -> None:
+        """The chunk area grew by size bytes written by someone else: append after them."""
+        self.offset += size
+        self._seek(self.offset)
+
     def add_zero_chunk(self, vaddr: int, size: int, flags: fmt.ChunkFlags) -> None:
         """Pages that are all zero but must still be written (over a file mapping)."""
         self.chunks.append((vaddr, size, 0, 0, int(flags | fmt.ChunkFlags.ZERO), 0, 0))
@@ -192,7 +204,7 @@ class ImageWriter:
         self._write(trailer + fmt.checksum(trailer).to_bytes(8, "little"))
         self._pwrite(header, 0)
         try:
-            if self.reserved:
+            if self.reserved or self.trim:
                 os.ftruncate(self.fd, file_size)
             if self.sync:
                 os.fsync(self.fd)

@@ -1,0 +1,359 @@
+"""The snapshot writes its own memory into the image: one copy instead of two.
+
+Reading a copy-on-write snapshot's memory goes through /proc/PID/mem (page
+by page, 1.5-3.5 GB/s here; process_vm_readv would pin, and so copy, every
+page the fork shares), into our buffers, and writing the image copies it
+again into the page cache. Here the snapshot itself is handed the image's
+descriptor (SCM_RIGHTS over a socketpair it makes, whose other end we take
+with pidfd_getfd) and made to run pwritev over its own pages: the kernel
+copies them straight into the page cache, as DMTCP's forked checkpoint
+writes its own image. While it writes a batch, we find the zero pages of the
+batch before (punched out of the file: holes) and checksum its chunks, from
+a mapping of the image. A pwritev cut short (pages it cannot read: PROT_NONE,
+past a file's end) leaves the rest of that region to the reading dumper
+(memory.py), which can.
+
+Only a snapshot: were the process itself to write, the whole write would be
+an injected call, and a tracer dying in it (gdbckpt-batch killed) would
+leave the process to meet the call's trap untraced, and die of SIGTRAP.
+And only where nothing is lost by it (used_for): no compression (the pages
+are stored as they are), no file-size limit (a write past it would fail),
+a memory cgroup without limits or our own (the page cache it writes is
+charged there). The snapshot's descriptor table is first made its own and
+empty, so it holds none of the process's files; and a snapshot of another
+owner's process is made undumpable, so that no process of that owner can
+take the image's descriptor out of it (pidfd_getfd) and write the image.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import socket
+import struct
+import time
+
+from .. import native
+from ..errors import CkptError, SaveError
+from ..image import format as fmt
+from ..image.writer import ImageWriter
+from ..libc import libc
+from ..linux import PAGE_SHIFT, PAGE_SIZE, Prot, Sys, is_syscall_error
+from ..maps import Kind
+from ..memory import READ_PIECE, MemoryDumper, Region
+from .process import Process
+
+BATCH_BYTES = 16 << 20       # one pwritev (the scan of the one before runs meanwhile)
+BATCH_IOVS = 512
+SCRATCH = 16 << 10           # the iovecs, the socketpair's fds, recvmsg's msghdr
+IOVEC = struct.Struct("<QQ")
+MSGHDR = struct.Struct("<QI4xQQQQi4x")   # name, namelen, iov, iovlen, control, controllen, flags
+CMSG_FD = struct.Struct("<QiiI")        # cmsg_len, level, type, one fd
+AF_UNIX, SOCK_DGRAM, SOCK_CLOEXEC = 1, 2, 0o2000000
+SOL_SOCKET, SCM_RIGHTS, MSG_CMSG_CLOEXEC = 1, 1, 0x40000000
+CLOSE_RANGE_UNSHARE = 2
+PR_SET_DUMPABLE = 4
+PROT_RW, MAP_PRIVATE_ANON = 3, 0x22
+FALLOC_PUNCH_HOLE = 0x01 | 0x02          # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+MADV_POPULATE_READ = 22
+Sys_socketpair, Sys_recvmsg, Sys_pwritev = 53, 47, 296
+
+
+def used_for(pid: int) -> bool:
+    """Whether process pid's snapshot may write the image itself (module docstring)."""
+    return _no_file_size_limit(pid) and _memory_unlimited(pid)
+
+
+def _owner(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    uids = {int(u) for u in line.split()[1:]}
+                    return uids.pop() if len(uids) == 1 else -1
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def _no_file_size_limit(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max file size"):
+                    return line.split()[3] == "unlimited"
+    except (OSError, IndexError):
+        pass
+    return False
+
+
+def _memory_unlimited(pid: int) -> bool:
+    """The process's memory cgroup is ours, or neither it nor any above it has a limit."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            theirs = f.read()
+        with open("/proc/self/cgroup") as f:
+            if f.read() == theirs:
+                return True
+    except OSError:
+        return False
+    line = next((x for x in theirs.splitlines() if x.startswith("0::")), None)
+    if line is None:
+        return False            # cgroup v1: not looked into
+    path = line[3:].strip()
+    while path not in ("", "/"):
+        for name in ("memory.max", "memory.high"):
+            try:
+                with open(f"/sys/fs/cgroup{path}/{name}") as f:
+                    if f.read().strip() != "max":
+                        return False
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return False
+        path = os.path.dirname(path)
+    return True
+
+
+class SelfDump:
+    """Regions written by the process itself; what it cannot write, by the reader.
+
+    Batches are pipelined: while the process writes one, the one before is scanned."""
+
+    def __init__(self, proc: Process, reader: MemoryDumper, w: ImageWriter, scratch: int,
+                 fd: int):
+        self.proc, self.reader, self.w = proc, reader, w
+        self.scratch, self.fd = scratch, fd
+        self.stats = reader.stats
+        self.scan_fd = os.open(w.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        self.pending: list[tuple[Region, int, int]] = []    # (region, first page, pages)
+        self.pending_bytes = 0
+        self.unscanned: tuple[list, int] | None = None      # written whole: (batch, at)
+        self.write_seconds = 0.0
+        self.scan_seconds = 0.0
+
+    @classmethod
+    def start(cls, snapshot: Process, reader: MemoryDumper, w: ImageWriter) -> SelfDump | None:
+        """Hand the stopped snapshot the image's descriptor; None where that cannot be
+        done (the reader then reads everything). It is killed at the end, and what it
+        was lent with it."""
+        try:
+            # Its own memory for the calls' arguments: none of what is saved.
+            scratch = snapshot.syscall_ok(Sys.mmap, 0, SCRATCH, PROT_RW, MAP_PRIVATE_ANON,
+                                          -1, 0, what="mmap")
+            # A table of its own, empty: the process's files get no reference from it
+            # (CLOSE_RANGE_UNSHARE copies none of the fds it closes).
+            snapshot.syscall_ok(Sys.close_range, 0, 0xFFFFFFFF, CLOSE_RANGE_UNSHARE,
+                                what="close_range")
+            if _owner(snapshot.pid) != os.geteuid():
+                snapshot.syscall_ok(Sys.prctl, PR_SET_DUMPABLE, 0, what="prctl")
+            fd = _hand_over(snapshot, scratch, w.fd)
+        except (CkptError, OSError):
+            return None
+        # The chunks it writes go where the reader's writer thread would append.
+        reader.drain()
+        w.trim = True
+        return cls(snapshot, reader, w, scratch, fd)
+
+    def dump(self, region: Region) -> None:
+        self.stats.mapped += region.count * PAGE_SIZE
+        if not region.mapping.prot & Prot.READ or region.mapping.kind == Kind.VDSO:
+            # Unreadable to it; or where its injected calls' trap is written.
+            self._submit()
+            self._scan_written()
+            self.reader.dump(region, counted=True)
+            self.reader.drain()
+            return
+        done = 0
+        while done < region.count:
+            # A piece of at most READ_PIECE: each run of non-zero pages in it becomes a
+            # chunk, of the size the reader makes.
+            n = min(region.count - done, READ_PIECE >> PAGE_SHIFT,
+                    (BATCH_BYTES - self.pending_bytes) >> PAGE_SHIFT)
+            self.pending.append((region, done, n))
+            self.pending_bytes += n * PAGE_SIZE
+            done += n
+            if self.pending_bytes >= BATCH_BYTES or len(self.pending) >= BATCH_IOVS:
+                self._submit()
+
+    def close(self, written=None) -> None:
+        """Write what is pending, call written() (the snapshot is no longer needed: it may
+        be killed), then scan the last batch."""
+        try:
+            self._submit()
+            if written is not None:
+                written()
+            self._scan_written()
+        finally:
+            os.close(self.scan_fd)
+
+    def _submit(self) -> None:
+        """The pending batch written by the process at the end of the chunk area, while the
+        batch before is scanned. A write cut short: the region it stopped in is read by
+        the reader from there, and the rest of the batch written again."""
+        batch, self.pending, self.pending_bytes = self.pending, [], 0
+        while batch:
+            at, want = self.w.offset, sum(n for _, _, n in batch) * PAGE_SIZE
+            iovs = b"".join(IOVEC.pack(r.mapping.start + (r.first + first) * PAGE_SIZE,
+                                       n * PAGE_SIZE) for r, first, n in batch)
+            self.proc.write(self.scratch, iovs)
+            t = time.perf_counter()
+            with self.proc.running(Sys_pwritev, self.fd, self.scratch, len(batch), at,
+                                   0) as call:
+                self._scan_written()
+            self.write_seconds += time.perf_counter() - t
+            written = 0 if is_syscall_error(call.result) else call.result
+            pages = written >> PAGE_SHIFT
+            self.w.advance(pages * PAGE_SIZE)
+            self.stats.read += pages * PAGE_SIZE
+            if written == want:
+                self.unscanned = (batch, at)
+                return
+            self._scan(batch, at, pages)
+            batch = self._read_rest(batch, pages)
+
+    def _scan_written(self) -> None:
+        if self.unscanned is not None:
+            batch, at = self.unscanned
+            self.unscanned = None
+            self._scan(batch, at, sum(n for _, _, n in batch))
+
+    def _read_rest(self, batch: list, pages: int) -> list:
+        """The region a write stopped in, read from there; returns the batch's others."""
+        for i, (r, first, n) in enumerate(batch):
+            if pages >= n:
+                pages -= n
+                continue
+            self.reader.dump(Region(r.mapping, r.first + first + pages, n - pages,
+                                    r.dirty[first + pages:first + n]), counted=True)
+            self.reader.drain()
+            return batch[i + 1:]
+        return []
+
+    def _scan(self, batch: list, at: int, pages: int) -> None:
+        """Chunks for the first pages of the batch, written at at: zero pages found,
+        checksums taken, from a mapping of the image."""
+        if not pages:
+            return
+        t = time.perf_counter()
+        self._patch(batch, at, pages)
+        window = mmap.mmap(self.scan_fd, pages * PAGE_SIZE, mmap.MAP_PRIVATE,
+                           mmap.PROT_READ | mmap.PROT_WRITE, offset=at)
+        try:
+            _populate(window)
+            self._chunks(batch, window, at, pages)
+        finally:
+            window.close()
+        self.scan_seconds += time.perf_counter() - t
+
+    def _patch(self, batch, at: int, pages: int) -> None:
+        """Breakpoints GDB keeps inserted: their original bytes over what was written."""
+        if not self.reader.patches:
+            return
+        off = at
+        for r, first, n in batch:
+            n = min(n, pages)
+            start = r.mapping.start + (r.first + first) * PAGE_SIZE
+            for addr, original in self.reader.patches:
+                if start <= addr and addr + len(original) <= start + n * PAGE_SIZE:
+                    os.pwrite(self.w.fd, original, off + addr - start)
+            off += n * PAGE_SIZE
+            pages -= n
+            if not pages:
+                return
+
+    def _chunks(self, batch, window: mmap.mmap, at: int, pages: int) -> None:
+        base = native.buffer_address(window)
+        view = memoryview(window)
+        off = 0
+        try:
+            for r, first, n in batch:
+                n = min(n, pages - (off >> PAGE_SHIFT))
+                if n <= 0:
+                    return
+                self._chunks_of(r, first, n, view[off:off + n * PAGE_SIZE], base + off, at + off)
+                off += n * PAGE_SIZE
+        finally:
+            view.release()
+
+    def _chunks_of(self, r: Region, first: int, n: int, view: memoryview, addr: int,
+                   file_at: int) -> None:
+        start = r.mapping.start + (r.first + first) * PAGE_SIZE
+        chunks = self.reader.chunks(_Window(view, addr), start, n,
+                                    r.dirty[first:first + n], r.mapping)
+        kept = []
+        for vaddr, data, flags in chunks:
+            if data is None:
+                self.w.add_zero_chunk(vaddr, flags[1], flags[0])
+                continue
+            off = file_at + vaddr - start
+            self.w.add_written_chunk(vaddr, len(data), off, fmt.checksum(data), flags)
+            kept.append((off, off + len(data)))
+            data.release()
+        self._punch(file_at, file_at + n * PAGE_SIZE, kept)
+
+    def _punch(self, start: int, end: int, kept: list[tuple[int, int]]) -> None:
+        """Free the zero pages written between the chunks kept: the image holds none."""
+        gaps = zip([start] + [e for _, e in kept], [s for s, _ in kept] + [end], strict=True)
+        for lo, hi in gaps:
+            if hi > lo:
+                libc().fallocate(self.w.fd, FALLOC_PUNCH_HOLE, ctypes.c_long(lo),
+                                 ctypes.c_long(hi - lo))
+
+
+class _Window:
+    """A part of the image's mapping, as MemoryDumper.chunks takes a read buffer."""
+
+    def __init__(self, view: memoryview, addr: int):
+        self.mem = self.view = view
+        self.addr = addr
+
+
+def _populate(window: mmap.mmap) -> None:
+    """Map the page cache's pages at once rather than fault by fault (a kernel without
+    MADV_POPULATE_READ faults them in as the scan goes)."""
+    try:
+        window.madvise(MADV_POPULATE_READ)
+    except OSError:
+        pass
+
+
+def _hand_over(proc: Process, scratch: int, fd: int) -> int:
+    """Our fd, as a descriptor of proc's (close-on-exec): its number there."""
+    proc.syscall_ok(Sys_socketpair, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, scratch,
+                    what="socketpair")
+    theirs, other = struct.unpack("<ii", proc.read(scratch, 8))
+    try:
+        ours = _take(proc.pid, other)
+        _quietly(proc, Sys.close, other)
+        with socket.socket(fileno=ours) as s:
+            socket.send_fds(s, [b"\0"], [fd])
+        byte, cmsg, iov, msg = scratch + 64, scratch + 128, scratch + 256, scratch + 512
+        proc.write(iov, IOVEC.pack(byte, 1))
+        proc.write(msg, MSGHDR.pack(0, 0, iov, 1, cmsg, CMSG_FD.size + 4, 0))
+        proc.syscall_ok(Sys_recvmsg, theirs, msg, MSG_CMSG_CLOEXEC, what="recvmsg")
+        length, level, kind, got = CMSG_FD.unpack(proc.read(cmsg, CMSG_FD.size))
+        if (level, kind) != (SOL_SOCKET, SCM_RIGHTS) or length < 20:
+            raise SaveError("recvmsg: no descriptor came")
+        return got
+    finally:
+        _quietly(proc, Sys.close, theirs)
+
+
+def _take(pid: int, fd: int) -> int:
+    pidfd = os.pidfd_open(pid)
+    try:
+        ours = libc().syscall(Sys.pidfd_getfd, pidfd, fd, 0)
+        if ours < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd")
+        return ours
+    finally:
+        os.close(pidfd)
+
+
+def _quietly(proc: Process, nr: int, *args: int) -> None:
+    try:
+        proc.syscall(nr, *args)
+    except CkptError:
+        pass

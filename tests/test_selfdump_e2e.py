@@ -1,0 +1,50 @@
+"""A running save's snapshot writes its own memory into the image (engine/selfdump.py):
+the image holds what a save of the stopped process reads, page for page, with holes
+where the zero pages were, and what the snapshot cannot read (a guard page, memory
+behind PROT_NONE) is read as before."""
+
+import json
+import os
+import subprocess
+
+from harness import batch, example, pages, uninterrupted, wait_gone
+
+from gdbckpt.image import Image
+
+
+def test_the_snapshot_writes_what_a_stopped_save_reads_and_it_restores(tmp_path):
+    data, go, after = tmp_path / "data", tmp_path / "go", str(tmp_path / "after")
+    go.write_text("go\n")
+    argv = [example("holes"), str(data), "4", "10"]
+    want = uninterrupted(argv, stdin=str(go))
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        # Waiting for its line: both saves see the same instant.
+        assert p.stdout.readline() == "ready\n"
+        assert p.stdout.readline() == "guard on\n"       # Linux 6.13 and later
+        saved = {}
+        for name, opts in (("snap", ()), ("stopped", ("--no-snapshot",))):
+            img = str(tmp_path / f"{name}.img")
+            r = batch(str(p.pid), "-o", img, "--no-sync", "--json", *opts, check=0)
+            saved[name] = (img, json.loads(r.stdout.splitlines()[-1]))
+    finally:
+        p.kill()
+        p.wait()
+    snap, stopped = (Image.open(saved[n][0]) for n in ("snap", "stopped"))
+    assert pages(snap) == pages(stopped)
+    for name in saved:      # the guard page, unreadable to the reader too
+        assert any("1 pages could not be read" in n for n in saved[name][1]["notes"]), name
+    # Written by the snapshot: holes where its zero pages were, in the table and on disk.
+    assert _gaps(snap) and not _gaps(stopped)
+    st = os.stat(saved["snap"][0])
+    assert st.st_blocks * 512 < st.st_size - 256 * 4096
+    batch("verify", saved["snap"][0], check=0)
+    r = batch("restore", saved["snap"][0], "--stdin", str(go), "--stdout", after, check=0)
+    wait_gone(int(r.stdout.split("as process ")[1].split()[0]))
+    assert "ready\nguard on\n" + open(after).read() == want
+
+
+def _gaps(img: Image) -> int:
+    """How many chunks start past the end of the one before."""
+    stored = [c for c in img.chunks if c.stored]
+    return sum(b.offset > a.offset + a.span for a, b in zip(stored, stored[1:], strict=False))
