@@ -36,6 +36,7 @@ from ..linux import Prctl, PrSetMM, Sys, is_syscall_error, sysname
 from ..maps import Kind
 from ..procfs import Proc, rlimits
 from ..stubabi import STUB_OP, StubOp, StubOpFlags
+from . import fill as fillmod
 from . import xstate as xstatemod
 from .front import Front
 from .process import Process
@@ -522,6 +523,8 @@ class _Executor:
             if step.python:
                 self._flush()
                 self._python_step(i, step)
+            elif type(step) is planmod.Fill and fillmod.worth_sharing(step.runs):
+                self._shared_fill(i, step)
             else:
                 self.batch.extend((i, op) for op in planmod.encode(step, self.stub.scratch))
             if isinstance(step, planmod.CloneThread) and not self._clone_next(i):
@@ -532,6 +535,26 @@ class _Executor:
                 phases["memory"] = time.perf_counter() - t0
         self._flush()
         return self.warnings
+
+    def _shared_fill(self, i: int, step: planmod.Fill) -> None:
+        """A large fill, half read by the stub while a thread of ours copies the other
+        half (engine/fill.py); what that thread could not copy, the stub reads after."""
+        theirs, ours = fillmod.halves(step.runs)
+        self._flush()           # the mapping it fills exists from here
+        copier = fillmod.Copier(self.img.fd, self.img.file_size, self.stub.pid, ours)
+        copier.start()
+        try:
+            self._add(i, msgspec.structs.replace(step, runs=theirs))
+            self._flush()
+        finally:
+            copier.join()
+        if copier.error is not None:
+            raise copier.error
+        if copier.left:
+            self._add(i, msgspec.structs.replace(step, runs=copier.left))
+
+    def _add(self, i: int, step: planmod.Step) -> None:
+        self.batch.extend((i, op) for op in planmod.encode(step, self.stub.scratch))
 
     def _clone_next(self, i: int) -> bool:
         return i + 1 < len(self.plan.steps) and \
