@@ -59,6 +59,9 @@ def regions(pid: int, m: Mapping, file_size: int | None) -> list[Region]:
         return [Region(m, s, n, b"\1" * n) for s, n in shmem_runs(pid, m)]
     if m.kind == Kind.ANON and m.resident == 0:
         return []       # nothing present or swapped: no need to walk a large reservation
+    if m.kind == Kind.ANON and m.resident == m.size:
+        # Every page present or swapped (smaps): no pagemap to read (~10 ms per GiB).
+        return [Region(m, 0, npages, b"\1" * npages)]
     flags = read_pagemap(pid, m.start, m.end)
     if m.kind == Kind.ANON:
         present = flags.translate(PRESENT_TABLE)

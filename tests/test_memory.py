@@ -140,3 +140,26 @@ def test_pages_past_the_end_of_a_file_are_skipped(tmp_path):
     assert stats.read == 2 * PAGE_SIZE
     libc.munmap(ctypes.c_void_p(addr), NPAGES * PAGE_SIZE)
     buf.close()
+
+
+def test_an_anonymous_mapping_all_in_memory_is_one_region_as_its_pagemap_says():
+    """smaps says every page is present (Rss + Swap = size): one region, without reading
+    the pagemap; the pagemap (the oracle) gives the same pages."""
+    import msgspec
+    buf = mmap.mmap(-1, NPAGES * PAGE_SIZE, mmap.MAP_PRIVATE)
+    buf.madvise(mmap.MADV_NOHUGEPAGE)
+    for i in range(NPAGES):
+        buf[i * PAGE_SIZE] = 1
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    m = next(m for m in read_mappings(os.getpid(), vmflags=True) if m.start <= addr < m.end)
+    assert m.kind == Kind.ANON and m.resident is not None
+    whole = msgspec.structs.replace(m, resident=m.size)
+    shortcut = regions(os.getpid(), whole, None)
+    assert pages(shortcut) == [(0, m.size // PAGE_SIZE)]
+    if m.resident == m.size:        # merged with a neighbour that is all in memory too
+        assert pages(regions(os.getpid(), msgspec.structs.replace(m, resident=None), None)) \
+            == pages(shortcut)
+    first = (addr - m.start) // PAGE_SIZE
+    by_pagemap = regions(os.getpid(), msgspec.structs.replace(m, resident=None), None)
+    read = {r.first + i - first for r in by_pagemap for i in range(r.count)}
+    assert read & set(range(NPAGES)) == set(range(NPAGES))
