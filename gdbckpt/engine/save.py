@@ -369,11 +369,6 @@ class _Saver:
                 out.close(self._end_snapshot_early if ok else None)
                 self.phases["memory: written by the snapshot"] = out.write_seconds
                 self.phases["memory: zero pages and checksums (meanwhile)"] = out.scan_seconds
-                self.phases["memory: written by the process"] = \
-                    self.phases.get("memory: written by the process", 0) + out.write_seconds
-                self.phases["memory: zero pages and checksums of what it wrote"] = \
-                    self.phases.get("memory: zero pages and checksums of what it wrote", 0) + \
-                    out.scan_seconds
 
     def _end_snapshot_early(self) -> None:
         """All of the snapshot has been written: it is killed now, its end (tens of ms for
