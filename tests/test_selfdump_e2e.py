@@ -6,16 +6,23 @@ behind PROT_NONE) is read as before."""
 import json
 import os
 import subprocess
+from pathlib import Path
 
-from harness import batch, example, pages, uninterrupted, wait_gone
+import pytest
+from harness import NOBODY, batch, example, pages, uninterrupted, wait_gone
 
 from gdbckpt.image import Image
 
 
-def test_the_snapshot_writes_what_a_stopped_save_reads_and_it_restores(tmp_path):
-    data, go, after = tmp_path / "data", tmp_path / "go", str(tmp_path / "after")
+@pytest.mark.parametrize("owner", ["root", "nobody"])
+def test_the_snapshot_writes_what_a_stopped_save_reads_and_it_restores(tmp_path, shared_dir,
+                                                                        owner):
+    """Root saves its own process, or nobody's (whose snapshot is made undumpable before
+    it holds root's image: nobody may not take the descriptor out of it)."""
+    work, prefix = (tmp_path, ()) if owner == "root" else (Path(shared_dir), NOBODY)
+    data, go, after = work / "data", work / "go", str(work / "after")
     go.write_text("go\n")
-    argv = [example("holes"), str(data), "4", "10"]
+    argv = [*prefix, example("holes"), str(data), "4", "10"]
     want = uninterrupted(argv, stdin=str(go))
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -24,7 +31,7 @@ def test_the_snapshot_writes_what_a_stopped_save_reads_and_it_restores(tmp_path)
         assert p.stdout.readline() == "guard on\n"       # Linux 6.13 and later
         saved = {}
         for name, opts in (("snap", ()), ("stopped", ("--no-snapshot",))):
-            img = str(tmp_path / f"{name}.img")
+            img = str(work / f"{name}.img")
             r = batch(str(p.pid), "-o", img, "--no-sync", "--json", *opts, check=0)
             saved[name] = (img, json.loads(r.stdout.splitlines()[-1]))
     finally:
