@@ -3,13 +3,14 @@ the image holds what a save of the stopped process reads, page for page, with ho
 where the zero pages were, and what the snapshot cannot read (a guard page, memory
 behind PROT_NONE) is read as before."""
 
+import errno
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from harness import NOBODY, batch, example, pages, uninterrupted, wait_gone
+from harness import NOBODY, SYSTEM_PYTHON, batch, example, pages, uninterrupted, wait_gone
 
 from gdbckpt.image import Image
 
@@ -55,3 +56,67 @@ def _gaps(img: Image) -> int:
     """How many chunks start past the end of the one before."""
     stored = [c for c in img.chunks if c.stored]
     return sum(b.offset > a.offset + a.span for a, b in zip(stored, stored[1:], strict=False))
+
+
+TAKE_FD = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
+           "fd = libc.syscall(438, os.pidfd_open(int(sys.argv[1])), int(sys.argv[2]), 0); "
+           "print(fd, ctypes.get_errno())")
+
+
+def test_nobody_cannot_take_roots_image_descriptor_out_of_the_snapshot(tmp_path):
+    """Root saves nobody's process: the snapshot holding root's image is undumpable, so
+    nobody's pidfd_getfd on it fails (root's, the control, does not)."""
+    from gdbckpt.engine import selfdump
+    from gdbckpt.engine.process import Process, drop_snapshot, reap_snapshot_in
+    from gdbckpt.image.writer import ImageWriter
+    from gdbckpt.memory import MemoryDumper
+    p = subprocess.Popen([*NOBODY, example("sleeper"), "60"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "sleeping"
+        assert selfdump.used_for(p.pid)
+        proc = Process.seize(p.pid)
+        try:
+            child = proc.snapshot()
+            w = ImageWriter(str(tmp_path / "i.img"))
+            reader = MemoryDumper(child, w)
+            out = selfdump.SelfDump.start(Process(child, [child]), reader, w)
+            try:
+                assert out is not None
+                take = [SYSTEM_PYTHON, "-c", TAKE_FD, str(child), str(out.fd)]
+                as_nobody = subprocess.run([*NOBODY, *take], capture_output=True, text=True)
+                assert as_nobody.stdout.split() == ["-1", str(errno.EPERM)], as_nobody
+                as_root = subprocess.run(take, capture_output=True, text=True)
+                assert int(as_root.stdout.split()[0]) >= 0, as_root
+            finally:
+                if out is not None:
+                    out.close(None)
+                reader.close()
+                w.abort()
+                drop_snapshot(child)
+                reap_snapshot_in(proc, child)
+        finally:
+            proc.release()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_another_users_process_in_a_user_namespace_of_its_own_is_read_instead(shared_dir):
+    """There its owner has CAP_SYS_PTRACE over the snapshot, undumpable or not: the image's
+    descriptor is not handed to it, and its memory (its zero pages too) is read: an image
+    without holes."""
+    from gdbckpt.engine import selfdump
+    p = subprocess.Popen([*NOBODY, "unshare", "-Ur", example("holes"),
+                          os.path.join(shared_dir, "data")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        assert not selfdump.used_for(p.pid)
+        img = os.path.join(shared_dir, "ns.img")
+        batch(str(p.pid), "-o", img, "--no-sync", check=0)
+    finally:
+        p.kill()
+        p.wait()
+    assert not _gaps(Image.open(img))
+    batch("verify", img, check=0)

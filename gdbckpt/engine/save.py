@@ -318,7 +318,8 @@ class _Saver:
                     self._read_later(dumper, w, child, later_maps, total, first, reserve)
                 except (SaveError, OSError):
                     if not self.killed:
-                        _check_snapshot(child, failed=True)     # the reason, if it is that
+                        # The reason, if it is that (a parked one never stops for us).
+                        _check_snapshot(child, failed=not self.parked)
                     raise
                 # Only we end it, after this: whatever ended it first may have cut short
                 # what was read (its pagemap, its pages) without an error.

@@ -8,10 +8,12 @@ descriptor (SCM_RIGHTS over a socketpair it makes, whose other end we take
 with pidfd_getfd) and made to run pwritev over its own pages: the kernel
 copies them straight into the page cache, as DMTCP's forked checkpoint
 writes its own image. While it writes a batch, we find the zero pages of the
-batch before (punched out of the file: holes) and checksum its chunks, from
-a mapping of the image. A pwritev cut short (pages it cannot read: PROT_NONE,
-past a file's end) leaves the rest of that region to the reading dumper
-(memory.py), which can.
+batch before and checksum its chunks, from a mapping of the image; the zero
+pages are then punched out of the file (holes). A pwritev cut short (a page
+it cannot read: a guard page, past a file's end) leaves the rest of that
+4 MiB piece to the reading dumper (memory.py), which can read PROT_NONE
+memory and counts what nobody can read; the batch's later pieces are
+written again.
 
 Only a snapshot: were the process itself to write, the whole write would be
 an injected call, and a tracer dying in it (gdbckpt-batch killed) would
@@ -22,7 +24,8 @@ a memory cgroup without limits or our own (the page cache it writes is
 charged there). The snapshot's descriptor table is first made its own and
 empty, so it holds none of the process's files; and a snapshot of another
 owner's process is made undumpable, so that no process of that owner can
-take the image's descriptor out of it (pidfd_getfd) and write the image.
+take the image's descriptor out of it (pidfd_getfd) and write the image:
+which holds only in our own user namespace (used_for).
 """
 
 from __future__ import annotations
@@ -61,7 +64,19 @@ Sys_socketpair, Sys_recvmsg, Sys_pwritev = 53, 47, 296
 
 def used_for(pid: int) -> bool:
     """Whether process pid's snapshot may write the image itself (module docstring)."""
+    if _owner(pid) != os.geteuid() and not _same_user_namespace(pid):
+        # Undumpable keeps out only those without CAP_SYS_PTRACE in the namespace its
+        # memory belongs to: in a namespace of its owner's (a rootless container), the
+        # owner has it, and could take our descriptor out of the snapshot.
+        return False
     return _no_file_size_limit(pid) and _memory_unlimited(pid)
+
+
+def _same_user_namespace(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        return False
 
 
 def _owner(pid: int) -> int:
@@ -129,6 +144,7 @@ class SelfDump:
         self.pending: list[tuple[Region, int, int]] = []    # (region, first page, pages)
         self.pending_bytes = 0
         self.unscanned: tuple[list, int] | None = None      # written whole: (batch, at)
+        self.holes: list[tuple[int, int]] = []              # to punch: (start, end)
         self.write_seconds = 0.0
         self.scan_seconds = 0.0
 
@@ -149,6 +165,7 @@ class SelfDump:
                 snapshot.syscall_ok(Sys.prctl, PR_SET_DUMPABLE, 0, what="prctl")
             fd = _hand_over(snapshot, scratch, w.fd)
         except (CkptError, OSError):
+            snapshot.close()
             return None
         # The chunks it writes go where the reader's writer thread would append.
         reader.drain()
@@ -158,7 +175,8 @@ class SelfDump:
     def dump(self, region: Region) -> None:
         self.stats.mapped += region.count * PAGE_SIZE
         if not region.mapping.prot & Prot.READ or region.mapping.kind == Kind.VDSO:
-            # Unreadable to it; or where its injected calls' trap is written.
+            # Unreadable to it; or where its injected calls' trap is written (the vDSO
+            # is read while the process is stopped: this only keeps it so).
             self._submit()
             self._scan_written()
             self.reader.dump(region, counted=True)
@@ -178,14 +196,17 @@ class SelfDump:
 
     def close(self, written=None) -> None:
         """Write what is pending, call written() (the snapshot is no longer needed: it may
-        be killed), then scan the last batch."""
+        be killed), then scan the last batch. written None: the save has failed, and
+        only what was opened is closed."""
         try:
-            self._submit()
             if written is not None:
+                self._submit()
                 written()
-            self._scan_written()
+                self._scan_written()
+                self._punch()
         finally:
             os.close(self.scan_fd)
+            self.proc.close()
 
     def _submit(self) -> None:
         """The pending batch written by the process at the end of the chunk area, while the
@@ -202,6 +223,8 @@ class SelfDump:
                                    0) as call:
                 self._scan_written()
             self.write_seconds += time.perf_counter() - t
+            # Not meanwhile: a hole punched takes the file's lock, which the write holds.
+            self._punch()
             written = 0 if is_syscall_error(call.result) else call.result
             pages = written >> PAGE_SHIFT
             self.w.advance(pages * PAGE_SIZE)
@@ -290,15 +313,17 @@ class SelfDump:
             self.w.add_written_chunk(vaddr, len(data), off, fmt.checksum(data), flags)
             kept.append((off, off + len(data)))
             data.release()
-        self._punch(file_at, file_at + n * PAGE_SIZE, kept)
+        ends = [file_at] + [e for _, e in kept]
+        starts = [s for s, _ in kept] + [file_at + n * PAGE_SIZE]
+        self.holes += [(lo, hi) for lo, hi in zip(ends, starts, strict=True) if hi > lo]
 
-    def _punch(self, start: int, end: int, kept: list[tuple[int, int]]) -> None:
-        """Free the zero pages written between the chunks kept: the image holds none."""
-        gaps = zip([start] + [e for _, e in kept], [s for s, _ in kept] + [end], strict=True)
-        for lo, hi in gaps:
-            if hi > lo:
-                libc().fallocate(self.w.fd, FALLOC_PUNCH_HOLE, ctypes.c_long(lo),
-                                 ctypes.c_long(hi - lo))
+    def _punch(self) -> None:
+        """Free the zero pages written between the chunks kept: the image holds none of
+        them (where the filesystem cannot punch holes, they stay, unreferenced)."""
+        for lo, hi in self.holes:
+            libc().fallocate(self.w.fd, FALLOC_PUNCH_HOLE, ctypes.c_long(lo),
+                             ctypes.c_long(hi - lo))
+        self.holes = []
 
 
 class _Window:
