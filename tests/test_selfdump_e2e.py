@@ -120,3 +120,44 @@ def test_another_users_process_in_a_user_namespace_of_its_own_is_read_instead(sh
         p.wait()
     assert not _gaps(Image.open(img))
     batch("verify", img, check=0)
+
+
+def test_a_snapshot_whose_writes_are_refused_has_its_memory_read_instead(tmp_path):
+    """pwritev refused outright, not cut short (here a file-size limit put on the snapshot
+    once it holds the image; an LSM could do the same): the reader reads all the rest,
+    and the image holds what a stopped save reads."""
+    import resource
+
+    from gdbckpt.engine import save as engine_save
+    from gdbckpt.engine.front import Front
+    from gdbckpt.engine.process import Process
+    limited = []
+
+    class LimitsTheSnapshot(Front):
+        def progress(self, phase, total):
+            def advance(done, final=False):
+                with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                    for child in f.read().split():
+                        if int(child) not in limited:
+                            resource.prlimit(int(child), resource.RLIMIT_FSIZE, (4096, 4096))
+                            limited.append(int(child))
+            return advance
+    p = subprocess.Popen([example("holes"), str(tmp_path / "data")], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        images = [str(tmp_path / "refused.img"), str(tmp_path / "stopped.img")]
+        proc = Process.seize(p.pid)
+        try:
+            engine_save.save(proc, images[0], front=LimitsTheSnapshot(),
+                             resume=lambda: proc.release())
+        finally:
+            proc.release()
+        batch(str(p.pid), "-o", images[1], "--no-sync", "--no-snapshot", check=0)
+    finally:
+        p.kill()
+        p.wait()
+    assert limited
+    refused, stopped = (Image.open(i) for i in images)
+    assert not _gaps(refused)
+    assert pages(refused) == pages(stopped)

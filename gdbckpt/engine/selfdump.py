@@ -31,6 +31,7 @@ which holds only in our own user namespace (used_for).
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import struct
@@ -145,6 +146,7 @@ class SelfDump:
         self.pending_bytes = 0
         self.unscanned: tuple[list, int] | None = None      # written whole: (batch, at)
         self.holes: list[tuple[int, int]] = []              # to punch: (start, end)
+        self.refused = False            # a write failed outright: the reader does it all
         self.write_seconds = 0.0
         self.scan_seconds = 0.0
 
@@ -174,7 +176,8 @@ class SelfDump:
 
     def dump(self, region: Region) -> None:
         self.stats.mapped += region.count * PAGE_SIZE
-        if not region.mapping.prot & Prot.READ or region.mapping.kind == Kind.VDSO:
+        if self.refused or not region.mapping.prot & Prot.READ or \
+                region.mapping.kind == Kind.VDSO:
             # Unreadable to it; or where its injected calls' trap is written (the vDSO
             # is read while the process is stopped: this only keeps it so).
             self._submit()
@@ -225,7 +228,15 @@ class SelfDump:
             self.write_seconds += time.perf_counter() - t
             # Not meanwhile: a hole punched takes the file's lock, which the write holds.
             self._punch()
-            written = 0 if is_syscall_error(call.result) else call.result
+            if is_syscall_error(call.result) and call.result != -errno.EFAULT:
+                # Refused, not cut short (an LSM, say): the reader does the rest.
+                self.refused = True
+                for r, first, n in batch:
+                    self.reader.dump(Region(r.mapping, r.first + first, n,
+                                            r.dirty[first:first + n]), counted=True)
+                self.reader.drain()
+                return
+            written = max(call.result, 0)
             pages = written >> PAGE_SHIFT
             self.w.advance(pages * PAGE_SIZE)
             self.stats.read += pages * PAGE_SIZE
