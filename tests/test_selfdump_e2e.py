@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,9 @@ def test_the_snapshot_writes_what_a_stopped_save_reads_and_it_restores(tmp_path,
     want = uninterrupted(argv, stdin=str(go))
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        # Waiting for its line: both saves see the same instant.
         assert p.stdout.readline() == "ready\n"
         assert p.stdout.readline() == "guard on\n"       # Linux 6.13 and later
+        _waiting_for_its_line(p.pid)
         saved = {}
         for name, opts in (("snap", ()), ("stopped", ("--no-snapshot",))):
             img = str(work / f"{name}.img")
@@ -50,6 +51,18 @@ def test_the_snapshot_writes_what_a_stopped_save_reads_and_it_restores(tmp_path,
     r = batch("restore", saved["snap"][0], "--stdin", str(go), "--stdout", after, check=0)
     wait_gone(int(r.stdout.split("as process ")[1].split()[0]))
     assert "ready\nguard on\n" + open(after).read() == want
+
+
+def _waiting_for_its_line(pid: int) -> None:
+    """Asleep in its read of stdin: then every save sees the same instant (just after
+    its "ready", it may still be on its way there, its stack changing)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/syscall") as f:
+            if f.read().split()[0] == "0":      # read
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} never waited for its line")
 
 
 def _gaps(img: Image) -> int:
@@ -146,6 +159,8 @@ def test_a_snapshot_whose_writes_are_refused_has_its_memory_read_instead(tmp_pat
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline() == "ready\n"
+        assert p.stdout.readline() == "guard on\n"
+        _waiting_for_its_line(p.pid)
         images = [str(tmp_path / "refused.img"), str(tmp_path / "stopped.img")]
         proc = Process.seize(p.pid)
         try:
