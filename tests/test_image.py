@@ -506,3 +506,21 @@ def test_a_hole_between_chunks_is_no_corruption(tmp_path):
 def test_a_chunk_over_the_one_before_or_off_a_page_is_refused(tmp_path, delta, words):
     with pytest.raises(ImageError, match=words):
         Image.open(written_image(tmp_path / "a.img", gap=0, at_delta=delta))
+
+
+def test_a_format_2_image_is_read_as_format_3(tmp_path, image):
+    """Format 3 only lets chunks have holes between them: an image a format-2 gdbckpt
+    wrote (the same bytes, version 2 in header and trailer) reads as before."""
+    _, data = image
+    data = reheader(data, version=2)
+    fields = list(trailer_of(data))
+    _, _, _, meta_off, meta_len, _, _, _ = fields
+    fields[1] = 2
+    fields[6] = fmt.checksum(data[:fmt.HEADER_SIZE] + data[meta_off:meta_off + meta_len])
+    trailer = fmt.TRAILER.pack(*fields)
+    path = tmp_path / "v2.img"
+    tail = trailer + fmt.checksum(trailer).to_bytes(8, "little")
+    path.write_bytes(data[:-fmt.TRAILER_SIZE] + tail)
+    img = Image.open(str(path))
+    assert img.version == 2 and fmt.FORMAT_VERSION == 3
+    assert img.verify_chunks() > 0 and img.process == PROCESS

@@ -1,4 +1,4 @@
-"""The gdbckpt image format, version 2. docs/image-format.md says the same in prose.
+"""The gdbckpt image format, version 3. docs/image-format.md says the same in prose.
 
 Grammar (all integers little-endian; u32/u64 unsigned)::
 
@@ -57,8 +57,10 @@ from ..linux import EM_X86_64  # noqa: F401  (re-exported: the header names the 
 
 MAGIC = b"GDBCKPT\0"
 TRAILER_MAGIC = b"GDBCEND\0"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Version 1 (gdbckpt 0.1) kept registers under GDB's names: a restore refuses it.
+# Version 2 is read as 3: it only never has holes between chunks (3 may: a gdbckpt that
+# reads no more than 2 refuses them as a newer format, not as corrupt).
 OLDEST_VERSION = 2
 MADE_BY = {1: "gdbckpt 0.1"}
 HEADER_SIZE = 4096
