@@ -16,6 +16,7 @@ mark naming the proxy and the live vDSO, so that a later save knows them.
 from __future__ import annotations
 
 import ctypes
+import functools
 import io
 import struct
 
@@ -24,7 +25,7 @@ import msgspec
 from .errors import RestoreError
 from .image import format as fmt
 from .image.model import VdsoInfo
-from .maps import Kind, parse_maps
+from .maps import Kind, Mapping, parse_maps
 
 JUMP_PREFIX = b"\xff\x25\x00\x00\x00\x00"   # jmp *0(%rip), then the 8-byte target
 JUMP_SIZE = len(JUMP_PREFIX) + 8
@@ -160,11 +161,17 @@ def read_mark(data: bytes) -> tuple[tuple[int, int], tuple[int, int]] | None:
 
 # --- this host's vDSO -------------------------------------------------------
 
+@functools.cache
+def _own_specials() -> tuple[Mapping, ...]:
+    """This process's vDSO and vvar mappings: placed at its start, they never move."""
+    with open("/proc/self/maps") as f:
+        return tuple(m for m in parse_maps(f.read())
+                     if m.kind in (Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK))
+
+
 def own_vdso() -> bytes | None:
     """The bytes of this process's vDSO."""
-    with open("/proc/self/maps") as f:
-        maps = parse_maps(f.read())
-    m = next((m for m in maps if m.kind == Kind.VDSO), None)
+    m = next((m for m in _own_specials() if m.kind == Kind.VDSO), None)
     if m is None:
         return None
     return ctypes.string_at(m.start, m.size)
@@ -172,10 +179,7 @@ def own_vdso() -> bytes | None:
 
 def own_layout() -> dict[str, int]:
     """Sizes of this process's vvar, vvar_vclock and vdso mappings."""
-    with open("/proc/self/maps") as f:
-        maps = parse_maps(f.read())
-    return {m.kind.value: m.size for m in maps
-            if m.kind in (Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK)}
+    return {m.kind.value: m.size for m in _own_specials()}
 
 
 def digest(data: bytes) -> str:
