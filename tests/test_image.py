@@ -524,3 +524,20 @@ def test_a_format_2_image_is_read_as_format_3(tmp_path, image):
     img = Image.open(str(path))
     assert img.version == 2 and fmt.FORMAT_VERSION == 3
     assert img.verify_chunks() > 0 and img.process == PROCESS
+
+
+def test_abort_after_commit_removes_nothing(tmp_path):
+    """A failure after the commit (a Ctrl-C as the save returns) must remove nothing: the
+    temporary name is then the old image's, kept until the new one is on disk. (Here a
+    file put at that name stands for it: the old image itself is removed by a detached
+    job as soon as the new one is synced.)"""
+    path = tmp_path / "a.img"
+    w = ImageWriter(str(path))
+    w.add_chunk(HEAP, RANDOM, fmt.ChunkFlags.DIRTY)
+    w.add_record(fmt.RecordType.PROCESS, PROCESS)
+    w.commit()
+    with open(w.tmp, "wb") as f:
+        f.write(b"the old image")
+    w.abort()
+    assert open(w.tmp, "rb").read() == b"the old image"
+    assert path.read_bytes()[:8] == fmt.MAGIC

@@ -54,6 +54,7 @@ from . import xstate as xstatemod
 from .front import Front
 from .process import (
     Process,
+    deferred_signals,
     detach_snapshot,
     drop_snapshot,
     end_snapshot,
@@ -135,21 +136,8 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
     root = _Saver(proc, front, strict, tables[proc.pid], ends, shm, resume, snapshot).read()
     if not members:
         _children_left_out(root, proc.pid, strict)
-    w = ImageWriter(path, sync=sync, compressor=compressor)
-    try:
-        saved = []
-        for m in members:
-            first, records, result = len(w.chunks), [], None
-            if m.proc is not None:
-                result, records = savers[m.pid].run(w, t0)
-            saved.append((Member(pid=m.pid, ppid=m.ppid, pgid=m.pgid, sid=m.sid, comm=m.comm,
-                                 exit_status=m.exit_status, chunks=[first, len(w.chunks) - first]),
-                          records, result))
-        root.reap = background is None
-        rest = root.run_stopped(w, t0)
-    except BaseException:
-        w.abort()
-        raise
+    saved: list[tuple] = []
+    rest = None
 
     def finish() -> SaveResult:
         with w:
@@ -174,8 +162,25 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
         result.snapshot = 0 if root.reap else (root.child or 0)    # a zombie left
         return result
 
-    if background is None or not root.child:
-        return finish()     # without a snapshot, nothing is left to do meanwhile
+    # A Ctrl-C waits until the temporary file is ours to remove (GDB's, say, raised
+    # between its creation and the try below would leave it behind).
+    with deferred_signals():
+        w = ImageWriter(path, sync=sync, compressor=compressor)
+    try:
+        for m in members:
+            first, records, result = len(w.chunks), [], None
+            if m.proc is not None:
+                result, records = savers[m.pid].run(w, t0)
+            saved.append((Member(pid=m.pid, ppid=m.ppid, pgid=m.pgid, sid=m.sid, comm=m.comm,
+                                 exit_status=m.exit_status, chunks=[first, len(w.chunks) - first]),
+                          records, result))
+        root.reap = background is None
+        rest = root.run_stopped(w, t0)
+        if background is None or not root.child:
+            return finish()     # without a snapshot, nothing is left to do meanwhile
+    except BaseException:
+        w.abort()               # nothing once committed
+        raise
     try:
         detach_snapshot(root.child, proc.syscall_insn())
     except CkptError:

@@ -240,6 +240,10 @@ class ImageWriter:
         return None
 
     def abort(self) -> None:
+        """Remove the temporary file; nothing once committed (the name may then be the old
+        image's, kept until the new one is on disk)."""
+        if self.committed:
+            return
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
