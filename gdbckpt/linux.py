@@ -99,6 +99,8 @@ class Sys(enum.IntEnum):
     getitimer = 36
     setitimer = 38
     getpid = 39
+    recvmsg = 47
+    socketpair = 53
     clone = 56
     wait4 = 61
     kill = 62
@@ -142,6 +144,7 @@ class Sys(enum.IntEnum):
     set_robust_list = 273
     get_robust_list = 274
     dup3 = 292
+    pwritev = 296
     rt_tgsigqueueinfo = 297
     prlimit64 = 302
     setns = 308

@@ -24,7 +24,7 @@ from . import native
 from .errors import SaveError
 from .image.format import ChunkFlags
 from .image.writer import Prepared
-from .libc import libc
+from .libc import Iovec, libc
 from .linux import PAGE_SHIFT, PAGE_SIZE, page_up
 from .maps import Kind, Mapping
 from .procfs import DIRTY_TABLE, PRESENT_TABLE, read_pagemap, runs
@@ -134,10 +134,6 @@ class _Buffer:
         self.mem = mmap.mmap(-1, READ_PIECE)
         self.addr = native.buffer_address(self.mem)
         self.view = memoryview(self.mem)
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
 
@@ -277,7 +273,7 @@ class MemoryDumper:
     def _read(self, buf: _Buffer, addr: int, npages: int) -> int:
         """Read npages at addr into buf; returns the pages read whole."""
         want = npages * PAGE_SIZE
-        local, remote = _Iovec(buf.addr, want), _Iovec(addr, want)
+        local, remote = Iovec(buf.addr, want), Iovec(addr, want)
         got = max(0, libc().process_vm_readv(self.pid, ctypes.byref(local), 1,
                                              ctypes.byref(remote), 1, 0)) if self.vm_readv else 0
         got -= got % PAGE_SIZE

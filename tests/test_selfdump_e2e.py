@@ -53,6 +53,16 @@ def test_the_snapshot_writes_what_a_stopped_save_reads_and_it_restores(tmp_path,
     assert "ready\nguard on\n" + open(after).read() == want
 
 
+def _as_saved(pid: int) -> tuple[int, list[int], int]:
+    """What selfdump.used_for is given of process pid: its uids and RLIMIT_FSIZE, as a
+    save reads them."""
+    import resource
+
+    from gdbckpt.procfs import Proc, rlimits
+    uids = [int(u) for u in Proc(pid).status()["Uid"].split()]
+    return pid, uids, next(soft for res, soft, _ in rlimits(pid) if res == resource.RLIMIT_FSIZE)
+
+
 def _waiting_for_its_line(pid: int) -> None:
     """Asleep in its read of stdin: then every save sees the same instant (just after
     its "ready", it may still be on its way there, its stack changing)."""
@@ -87,13 +97,14 @@ def test_nobody_cannot_take_roots_image_descriptor_out_of_the_snapshot(tmp_path)
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "sleeping"
-        assert selfdump.used_for(p.pid)
+        assert selfdump.used_for(*_as_saved(p.pid))
         proc = Process.seize(p.pid)
         try:
             child = proc.snapshot()
             w = ImageWriter(str(tmp_path / "i.img"))
             reader = MemoryDumper(child, w)
-            out = selfdump.SelfDump.start(Process(child, [child]), reader, w)
+            out = selfdump.SelfDump.start(Process(child, [child]), reader, w,
+                                          undumpable=selfdump.another_owner(_as_saved(p.pid)[1]))
             try:
                 assert out is not None
                 take = [SYSTEM_PYTHON, "-c", TAKE_FD, str(child), str(out.fd)]
@@ -133,7 +144,7 @@ def test_another_users_process_in_a_user_namespace_of_its_own_is_read_instead(sh
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline() == "ready\n"
-        assert not selfdump.used_for(p.pid)
+        assert not selfdump.used_for(*_as_saved(p.pid))
         img = os.path.join(shared_dir, "ns.img")
         batch(str(p.pid), "-o", img, "--no-sync", check=0)
     finally:

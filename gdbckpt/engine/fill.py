@@ -15,17 +15,13 @@ import ctypes
 import os
 import threading
 
-from ..libc import libc
+from ..libc import Iovec, libc
 from ..linux import PAGE_SIZE
 
 SHARED_FROM = 32 << 20       # bytes of one fill; below, not worth a thread
 IOV_MAX = 1024
 PROT_READ, MAP_SHARED = 1, 1
 MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
 def halves(runs: list[tuple[int, int, int]]) -> tuple[list, list]:
@@ -63,19 +59,14 @@ class Copier(threading.Thread):
 
     def _copy(self) -> None:
         lib = libc()
-        lib.mmap.restype = ctypes.c_void_p
-        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                             ctypes.c_int, ctypes.c_long]
-        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        lib.process_vm_writev.restype = ctypes.c_ssize_t
         base = lib.mmap(None, self.size, PROT_READ, MAP_SHARED, self.image_fd, 0)
         if base in (None, MAP_FAILED):
             return                      # all left to the stub
         try:
             while self.left:
                 batch = self.left[:IOV_MAX]
-                local = (_Iovec * len(batch))(*((base + off, n) for _, n, off in batch))
-                remote = (_Iovec * len(batch))(*((addr, n) for addr, n, _ in batch))
+                local = (Iovec * len(batch))(*((base + off, n) for _, n, off in batch))
+                remote = (Iovec * len(batch))(*((addr, n) for addr, n, _ in batch))
                 done = lib.process_vm_writev(self.pid, local, len(batch), remote, len(batch), 0)
                 if done <= 0:
                     return

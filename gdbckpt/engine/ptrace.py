@@ -13,7 +13,7 @@ import os
 import struct
 
 from ..errors import CkptError
-from ..libc import libc
+from ..libc import Iovec, libc
 
 
 class PtraceError(CkptError):
@@ -73,10 +73,6 @@ class SyscallOp(enum.IntEnum):
     ENTRY = 1
     EXIT = 2
     SECCOMP = 3
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
 def _call(req: Req, tid: int, addr=None, data=None) -> int:
@@ -148,7 +144,7 @@ def setregs(tid: int, regs: dict[str, int]) -> None:
 def get_xstate(tid: int) -> bytes:
     """The thread's XSAVE area (standard format), exactly the kernel's size."""
     buf = ctypes.create_string_buffer(XSTATE_MAX)
-    iov = _Iovec(ctypes.cast(buf, ctypes.c_void_p), XSTATE_MAX)
+    iov = Iovec(ctypes.cast(buf, ctypes.c_void_p), XSTATE_MAX)
     _call(Req.GETREGSET, tid, ctypes.c_void_p(NT_X86_XSTATE), ctypes.byref(iov))
     return buf.raw[:iov.len]
 
@@ -156,7 +152,7 @@ def get_xstate(tid: int) -> bytes:
 def set_xstate(tid: int, data: bytes) -> None:
     """Write the XSAVE area; the kernel wants its own full size (EFAULT otherwise)."""
     buf = ctypes.create_string_buffer(bytes(data), len(data))
-    iov = _Iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+    iov = Iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
     _call(Req.SETREGSET, tid, ctypes.c_void_p(NT_X86_XSTATE), ctypes.byref(iov))
 
 

@@ -526,7 +526,7 @@ class _Executor:
             elif type(step) is planmod.Fill and fillmod.worth_sharing(step.runs):
                 self._shared_fill(i, step)
             else:
-                self.batch.extend((i, op) for op in planmod.encode(step, self.stub.scratch))
+                self._add(i, step)
             if isinstance(step, planmod.CloneThread) and not self._clone_next(i):
                 # Later steps need the thread ids; threads made one after another share
                 # one run of the stub (64 threads: 13 ms less than one run each).

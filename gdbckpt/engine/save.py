@@ -10,6 +10,7 @@ system calls), the register sets of every thread, then the memory
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 import msgspec
@@ -361,9 +362,12 @@ class _Saver:
         can (engine/selfdump.py; worth its set-up from a few MiB on, and not for a parked
         snapshot, which has no tracer to make it), read by dumper otherwise."""
         out = None
+        uids = self.process.creds.uids
+        fsize = next(r.soft for r in self.process.rlimits if r.resource == resource.RLIMIT_FSIZE)
         if not self.parked and w.compressor is None and _size(todo) >= SELF_DUMP_FROM and \
-                selfdump.used_for(self.inf.pid):
-            out = selfdump.SelfDump.start(Process(child, [child]), dumper, w)
+                selfdump.used_for(self.inf.pid, uids, fsize):
+            out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
+                                          undumpable=selfdump.another_owner(uids))
         ok = False
         try:
             for region in todo:

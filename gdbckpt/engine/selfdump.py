@@ -39,12 +39,14 @@ import time
 
 from .. import native
 from ..errors import CkptError, SaveError
+from ..fds import Grabber
 from ..image import format as fmt
 from ..image.writer import ImageWriter
 from ..libc import libc
 from ..linux import PAGE_SHIFT, PAGE_SIZE, Prot, Sys, is_syscall_error
 from ..maps import Kind
 from ..memory import READ_PIECE, MemoryDumper, Region
+from ..procfs import RLIM_INFINITY
 from .process import Process
 
 BATCH_BYTES = 16 << 20       # one pwritev (the scan of the one before runs meanwhile)
@@ -60,17 +62,22 @@ PR_SET_DUMPABLE = 4
 PROT_RW, MAP_PRIVATE_ANON = 3, 0x22
 FALLOC_PUNCH_HOLE = 0x01 | 0x02          # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 MADV_POPULATE_READ = 22
-Sys_socketpair, Sys_recvmsg, Sys_pwritev = 53, 47, 296
 
 
-def used_for(pid: int) -> bool:
-    """Whether process pid's snapshot may write the image itself (module docstring)."""
-    if _owner(pid) != os.geteuid() and not _same_user_namespace(pid):
+def used_for(pid: int, uids: list[int], file_size_limit: int) -> bool:
+    """Whether the snapshot of process pid (its uids as /proc/PID/status gives them, its
+    RLIMIT_FSIZE, as the save read them) may write the image itself (module docstring)."""
+    if another_owner(uids) and not _same_user_namespace(pid):
         # Undumpable keeps out only those without CAP_SYS_PTRACE in the namespace its
         # memory belongs to: in a namespace of its owner's (a rootless container), the
         # owner has it, and could take our descriptor out of the snapshot.
         return False
-    return _no_file_size_limit(pid) and _memory_unlimited(pid)
+    return file_size_limit == RLIM_INFINITY and _memory_unlimited(pid)
+
+
+def another_owner(uids: list[int]) -> bool:
+    """Not all of the process's uids are our own: its snapshot is made undumpable."""
+    return set(uids) != {os.geteuid()}
 
 
 def _same_user_namespace(pid: int) -> bool:
@@ -78,29 +85,6 @@ def _same_user_namespace(pid: int) -> bool:
         return os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
     except OSError:
         return False
-
-
-def _owner(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    uids = {int(u) for u in line.split()[1:]}
-                    return uids.pop() if len(uids) == 1 else -1
-    except (OSError, ValueError):
-        pass
-    return -1
-
-
-def _no_file_size_limit(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/limits") as f:
-            for line in f:
-                if line.startswith("Max file size"):
-                    return line.split()[3] == "unlimited"
-    except (OSError, IndexError):
-        pass
-    return False
 
 
 def _memory_unlimited(pid: int) -> bool:
@@ -151,10 +135,11 @@ class SelfDump:
         self.scan_seconds = 0.0
 
     @classmethod
-    def start(cls, snapshot: Process, reader: MemoryDumper, w: ImageWriter) -> SelfDump | None:
-        """Hand the stopped snapshot the image's descriptor; None where that cannot be
-        done (the reader then reads everything). It is killed at the end, and what it
-        was lent with it."""
+    def start(cls, snapshot: Process, reader: MemoryDumper, w: ImageWriter,
+              undumpable: bool) -> SelfDump | None:
+        """Hand the stopped snapshot the image's descriptor (undumpable first, if asked:
+        another_owner); None where that cannot be done (the reader then reads
+        everything). It is killed at the end, and what it was lent with it."""
         try:
             # Its own memory for the calls' arguments: none of what is saved.
             scratch = snapshot.syscall_ok(Sys.mmap, 0, SCRATCH, PROT_RW, MAP_PRIVATE_ANON,
@@ -163,7 +148,7 @@ class SelfDump:
             # (CLOSE_RANGE_UNSHARE copies none of the fds it closes).
             snapshot.syscall_ok(Sys.close_range, 0, 0xFFFFFFFF, CLOSE_RANGE_UNSHARE,
                                 what="close_range")
-            if _owner(snapshot.pid) != os.geteuid():
+            if undumpable:
                 snapshot.syscall_ok(Sys.prctl, PR_SET_DUMPABLE, 0, what="prctl")
             fd = _hand_over(snapshot, scratch, w.fd)
         except (CkptError, OSError):
@@ -222,7 +207,7 @@ class SelfDump:
                                        n * PAGE_SIZE) for r, first, n in batch)
             self.proc.write(self.scratch, iovs)
             t = time.perf_counter()
-            with self.proc.running(Sys_pwritev, self.fd, self.scratch, len(batch), at,
+            with self.proc.running(Sys.pwritev, self.fd, self.scratch, len(batch), at,
                                    0) as call:
                 self._scan_written()
             self.write_seconds += time.perf_counter() - t
@@ -358,35 +343,28 @@ def _hand_over(proc: Process, scratch: int, fd: int) -> int:
     """Our fd, as a descriptor of proc's (close-on-exec): its number there."""
     # Here, not at the top: ~1.5 ms of every gdbckpt-batch start otherwise.
     import socket
-    proc.syscall_ok(Sys_socketpair, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, scratch,
+    proc.syscall_ok(Sys.socketpair, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, scratch,
                     what="socketpair")
     theirs, other = struct.unpack("<ii", proc.read(scratch, 8))
     try:
-        ours = _take(proc.pid, other)
+        grab = Grabber(proc.pid)
+        try:
+            ours = grab.take(other)
+        finally:
+            grab.close()
         _quietly(proc, Sys.close, other)
         with socket.socket(fileno=ours) as s:
             socket.send_fds(s, [b"\0"], [fd])
         byte, cmsg, iov, msg = scratch + 64, scratch + 128, scratch + 256, scratch + 512
         proc.write(iov, IOVEC.pack(byte, 1))
         proc.write(msg, MSGHDR.pack(0, 0, iov, 1, cmsg, CMSG_FD.size + 4, 0))
-        proc.syscall_ok(Sys_recvmsg, theirs, msg, MSG_CMSG_CLOEXEC, what="recvmsg")
+        proc.syscall_ok(Sys.recvmsg, theirs, msg, MSG_CMSG_CLOEXEC, what="recvmsg")
         length, level, kind, got = CMSG_FD.unpack(proc.read(cmsg, CMSG_FD.size))
         if (level, kind) != (SOL_SOCKET, SCM_RIGHTS) or length < 20:
             raise SaveError("recvmsg: no descriptor came")
         return got
     finally:
         _quietly(proc, Sys.close, theirs)
-
-
-def _take(pid: int, fd: int) -> int:
-    pidfd = os.pidfd_open(pid)
-    try:
-        ours = libc().syscall(Sys.pidfd_getfd, pidfd, fd, 0)
-        if ours < 0:
-            raise OSError(ctypes.get_errno(), "pidfd_getfd")
-        return ours
-    finally:
-        os.close(pidfd)
 
 
 def _quietly(proc: Process, nr: int, *args: int) -> None:

@@ -105,7 +105,6 @@ class ImageWriter:
         self.records: list[bytes] = []
         self.flags = fmt.ImageFlags.NONE
         self.committed = False
-        self.reserved = False
         self.trim = False                  # the file may run past what commit() writes
         self.offset = fmt.HEADER_SIZE
         d, base = os.path.split(self.path)
@@ -125,7 +124,7 @@ class ImageWriter:
         file to what was written."""
         try:
             os.posix_fallocate(self.fd, self.offset, size)
-            self.reserved = True
+            self.trim = True
         except OSError:
             pass
 
@@ -204,7 +203,7 @@ class ImageWriter:
         self._write(trailer + fmt.checksum(trailer).to_bytes(8, "little"))
         self._pwrite(header, 0)
         try:
-            if self.reserved or self.trim:
+            if self.trim:
                 os.ftruncate(self.fd, file_size)
             if self.sync:
                 os.fsync(self.fd)
