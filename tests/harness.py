@@ -288,8 +288,9 @@ def by_pid_and_back(argv: list[str], ready: str, tmp_path) -> tuple[dict, str]:
     return done, read(out)
 
 
-def rewrite_record(path: str, rtype, edit) -> str:
-    """A copy of the image with one JSON record changed and every checksum made right."""
+def rewrite_record(path: str, rtype, edit, raw: bool = False) -> str:
+    """A copy of the image with one JSON record changed (raw: a binary one, CHUNKS: edit
+    takes and gives bytes) and every checksum made right."""
     data = bytearray(open(path, "rb").read())
     magic, ver, nrec, meta_off, meta_len, size, _, _ = fmt.TRAILER.unpack_from(
         data, len(data) - fmt.TRAILER_SIZE)
@@ -298,7 +299,7 @@ def rewrite_record(path: str, rtype, edit) -> str:
         t, fl, ln, _ = fmt.RECORD_HEADER.unpack_from(meta, pos)
         payload = meta[pos + fmt.RECORD_HEADER.size:pos + fmt.RECORD_HEADER.size + ln]
         if t == rtype:
-            payload = json.dumps(edit(json.loads(payload))).encode()
+            payload = edit(payload) if raw else json.dumps(edit(json.loads(payload))).encode()
         records.append(fmt.RECORD_HEADER.pack(t, fl, len(payload), fmt.checksum(payload))
                        + payload)
         pos += fmt.RECORD_HEADER.size + ln

@@ -11,9 +11,20 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import NOBODY, SYSTEM_PYTHON, batch, example, pages, uninterrupted, wait_gone
+from harness import (
+    NOBODY,
+    SYSTEM_PYTHON,
+    batch,
+    error_of,
+    example,
+    pages,
+    rewrite_record,
+    uninterrupted,
+    wait_gone,
+)
 
 from gdbckpt.image import Image
+from gdbckpt.image import format as fmt
 
 
 @pytest.mark.parametrize("owner", ["root", "nobody"])
@@ -79,6 +90,43 @@ def _gaps(img: Image) -> int:
     """How many chunks start past the end of the one before."""
     stored = [c for c in img.chunks if c.stored]
     return sum(b.offset > a.offset + a.span for a, b in zip(stored, stored[1:], strict=False))
+
+
+def test_an_image_with_holes_restores_in_gdb_and_a_chunk_over_another_is_one_line(
+        sessions, tmp_path):
+    """gdbckpt-batch's snapshot wrote the image (holes where its zero pages were); GDB
+    restores it to the saved point with symbols, and it finishes as an uninterrupted run
+    does. The same image with a chunk moved over the one before is refused in one line."""
+    data, go, after = tmp_path / "data", tmp_path / "go", str(tmp_path / "after")
+    go.write_text("go\n")
+    argv = [example("holes"), str(data), "4", "10"]
+    want = uninterrupted(argv, stdin=str(go))
+    img = str(tmp_path / "h.img")
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        assert p.stdout.readline() == "guard on\n"
+        _waiting_for_its_line(p.pid)
+        batch(str(p.pid), "-o", img, "--no-sync", check=0)
+    finally:
+        p.kill()
+        p.wait()
+    assert _gaps(Image.open(img))
+    r = sessions()
+    text = r.restore(img, after, str(go))
+    assert "Restored process" in text, text
+    assert "main" in r.cli("bt")
+    assert r.finish().get("reason") == "exited-normally"
+    assert "ready\nguard on\n" + open(after).read() == want
+
+    def over_the_one_before(table: bytes) -> bytes:
+        entries = [list(e) for e in fmt.CHUNK_ENTRY.iter_unpack(table)]
+        stored = [e for e in entries if e[3]]
+        stored[1][2] = stored[0][2]
+        return b"".join(fmt.CHUNK_ENTRY.pack(*e) for e in entries)
+    crafted = rewrite_record(img, fmt.RecordType.CHUNKS, over_the_one_before, raw=True)
+    msg = error_of(sessions(), f"ckpt restore {crafted}")
+    assert "is corrupt" in msg and "not a page boundary at or after" in msg, msg
 
 
 TAKE_FD = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
