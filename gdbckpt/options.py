@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 from typing import NamedTuple
 
 from .errors import UsageError
@@ -91,6 +90,8 @@ def usage(command: str, opts: tuple[Opt, ...], front: str = "gdb") -> str:
 
 def described(opts: tuple[Opt, ...], front: str = "gdb", width: int = 78) -> str:
     """One paragraph per option, for a GDB command's help."""
+    # Here: GDB's help needs it, not every gdbckpt-batch start.
+    import textwrap
     out = []
     for o in mine(opts, front):
         head = f"--{o.name}" + (f"={o.metavar}" if o.metavar else

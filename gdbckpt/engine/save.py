@@ -141,17 +141,20 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
     rest = None
 
     def finish() -> SaveResult:
-        with w:
-            result, records = rest()
-            t1 = time.perf_counter()
-            for rtype, obj in records:
-                w.add_record(rtype, obj)
-            for member, records, _ in saved:
-                w.add_record(fmt.RecordType.MEMBER, member)
+        try:
+            with w:
+                result, records = rest()
+                t1 = time.perf_counter()
                 for rtype, obj in records:
                     w.add_record(rtype, obj)
-            result.path = w.commit()
-        result.phases["metadata and commit"] = time.perf_counter() - t1
+                for member, records, _ in saved:
+                    w.add_record(fmt.RecordType.MEMBER, member)
+                    for rtype, obj in records:
+                        w.add_record(rtype, obj)
+                result.path = w.commit()
+            result.phases["metadata and commit"] = time.perf_counter() - t1
+        finally:
+            root.end_killed_snapshot()
         for member, _, one in saved:
             if one is not None:
                 who = f"process {member.pid} ({member.comm})"
@@ -394,10 +397,20 @@ class _Saver:
         finally:
             if child and self.parked:
                 end_snapshot(child)
-            elif child:
-                drop_snapshot(child)
-                if self.reap:
-                    reap_snapshot(self.inf.pid, child)
+            elif child and not self.killed:
+                self._end_snapshot(child)
+
+    def end_killed_snapshot(self) -> None:
+        """A snapshot killed once all of it was written (_end_snapshot_early) is waited
+        for and reaped last, after the commit: its end (its page tables torn down)
+        overlaps the metadata's writing."""
+        if self.child and self.killed and not self.parked:
+            self._end_snapshot(self.child)
+
+    def _end_snapshot(self, child: int) -> None:
+        drop_snapshot(child)
+        if self.reap:
+            reap_snapshot(self.inf.pid, child)
 
     def _result(self, dumper: MemoryDumper) -> tuple[SaveResult, list[tuple]]:
         phases, threads, process = self.phases, self.threads, self.process
