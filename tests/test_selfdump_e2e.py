@@ -243,3 +243,46 @@ def test_a_snapshot_whose_writes_are_refused_has_its_memory_read_instead(tmp_pat
     refused, stopped = (Image.open(i) for i in images)
     assert not _gaps(refused)
     assert pages(refused) == pages(stopped)
+
+
+def test_the_state_read_as_the_snapshot_writes_its_first_batch_is_the_stopped_state(
+        tmp_path, monkeypatch):
+    """begin_self_dump: the snapshot is made, and the threads' registers and the process's
+    state (signal handlers, the alternate stack, blocked and pending signals, the
+    interval timer) are read while it writes its first batch. They are what a read of
+    the stopped process gives as it resumes, the same stop."""
+    from gdbckpt import fds as fdsmod
+    from gdbckpt.engine import save as engine_save
+    from gdbckpt.engine.front import Front
+    from gdbckpt.engine.process import Process
+    monkeypatch.setattr(engine_save, "SELF_DUMP_FROM", 0)   # its few pages are enough
+    monkeypatch.setattr(engine_save, "OVERLAP_WITHIN", 60)  # however busy the machine
+    img = str(tmp_path / "s.img")
+    p = subprocess.Popen([example("signals"), "40"], stdout=subprocess.PIPE, text=True)
+    fresh = []
+    try:
+        assert p.stdout.readline().startswith("step 0 ")
+        proc = Process.seize(p.pid)
+
+        def resume():
+            again = engine_save._Saver(proc, Front(), False, fdsmod.read_fds(p.pid), None,
+                                       {}).read()
+            fresh.append((again.threads, again.process))
+            proc.release()
+        try:
+            r = engine_save.save(proc, img, resume=resume)
+        finally:
+            proc.release()
+    finally:
+        p.kill()
+        p.wait()
+    assert "memory: first batch, the state read meanwhile" in r.phases
+    saved, ((threads, process),) = Image.open(img), fresh
+    assert saved.threads == threads
+    assert saved.process.sigactions == process.sigactions
+    assert any(a.flags & 0x08000000 for a in process.sigactions)      # SA_ONSTACK
+    assert (saved.process.sigpending, saved.process.shared_pending) == \
+        (process.sigpending, process.shared_pending)
+    assert [(t.which, t.interval_us) for t in saved.process.itimers] == [(0, 20000)]
+    for field in ("rlimits", "creds", "umask", "mm", "pdeathsig", "dumpable", "xcomp_perm"):
+        assert getattr(saved.process, field) == getattr(process, field), field

@@ -37,9 +37,9 @@ from ..image.model import (
     Vma,
 )
 from ..image.writer import ImageWriter
-from ..linux import PAGE_SIZE, SIGKILL, SIGSTOP, SIGTRAP, Prot, sysname
+from ..linux import PAGE_SHIFT, PAGE_SIZE, SIGKILL, SIGSTOP, SIGTRAP, Prot, sysname
 from ..maps import STORED_KINDS, Kind, Mapping, read_mappings
-from ..memory import READ_PIECE, MemoryDumper, has_memory, regions
+from ..memory import READ_PIECE, MemoryDumper, Region, has_memory, regions
 from ..procfs import (
     MM_FIELDS,
     Proc,
@@ -129,12 +129,16 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
     if compress:
         import zstandard
         compressor = zstandard.ZstdCompressor(level=1)
-    # Everything but memory is read before the image file exists: a program watching
-    # the image's directory (inotify) would otherwise have an event the save made.
+    # The descriptors (their queued events too) are read before the image file exists: a
+    # program watching the image's directory (inotify) would otherwise have an event
+    # the save made. So is everything else, but memory and the root's state.
     shm = read_sysv_shm()           # the host's segments: read once for the whole tree
     savers = {m.pid: _Saver(m.proc, front, strict, tables[m.pid], ends, shm).read()
               for m in living}
-    root = _Saver(proc, front, strict, tables[proc.pid], ends, shm, resume, snapshot).read()
+    # The root's state (registers, signals, timers) is read in run_stopped: while its
+    # snapshot writes the first of its memory, where it can (_Saver.begin_self_dump).
+    root = _Saver(proc, front, strict, tables[proc.pid], ends, shm, resume,
+                  snapshot).read_layout()
     if not members:
         _children_left_out(root, proc.pid, strict)
     saved: list[tuple] = []
@@ -259,20 +263,33 @@ class _Saver:
         self.reap = True                # the process reaps it as the save ends
         self.parked = False             # let go of by the front end's tracer
         self.killed = False             # by us, once all of it was written
+        self.process: ProcessInfo | None = None     # read_state
+        self.out: selfdump.SelfDump | None = None   # begun while stopped: begin_self_dump
+        self.later: list | None = None              # the snapshot's regions left to it
 
     def read(self) -> _Saver:
         """Everything of the stopped process but its memory."""
+        return self.read_layout().read_state()
+
+    def read_layout(self) -> _Saver:
+        """Its descriptors, mappings and files: what the reading of its memory needs."""
         self.phases: dict[str, float] = {}
         t0 = time.perf_counter()
         self._check_seccomp()
         self.fds = self._fds()
         self.maps = read_mappings(self.inf.pid)
         self._memfds_mapped(self.fds, self.maps)
-        self.phases["maps"] = time.perf_counter() - t0
         self.files, self.file_of = self._files(self.maps)
-        self.threads = self._threads()
-        self.process = self._process(self.files, self.fds, self.threads)
-        self.phases["state"] = time.perf_counter() - t0 - self.phases["maps"]
+        self.phases["maps"] = time.perf_counter() - t0
+        return self
+
+    def read_state(self) -> _Saver:
+        """Its threads' registers and its process state (injected calls: state.py); once."""
+        if self.process is None:
+            t0 = time.perf_counter()
+            self.threads = self._threads()
+            self.process = self._process(self.files, self.fds, self.threads)
+            self.phases["state"] = time.perf_counter() - t0
         return self
 
     def run(self, w: ImageWriter, start: float) -> tuple[SaveResult, list[tuple]]:
@@ -287,6 +304,8 @@ class _Saver:
         stored = [m for m in self.maps if m.kind in STORED_KINDS]
         now_maps, later_maps = (_split(stored) if self.resume and self.snapshot
                                 else (stored, []))
+        if not (later_maps and self.reap):
+            self.read_state()       # no snapshot to write meanwhile (begin_self_dump)
         now = self._todo(self.inf.pid, now_maps)
         reserve = w.compressor is None
         self.vdso = self._vdso(self.maps)    # read while stopped: the process may exit after
@@ -312,12 +331,22 @@ class _Saver:
             for region in now:
                 dumper.dump(region)
                 progress(dumper.stats.mapped)
+            if child and self.reap:
+                try:
+                    self.begin_self_dump(child, dumper, w, later_maps, start)
+                except (SaveError, OSError):
+                    _check_snapshot(child, failed=True)     # the reason, if it is that
+                    raise
+            self.read_state()
             if self.resume:
                 # Everything that must be one instant has been read (the writer thread
                 # may still be writing it): the process runs on.
                 phases["stopped"] = time.perf_counter() - start
                 self.resume()
         except BaseException:
+            if self.out is not None:
+                self.out.close()
+                self.out = None
             self._end_memory(dumper, child)
             raise
 
@@ -346,7 +375,9 @@ class _Saver:
         later = []
         if child and self.parked:
             hold_snapshot(child)
-        if child:
+        if self.later is not None:
+            later = self.later          # what begin_self_dump left
+        elif child:
             dumper.switch(child)
             later = self._todo(child, later_maps)
         more = total + _size(later)
@@ -354,21 +385,48 @@ class _Saver:
             # Not while it was stopped: allocating the blocks can take ext4 200 ms
             # when it is still freeing an old image's.
             w.reserve(more)
-        progress = self.front.progress("save", more) if child else first
-        if later:
+        progress = self.front.progress("save", dumper.stats.mapped + more) if child else first
+        if later or self.out is not None:
             self._dump_snapshot(child, dumper, w, later, progress)
         progress(dumper.stats.mapped, final=True)
+
+    def begin_self_dump(self, child: int, dumper: MemoryDumper, w: ImageWriter,
+                        later_maps: list[Mapping], start: float) -> None:
+        """Still stopped: the snapshot is set up to write its own memory (selfdump.py) and
+        writes the first FIRST_BATCH of it while the process's state is read
+        (read_state): ~5 ms of injected calls that would otherwise come before the
+        writing. Not where the process has been stopped OVERLAP_WITHIN already (a large
+        one, whose page tables took long to copy): its pause then matters more than
+        the few ms, and the state is read before it resumes, as ever."""
+        if time.perf_counter() - start > OVERLAP_WITHIN:
+            return
+        dumper.switch(child)
+        self.later = self._todo(child, later_maps)
+        status = self.proc.status()
+        uids = credsmod.from_status(status).uids
+        if not self._self_dump_allowed(w, self.later, uids, self._file_size_limit()):
+            return
+        self.out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
+                                           undumpable=selfdump.another_owner(uids))
+        if self.out is None:
+            return
+        t0 = time.perf_counter()
+        first, self.later = _cut(self.later, FIRST_BATCH >> PAGE_SHIFT)
+        self.out.meanwhile = self.read_state
+        for region in first:
+            self.out.dump(region)
+        self.out.flush()
+        self.phases["memory: first batch, the state read meanwhile"] = time.perf_counter() - t0
 
     def _dump_snapshot(self, child: int, dumper: MemoryDumper, w: ImageWriter, todo: list,
                        progress) -> None:
         """The snapshot's regions into the image: written by the snapshot itself where it
-        can (engine/selfdump.py; worth its set-up from a few MiB on, and not for a parked
-        snapshot, which has no tracer to make it), read by dumper otherwise."""
-        out = None
+        can (engine/selfdump.py; perhaps begun while the process was stopped), read by
+        dumper otherwise."""
+        out, self.out = self.out, None
         uids = self.process.creds.uids
-        fsize = next(r.soft for r in self.process.rlimits if r.resource == resource.RLIMIT_FSIZE)
-        if not self.parked and w.compressor is None and _size(todo) >= SELF_DUMP_FROM and \
-                selfdump.used_for(self.inf.pid, uids, fsize):
+        fsize = self._file_size_limit()
+        if out is None and self._self_dump_allowed(w, todo, uids, fsize):
             out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
                                           undumpable=selfdump.another_owner(uids))
         ok = False
@@ -382,6 +440,19 @@ class _Saver:
                 out.close(self._end_snapshot_early if ok else None)
                 self.phases["memory: written by the snapshot"] = out.write_seconds
                 self.phases["memory: zero pages and checksums (meanwhile)"] = out.scan_seconds
+
+    def _self_dump_allowed(self, w: ImageWriter, todo: list, uids: list[int],
+                           fsize: int) -> bool:
+        """Worth its set-up from a few MiB on, and not for a parked snapshot, which has no
+        tracer to make it write (nor for compression: selfdump.used_for says the rest)."""
+        return not self.parked and w.compressor is None and _size(todo) >= SELF_DUMP_FROM \
+            and selfdump.used_for(self.inf.pid, uids, fsize)
+
+    def _file_size_limit(self) -> int:
+        """RLIMIT_FSIZE's soft limit: the process's state's, or /proc's before it is read."""
+        limits = self.process.rlimits if self.process is not None else \
+            [Rlimit(*r) for r in rlimits(self.inf.pid)]
+        return next(r.soft for r in limits if r.resource == resource.RLIMIT_FSIZE)
 
     def _end_snapshot_early(self) -> None:
         """All of the snapshot has been written: it is killed now, its end (tens of ms for
@@ -688,6 +759,8 @@ class _Saver:
 
 
 SELF_DUMP_FROM = 4 << 20
+FIRST_BATCH = 8 << 20       # written while the state is read (begin_self_dump)
+OVERLAP_WITHIN = 0.015      # seconds stopped, after which the state is read on its own
 
 
 def _split(maps: list[Mapping]) -> tuple[list[Mapping], list[Mapping]]:
@@ -698,6 +771,20 @@ def _split(maps: list[Mapping]) -> tuple[list[Mapping], list[Mapping]]:
         return m.shared or m.kind in (Kind.SHMEM, Kind.FILE_SHARED, Kind.VDSO) or \
             "dc" in m.vmflags or "wf" in m.vmflags
     return [m for m in maps if now(m)], [m for m in maps if not now(m)]
+
+
+def _cut(todo: list[Region], pages: int) -> tuple[list[Region], list[Region]]:
+    """The first pages of todo, and the rest (a region cut in two where they end)."""
+    head = []
+    for i, r in enumerate(todo):
+        if r.count > pages:
+            if pages:
+                head.append(Region(r.mapping, r.first, pages, r.dirty[:pages]))
+            rest = Region(r.mapping, r.first + pages, r.count - pages, r.dirty[pages:])
+            return head, [rest] + todo[i + 1:]
+        head.append(r)
+        pages -= r.count
+    return head, []
 
 
 def _size(todo: list) -> int:

@@ -133,6 +133,7 @@ class SelfDump:
         self.refused = False            # a write failed outright: the reader does it all
         self.write_seconds = 0.0
         self.scan_seconds = 0.0
+        self.meanwhile = None           # run once, while the next batch is written
 
     @classmethod
     def start(cls, snapshot: Process, reader: MemoryDumper, w: ImageWriter,
@@ -182,6 +183,11 @@ class SelfDump:
             if self.pending_bytes >= BATCH_BYTES or len(self.pending) >= BATCH_IOVS:
                 self._submit()
 
+    def flush(self) -> None:
+        """Write what is pending now; meanwhile() is run then, if it has not been."""
+        self._submit()
+        self._run_meanwhile()
+
     def close(self, written=None) -> None:
         """Write what is pending, call written() (the snapshot is no longer needed: it may
         be killed), then scan the last batch. written None: the save has failed, and
@@ -210,6 +216,7 @@ class SelfDump:
             with self.proc.running(Sys.pwritev, self.fd, self.scratch, len(batch), at,
                                    0) as call:
                 self._scan_written()
+                self._run_meanwhile()
             self.write_seconds += time.perf_counter() - t
             # Not meanwhile: a hole punched takes the file's lock, which the write holds.
             self._punch()
@@ -230,6 +237,11 @@ class SelfDump:
                 return
             self._scan(batch, at, pages)
             batch = self._read_rest(batch, pages)
+
+    def _run_meanwhile(self) -> None:
+        work, self.meanwhile = self.meanwhile, None
+        if work is not None:
+            work()
 
     def _scan_written(self) -> None:
         if self.unscanned is not None:
