@@ -23,6 +23,7 @@ from harness import (
     wait_gone,
 )
 
+from gdbckpt.engine.front import Front
 from gdbckpt.image import Image
 from gdbckpt.image import format as fmt
 
@@ -259,30 +260,85 @@ def test_the_state_read_as_the_snapshot_writes_its_first_batch_is_the_stopped_st
     monkeypatch.setattr(engine_save, "OVERLAP_WITHIN", 60)  # however busy the machine
     img = str(tmp_path / "s.img")
     p = subprocess.Popen([example("signals"), "40"], stdout=subprocess.PIPE, text=True)
-    fresh = []
+    read = []
+
+    def state():
+        again = engine_save._Saver(proc, Front(), False, fdsmod.read_fds(p.pid), None,
+                                   {}).read()
+        read.append((again.threads, again.process))
     try:
         assert p.stdout.readline().startswith("step 0 ")
         proc = Process.seize(p.pid)
-
-        def resume():
-            again = engine_save._Saver(proc, Front(), False, fdsmod.read_fds(p.pid), None,
-                                       {}).read()
-            fresh.append((again.threads, again.process))
-            proc.release()
         try:
-            r = engine_save.save(proc, img, resume=resume)
+            state()         # before the snapshot is made
+            r = engine_save.save(proc, img, front=(front := Progress()),
+                                 resume=lambda: (state(), proc.release()))
         finally:
             proc.release()
     finally:
         p.kill()
         p.wait()
     assert "memory: first batch, the state read meanwhile" in r.phases
-    saved, ((threads, process),) = Image.open(img), fresh
-    assert saved.threads == threads
+    # The progress shown ends at its total: the memory read while stopped, the first
+    # batch and the rest, each counted once.
+    total, (done, final) = front.shown[-1][0], front.shown[-1][1][-1]
+    assert final and done == total == r.mapped
+    saved, ((threads, process), (threads_after, after)) = Image.open(img), read
+    assert saved.threads == threads == threads_after
     assert saved.process.sigactions == process.sigactions
     assert any(a.flags & 0x08000000 for a in process.sigactions)      # SA_ONSTACK
-    assert (saved.process.sigpending, saved.process.shared_pending) == \
-        (process.sigpending, process.shared_pending)
+    # Pending signals, but for the SIGALRM its 20 ms timer may add while it is stopped.
+    assert _but_alarms(saved.process) == _but_alarms(process) == _but_alarms(after)
     assert [(t.which, t.interval_us) for t in saved.process.itimers] == [(0, 20000)]
     for field in ("rlimits", "creds", "umask", "mm", "pdeathsig", "dumpable", "xcomp_perm"):
         assert getattr(saved.process, field) == getattr(process, field), field
+
+
+def _but_alarms(process) -> tuple[int, list[bytes]]:
+    """A process's pending signals, SIGALRM left out."""
+    alarm = 14
+    return (process.sigpending & ~(1 << (alarm - 1)),
+            [si for si in process.shared_pending if si[0] != alarm])
+
+
+class Progress(Front):
+    """A front end that keeps what progress it was shown: (total, [(done, final)])."""
+
+    def __init__(self):
+        super().__init__()
+        self.shown: list[tuple[int, list]] = []
+
+    def progress(self, phase, total):
+        self.shown.append((total, calls := []))
+        return lambda done, final=False: calls.append((done, final))
+
+
+def test_a_save_that_fails_after_its_snapshot_is_made_leaves_no_zombie(tmp_path, monkeypatch):
+    """The state is read after the snapshot is made (begin_self_dump): a save that fails
+    there has the still-stopped process reap its snapshot, as one that fails later does
+    once it runs on; no image is left."""
+    from gdbckpt.engine import save as engine_save
+    from gdbckpt.engine.process import Process
+    from gdbckpt.errors import SaveError
+    monkeypatch.setattr(engine_save, "SELF_DUMP_FROM", 0)
+    monkeypatch.setattr(engine_save, "OVERLAP_WITHIN", 60)
+
+    def fails(*args):
+        raise SaveError("made to fail by the test")
+    monkeypatch.setattr(engine_save._Saver, "_process", fails)
+    img = str(tmp_path / "f.img")
+    p = subprocess.Popen([example("signals"), "40"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("step 0 ")
+        proc = Process.seize(p.pid)
+        try:
+            with pytest.raises(SaveError, match="made to fail"):
+                engine_save.save(proc, img, resume=proc.release)
+        finally:
+            proc.release()
+        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+            assert f.read().split() == []
+        assert os.listdir(tmp_path) == []
+    finally:
+        p.kill()
+        p.wait()

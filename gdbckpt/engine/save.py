@@ -61,6 +61,7 @@ from .process import (
     end_snapshot,
     hold_snapshot,
     reap_snapshot,
+    reap_snapshot_in,
     wait_state,
 )
 from .state import StateReader, debuggers_own
@@ -266,6 +267,8 @@ class _Saver:
         self.process: ProcessInfo | None = None     # read_state
         self.out: selfdump.SelfDump | None = None   # begun while stopped: begin_self_dump
         self.later: list | None = None              # the snapshot's regions left to it
+        self.self_dump_refused = False  # SelfDump.start failed: the reader reads it all
+        self.resumed = False
 
     def read(self) -> _Saver:
         """Everything of the stopped process but its memory."""
@@ -343,10 +346,8 @@ class _Saver:
                 # may still be writing it): the process runs on.
                 phases["stopped"] = time.perf_counter() - start
                 self.resume()
+                self.resumed = True
         except BaseException:
-            if self.out is not None:
-                self.out.close()
-                self.out = None
             self._end_memory(dumper, child)
             raise
 
@@ -385,7 +386,9 @@ class _Saver:
             # Not while it was stopped: allocating the blocks can take ext4 200 ms
             # when it is still freeing an old image's.
             w.reserve(more)
-        progress = self.front.progress("save", dumper.stats.mapped + more) if child else first
+        # What is read already (the regions read while stopped, a first batch) and the rest.
+        progress = (self.front.progress("save", dumper.stats.mapped + _size(later)) if child
+                    else first)
         if later or self.out is not None:
             self._dump_snapshot(child, dumper, w, later, progress)
         progress(dumper.stats.mapped, final=True)
@@ -409,6 +412,7 @@ class _Saver:
         self.out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
                                            undumpable=selfdump.another_owner(uids))
         if self.out is None:
+            self.self_dump_refused = True       # not tried again: _dump_snapshot
             return
         t0 = time.perf_counter()
         first, self.later = _cut(self.later, FIRST_BATCH >> PAGE_SHIFT)
@@ -426,7 +430,8 @@ class _Saver:
         out, self.out = self.out, None
         uids = self.process.creds.uids
         fsize = self._file_size_limit()
-        if out is None and self._self_dump_allowed(w, todo, uids, fsize):
+        if out is None and not self.self_dump_refused and \
+                self._self_dump_allowed(w, todo, uids, fsize):
             out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
                                           undumpable=selfdump.another_owner(uids))
         ok = False
@@ -464,6 +469,9 @@ class _Saver:
 
     def _end_memory(self, dumper: MemoryDumper, child: int | None) -> None:
         try:
+            if self.out is not None:        # begun, and the save failed before it went on
+                self.out.close()
+                self.out = None
             dumper.close()
         finally:
             if child and self.parked:
@@ -479,8 +487,17 @@ class _Saver:
             self._end_snapshot(self.child)
 
     def _end_snapshot(self, child: int) -> None:
+        """Kill it, and have the process reap it: still stopped under us (a save that
+        failed before it resumed), or seized again for that."""
         drop_snapshot(child)
-        if self.reap:
+        if not self.reap:
+            return
+        if not self.resumed:
+            try:
+                reap_snapshot_in(self.inf, child)
+            except CkptError:
+                pass        # the process has ended: nothing left to reap it
+        else:
             reap_snapshot(self.inf.pid, child)
 
     def _result(self, dumper: MemoryDumper) -> tuple[SaveResult, list[tuple]]:
