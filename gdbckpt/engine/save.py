@@ -403,12 +403,14 @@ class _Saver:
         the few ms, and the state is read before it resumes, as ever."""
         if time.perf_counter() - start > OVERLAP_WITHIN:
             return
+        uids = credsmod.from_status(self.proc.status()).uids
+        # Its resident memory, before its pagemap is walked: a process too small to be
+        # written so is not stopped for that walk.
+        resident = sum(m.size if m.resident is None else m.resident for m in later_maps)
+        if not self._self_dump_allowed(w, resident, uids, self._file_size_limit()):
+            return
         dumper.switch(child)
         self.later = self._todo(child, later_maps)
-        status = self.proc.status()
-        uids = credsmod.from_status(status).uids
-        if not self._self_dump_allowed(w, self.later, uids, self._file_size_limit()):
-            return
         self.out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
                                            undumpable=selfdump.another_owner(uids))
         if self.out is None:
@@ -431,7 +433,7 @@ class _Saver:
         uids = self.process.creds.uids
         fsize = self._file_size_limit()
         if out is None and not self.self_dump_refused and \
-                self._self_dump_allowed(w, todo, uids, fsize):
+                self._self_dump_allowed(w, _size(todo), uids, fsize):
             out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
                                           undumpable=selfdump.another_owner(uids))
         ok = False
@@ -446,11 +448,12 @@ class _Saver:
                 self.phases["memory: written by the snapshot"] = out.write_seconds
                 self.phases["memory: zero pages and checksums (meanwhile)"] = out.scan_seconds
 
-    def _self_dump_allowed(self, w: ImageWriter, todo: list, uids: list[int],
+    def _self_dump_allowed(self, w: ImageWriter, size: int, uids: list[int],
                            fsize: int) -> bool:
-        """Worth its set-up from a few MiB on, and not for a parked snapshot, which has no
-        tracer to make it write (nor for compression: selfdump.used_for says the rest)."""
-        return not self.parked and w.compressor is None and _size(todo) >= SELF_DUMP_FROM \
+        """Worth its set-up from a few MiB on (size: what there is to write), and not for a
+        parked snapshot, which has no tracer to make it write (nor for compression:
+        selfdump.used_for says the rest)."""
+        return not self.parked and w.compressor is None and size >= SELF_DUMP_FROM \
             and selfdump.used_for(self.inf.pid, uids, fsize)
 
     def _file_size_limit(self) -> int:
