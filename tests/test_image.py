@@ -526,6 +526,17 @@ def test_a_format_2_image_is_read_as_format_3(tmp_path, image):
     assert img.verify_chunks() > 0 and img.process == PROCESS
 
 
+def test_a_ctrl_c_as_the_writer_makes_its_file_leaves_none(tmp_path, monkeypatch):
+    """A Ctrl-C comes as a KeyboardInterrupt at the next Python call: here at the first
+    one after the temporary file exists, before the caller has a writer to abort."""
+    def interrupted(self, offset):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ImageWriter, "_seek", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ImageWriter(str(tmp_path / "a.img"))
+    assert os.listdir(tmp_path) == []
+
+
 def test_abort_after_commit_removes_nothing(tmp_path):
     """A failure after the commit (a Ctrl-C as the save returns) must remove nothing: the
     temporary name is then the old image's, kept until the new one is on disk. (Here a

@@ -55,7 +55,6 @@ from . import xstate as xstatemod
 from .front import Front
 from .process import (
     Process,
-    deferred_signals,
     detach_snapshot,
     drop_snapshot,
     end_snapshot,
@@ -171,11 +170,12 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
         result.snapshot = 0 if root.reap else (root.child or 0)    # a zombie left
         return result
 
-    # A Ctrl-C waits until the temporary file is ours to remove (GDB's, say, raised
-    # between its creation and the try below would leave it behind).
-    with deferred_signals():
-        w = ImageWriter(path, sync=sync, compressor=compressor)
+    # A Ctrl-C as the temporary file is made: the writer removes it (raised in its
+    # __init__), or abort() below does. (Blocking SIGINT around the creation only moved
+    # the KeyboardInterrupt to the unblocking, before the try that removed the file.)
+    w = None
     try:
+        w = ImageWriter(path, sync=sync, compressor=compressor)
         for m in members:
             first, records, result = len(w.chunks), [], None
             if m.proc is not None:
@@ -188,7 +188,8 @@ def _save_tree(proc: Process, path: str, front: Front, sync: bool, compress: boo
         if background is None or not root.child:
             return finish()     # without a snapshot, nothing is left to do meanwhile
     except BaseException:
-        w.abort()               # nothing once committed
+        if w is not None:
+            w.abort()           # nothing once committed
         raise
     try:
         detach_snapshot(root.child, proc.syscall_insn())

@@ -115,7 +115,11 @@ class ImageWriter:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise SaveError(f"cannot create an image in '{d}': {e.strerror}") from None
-        self._seek(self.offset)
+        try:
+            self._seek(self.offset)
+        except BaseException:       # a Ctrl-C, even: the caller has no writer to abort
+            self.abort()
+            raise
 
     def reserve(self, size: int) -> None:
         """Allocate the blocks for size more bytes of chunks ahead: ext4 then writes ~20%
