@@ -85,13 +85,16 @@ def _unlink(path: str) -> None:
 def start_floor(reps: int) -> dict:
     """The fixed cost of a command on this machine, measured in the same run: the venv's
     Python starting and importing what `gdbckpt-batch` and a save or a restore load, and
-    nothing else (whole commands, medians). A small save or restore cannot be faster."""
+    nothing else (whole commands, medians). A small save or restore cannot be faster.
+    Each ends with os._exit, as gdbckpt-batch does: Python's own shutdown would add
+    ~7 ms that the command never pays."""
     py = os.path.join(REPO, ".venv", "bin", "python")
     floors = {}
-    for what in ("save", "restore"):
-        code = f"import gdbckpt.batch, gdbckpt.engine.{what}"
-        floors[what] = statistics.median(timed([py, "-c", code]) for _ in range(max(reps, 5)))
-    floors["python"] = statistics.median(timed([py, "-c", "pass"]) for _ in range(max(reps, 5)))
+    for what, code in (("save", "import gdbckpt.batch, gdbckpt.engine.save"),
+                       ("restore", "import gdbckpt.batch, gdbckpt.engine.restore"),
+                       ("python", "pass")):
+        argv = [py, "-c", f"{code}; import os; os._exit(0)"]
+        floors[what] = statistics.median(timed(argv) for _ in range(max(reps, 5)))
     return floors
 
 
