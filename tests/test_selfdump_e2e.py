@@ -342,3 +342,34 @@ def test_a_save_that_fails_after_its_snapshot_is_made_leaves_no_zombie(tmp_path,
     finally:
         p.kill()
         p.wait()
+
+
+def test_a_first_batch_cut_mid_mapping_gives_what_a_stopped_save_reads(tmp_path, monkeypatch):
+    """begin_self_dump's first batch ends inside a mapping (_cut): the rest of it, and the
+    mappings after it (the guard page among them), are written once the process runs
+    on. The image is still a stopped save's, page for page."""
+    from gdbckpt.engine import save as engine_save
+    from gdbckpt.engine.process import Process
+    monkeypatch.setattr(engine_save, "OVERLAP_WITHIN", 60)
+    monkeypatch.setattr(engine_save, "FIRST_BATCH", 3 << 20)    # into the 12 MiB of anon
+    images = [str(tmp_path / "early.img"), str(tmp_path / "stopped.img")]
+    p = subprocess.Popen([example("holes"), str(tmp_path / "data")], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        assert p.stdout.readline() == "guard on\n"
+        _waiting_for_its_line(p.pid)
+        proc = Process.seize(p.pid)
+        try:
+            r = engine_save.save(proc, images[0], resume=proc.release)
+        finally:
+            proc.release()
+        batch(str(p.pid), "-o", images[1], "--no-sync", "--no-snapshot", check=0)
+    finally:
+        p.kill()
+        p.wait()
+    assert "memory: first batch, the state read meanwhile" in r.phases
+    early, stopped = (Image.open(i) for i in images)
+    assert pages(early) == pages(stopped)
+    assert _gaps(early)         # the snapshot wrote it: holes where its zero pages were
+    batch("verify", images[0], check=0)
