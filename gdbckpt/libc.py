@@ -15,10 +15,6 @@ def libc() -> ctypes.CDLL:
     lib.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
     lib.process_vm_readv.restype = ctypes.c_ssize_t
     lib.process_vm_writev.restype = ctypes.c_ssize_t
-    lib.mmap.restype = ctypes.c_void_p
-    lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                         ctypes.c_int, ctypes.c_long]
-    lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.tee.restype = ctypes.c_ssize_t
     lib.shmget.restype = ctypes.c_int
     lib.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]

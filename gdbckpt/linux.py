@@ -33,7 +33,7 @@ class Prot(enum.IntFlag):
     @classmethod
     def from_perms(cls, perms: str) -> "Prot":
         """'r-xp' -> READ|EXEC. A table: each maps line costs three flag ORs otherwise,
-        slow as enums go (a restore parses its own maps twice)."""
+        slow as enums go."""
         return _PROT_OF_PERMS[perms[:3]]
 
     def perms(self) -> str:

@@ -189,22 +189,14 @@ class MemoryDumper:
     def close(self) -> None:
         """Wait for the writes queued so far; raises what the writer thread failed with.
 
-        Both buffers back means the thread has written its last: it is told to end,
-        not waited for (waking it to do so took 3-6 ms on a busy machine, the
-        process itself running on one of two CPUs and its snapshot ending on the
-        other). The wait outlasts a Ctrl-C (raised again after it): the image file
-        may only be closed and removed once no thread writes to it.
+        The wait outlasts a Ctrl-C (raised again after it): the image file may
+        only be closed and removed once no thread writes to it.
         """
         self.work.put(None)
         interrupted = None
-        back = 0
-        while back < 2:
+        while self.thread.is_alive():
             try:
-                self.free.get(timeout=0.05)
-                back += 1
-            except queue.Empty:
-                if not self.thread.is_alive():
-                    break       # it has done all it was handed (a buffer was lost)
+                self.thread.join()
             except KeyboardInterrupt as e:
                 interrupted = e
         os.close(self.fd)
@@ -235,19 +227,14 @@ class MemoryDumper:
             if self.error is not None:
                 self.free.put(buf)
                 raise self.error
-            try:
-                t = time.perf_counter()
-                got = self._read(buf, addr, n)
-                self.read_seconds += time.perf_counter() - t
-                self._unpatch(buf, addr, got)
-                t = time.perf_counter()
-                chunks = self.chunks(buf, addr, got, region.dirty[done:done + got],
-                                     region.mapping)
-                self.scan_seconds += time.perf_counter() - t
-            except BaseException:
-                self.free.put(buf)      # close() waits for both buffers
-                raise
-            self.work.put((buf, chunks))
+            t = time.perf_counter()
+            got = self._read(buf, addr, n)
+            self.read_seconds += time.perf_counter() - t
+            self._unpatch(buf, addr, got)
+            t = time.perf_counter()
+            self.work.put((buf, self.chunks(buf, addr, got, region.dirty[done:done + got],
+                                            region.mapping)))
+            self.scan_seconds += time.perf_counter() - t
             if got < n:
                 if not has_memory(self.pid):
                     # Not pages past a file's end: the whole process is gone (a snapshot

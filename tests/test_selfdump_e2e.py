@@ -3,6 +3,7 @@ the image holds what a save of the stopped process reads, page for page, with ho
 where the zero pages were, and what the snapshot cannot read (a guard page, memory
 behind PROT_NONE) is read as before."""
 
+import contextlib
 import errno
 import json
 import os
@@ -209,37 +210,23 @@ def test_a_snapshot_whose_writes_are_refused_has_its_memory_read_instead(tmp_pat
     and the image holds what a stopped save reads."""
     import resource
 
-    from gdbckpt.engine import save as engine_save
-    from gdbckpt.engine.front import Front
-    from gdbckpt.engine.process import Process
     limited = []
 
     class LimitsTheSnapshot(Front):
+        def __init__(self, pid: int):
+            super().__init__()
+            self.pid = pid
+
         def progress(self, phase, total):
             def advance(done, final=False):
-                with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
                     for child in f.read().split():
                         if int(child) not in limited:
                             resource.prlimit(int(child), resource.RLIMIT_FSIZE, (4096, 4096))
                             limited.append(int(child))
             return advance
-    p = subprocess.Popen([example("holes"), str(tmp_path / "data")], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline() == "ready\n"
-        assert p.stdout.readline() == "guard on\n"
-        _waiting_for_its_line(p.pid)
-        images = [str(tmp_path / "refused.img"), str(tmp_path / "stopped.img")]
-        proc = Process.seize(p.pid)
-        try:
-            engine_save.save(proc, images[0], front=LimitsTheSnapshot(),
-                             resume=lambda: proc.release())
-        finally:
-            proc.release()
-        batch(str(p.pid), "-o", images[1], "--no-sync", "--no-snapshot", check=0)
-    finally:
-        p.kill()
-        p.wait()
+    images = [str(tmp_path / "refused.img"), str(tmp_path / "stopped.img")]
+    _holes_saved_both_ways(tmp_path, images, LimitsTheSnapshot)
     assert limited
     refused, stopped = (Image.open(i) for i in images)
     assert not _gaps(refused)
@@ -254,30 +241,17 @@ def test_the_state_read_as_the_snapshot_writes_its_first_batch_is_the_stopped_st
     the stopped process gives as it resumes, the same stop."""
     from gdbckpt import fds as fdsmod
     from gdbckpt.engine import save as engine_save
-    from gdbckpt.engine.front import Front
-    from gdbckpt.engine.process import Process
-    monkeypatch.setattr(engine_save, "SELF_DUMP_FROM", 0)   # its few pages are enough
-    monkeypatch.setattr(engine_save, "OVERLAP_WITHIN", 60)  # however busy the machine
     img = str(tmp_path / "s.img")
-    p = subprocess.Popen([example("signals"), "40"], stdout=subprocess.PIPE, text=True)
     read = []
 
     def state():
-        again = engine_save._Saver(proc, Front(), False, fdsmod.read_fds(p.pid), None,
+        again = engine_save._Saver(proc, Front(), False, fdsmod.read_fds(proc.pid), None,
                                    {}).read()
         read.append((again.threads, again.process))
-    try:
-        assert p.stdout.readline().startswith("step 0 ")
-        proc = Process.seize(p.pid)
-        try:
-            state()         # before the snapshot is made
-            r = engine_save.save(proc, img, front=(front := Progress()),
-                                 resume=lambda: (state(), proc.release()))
-        finally:
-            proc.release()
-    finally:
-        p.kill()
-        p.wait()
+    with _signals_seized(monkeypatch) as proc:
+        state()         # before the snapshot is made
+        r = engine_save.save(proc, img, front=(front := Progress()),
+                             resume=lambda: (state(), proc.release()))
     assert "memory: first batch, the state read meanwhile" in r.phases
     # The progress shown ends at its total: the memory read while stopped, the first
     # batch and the rest, each counted once.
@@ -292,6 +266,27 @@ def test_the_state_read_as_the_snapshot_writes_its_first_batch_is_the_stopped_st
     assert [(t.which, t.interval_us) for t in saved.process.itimers] == [(0, 20000)]
     for field in ("rlimits", "creds", "umask", "mm", "pdeathsig", "dumpable", "xcomp_perm"):
         assert getattr(saved.process, field) == getattr(process, field), field
+
+
+@contextlib.contextmanager
+def _signals_seized(monkeypatch):
+    """examples/signals running, seized (released at the end, then killed); the snapshot
+    always written by itself from while the process is stopped (begin_self_dump)."""
+    from gdbckpt.engine import save as engine_save
+    from gdbckpt.engine.process import Process
+    monkeypatch.setattr(engine_save, "SELF_DUMP_FROM", 0)   # its few pages are enough
+    monkeypatch.setattr(engine_save, "OVERLAP_WITHIN", 60)  # however busy the machine
+    p = subprocess.Popen([example("signals"), "40"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("step 0 ")
+        proc = Process.seize(p.pid)
+        try:
+            yield proc
+        finally:
+            proc.release()
+    finally:
+        p.kill()
+        p.wait()
 
 
 def _but_alarms(process) -> tuple[int, list[bytes]]:
@@ -318,30 +313,19 @@ def test_a_save_that_fails_after_its_snapshot_is_made_leaves_no_zombie(tmp_path,
     there has the still-stopped process reap its snapshot, as one that fails later does
     once it runs on; no image is left."""
     from gdbckpt.engine import save as engine_save
-    from gdbckpt.engine.process import Process
     from gdbckpt.errors import SaveError
-    monkeypatch.setattr(engine_save, "SELF_DUMP_FROM", 0)
-    monkeypatch.setattr(engine_save, "OVERLAP_WITHIN", 60)
 
     def fails(*args):
         raise SaveError("made to fail by the test")
     monkeypatch.setattr(engine_save._Saver, "_process", fails)
     img = str(tmp_path / "f.img")
-    p = subprocess.Popen([example("signals"), "40"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().startswith("step 0 ")
-        proc = Process.seize(p.pid)
-        try:
-            with pytest.raises(SaveError, match="made to fail"):
-                engine_save.save(proc, img, resume=proc.release)
-        finally:
-            proc.release()
-        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+    with _signals_seized(monkeypatch) as proc:
+        with pytest.raises(SaveError, match="made to fail"):
+            engine_save.save(proc, img, resume=proc.release)
+        proc.release()
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             assert f.read().split() == []
-        assert os.listdir(tmp_path) == []
-    finally:
-        p.kill()
-        p.wait()
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_first_batch_cut_mid_mapping_gives_what_a_stopped_save_reads(tmp_path, monkeypatch):
@@ -349,27 +333,37 @@ def test_a_first_batch_cut_mid_mapping_gives_what_a_stopped_save_reads(tmp_path,
     mappings after it (the guard page among them), are written once the process runs
     on. The image is still a stopped save's, page for page."""
     from gdbckpt.engine import save as engine_save
-    from gdbckpt.engine.process import Process
     monkeypatch.setattr(engine_save, "OVERLAP_WITHIN", 60)
     monkeypatch.setattr(engine_save, "FIRST_BATCH", 3 << 20)    # into the 12 MiB of anon
     images = [str(tmp_path / "early.img"), str(tmp_path / "stopped.img")]
+    r = _holes_saved_both_ways(tmp_path, images)
+    assert "memory: first batch, the state read meanwhile" in r.phases
+    early, stopped = (Image.open(i) for i in images)
+    assert pages(early) == pages(stopped)
+    assert _gaps(early)         # the snapshot wrote it: holes where its zero pages were
+    batch("verify", images[0], check=0)
+
+
+def _holes_saved_both_ways(tmp_path, images: list[str], front_for=None):
+    """examples/holes, asleep in its read, saved by the engine as it runs on (into
+    images[0]; front_for(pid) its front end) and by `gdbckpt-batch --no-snapshot` (into
+    images[1]): the same instant. Returns the engine's SaveResult."""
+    from gdbckpt.engine import save as engine_save
+    from gdbckpt.engine.process import Process
     p = subprocess.Popen([example("holes"), str(tmp_path / "data")], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline() == "ready\n"
-        assert p.stdout.readline() == "guard on\n"
+        assert p.stdout.readline() == "guard on\n"       # Linux 6.13 and later
         _waiting_for_its_line(p.pid)
         proc = Process.seize(p.pid)
         try:
-            r = engine_save.save(proc, images[0], resume=proc.release)
+            r = engine_save.save(proc, images[0], front=front_for and front_for(p.pid),
+                                 resume=proc.release)
         finally:
             proc.release()
         batch(str(p.pid), "-o", images[1], "--no-sync", "--no-snapshot", check=0)
     finally:
         p.kill()
         p.wait()
-    assert "memory: first batch, the state read meanwhile" in r.phases
-    early, stopped = (Image.open(i) for i in images)
-    assert pages(early) == pages(stopped)
-    assert _gaps(early)         # the snapshot wrote it: holes where its zero pages were
-    batch("verify", images[0], check=0)
+    return r

@@ -11,17 +11,16 @@ stub to read after.
 
 from __future__ import annotations
 
-import ctypes
+import mmap
 import os
 import threading
 
+from .. import native
 from ..libc import Iovec, libc
 from ..linux import PAGE_SIZE
 
 SHARED_FROM = 32 << 20       # bytes of one fill; below, not worth a thread
 IOV_MAX = 1024
-PROT_READ, MAP_SHARED = 1, 1
-MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def halves(runs: list[tuple[int, int, int]]) -> tuple[list, list]:
@@ -58,21 +57,25 @@ class Copier(threading.Thread):
             self.error = e
 
     def _copy(self) -> None:
-        lib = libc()
-        base = lib.mmap(None, self.size, PROT_READ, MAP_SHARED, self.image_fd, 0)
-        if base in (None, MAP_FAILED):
+        try:
+            # Private and writable only for buffer_address: never written.
+            image = mmap.mmap(self.image_fd, self.size, mmap.MAP_PRIVATE,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
             return                      # all left to the stub
         try:
+            base = native.buffer_address(image)
             while self.left:
                 batch = self.left[:IOV_MAX]
                 local = (Iovec * len(batch))(*((base + off, n) for _, n, off in batch))
                 remote = (Iovec * len(batch))(*((addr, n) for addr, n, _ in batch))
-                done = lib.process_vm_writev(self.pid, local, len(batch), remote, len(batch), 0)
+                done = libc().process_vm_writev(self.pid, local, len(batch), remote,
+                                                len(batch), 0)
                 if done <= 0:
                     return
                 self._advance(done)
         finally:
-            lib.munmap(base, self.size)
+            image.close()
 
     def _advance(self, done: int) -> None:
         """Drop what was written from left: whole runs, and the start of one."""

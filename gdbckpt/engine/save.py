@@ -279,6 +279,7 @@ class _Saver:
         """Its descriptors, mappings and files: what the reading of its memory needs."""
         self.phases: dict[str, float] = {}
         t0 = time.perf_counter()
+        self.status = self.proc.status()    # its ids and seccomp mode; _process reads it anew
         self._check_seccomp()
         self.fds = self._fds()
         self.maps = read_mappings(self.inf.pid)
@@ -404,7 +405,7 @@ class _Saver:
         the few ms, and the state is read before it resumes, as ever."""
         if time.perf_counter() - start > OVERLAP_WITHIN:
             return
-        uids = credsmod.from_status(self.proc.status()).uids
+        uids = credsmod.from_status(self.status).uids
         # Its resident memory, before its pagemap is walked: a process too small to be
         # written so is not stopped for that walk.
         resident = sum(m.size if m.resident is None else m.resident for m in later_maps)
@@ -544,7 +545,7 @@ class _Saver:
     def _check_seccomp(self) -> None:
         """A seccomp filter may refuse the system calls the save injects, or kill the
         process for them; and a restore could not put the filter back."""
-        mode = self.proc.status().get("Seccomp", "0")
+        mode = self.status.get("Seccomp", "0")
         if mode != "0":
             kind = "strict mode" if mode == "1" else "a filter"
             raise SaveError(f"process {self.inf.pid} runs under seccomp ({kind}): the system "
