@@ -10,7 +10,7 @@ from . import vdso as vdsomod
 from .image import format as fmt
 from .image.model import to_json
 from .image.reader import Image
-from .linux import Prot, sysname
+from .linux import perms_of, sysname
 from .maps import Kind
 from .regs import get
 
@@ -102,7 +102,7 @@ def text(img: Image, *, mappings: bool = True) -> str:
     if mappings:
         lines.append("Mappings:")
         for v, s in zip(img.vmas, stored_by_vma(img), strict=True):
-            perms = Prot(v.prot).perms() + ("s" if v.shared else "p")
+            perms = perms_of(v.prot) + ("s" if v.shared else "p")
             lines.append(f"  {v.start:#014x}-{v.end:#014x} {perms} {v.kind:<11} "
                          f"{mib(v.end - v.start):>10} {mib(s):>10}  {v.path}")
     return "\n".join(lines)
@@ -202,7 +202,7 @@ def as_json(img: Image) -> dict:
                      "fds": [to_json(f) for f in one.fds] if one else []}
                     for m, one in img.members],
         "chunks": [{"vaddr": c.vaddr, "size": c.size, "offset": c.offset, "stored": c.stored,
-                    "flags": c.flags.name or "NONE", "codec": c.codec.name,
+                    "flags": fmt.chunk_flag_names(c.flags), "codec": fmt.CODEC_NAMES[c.codec],
                     "csum": f"{c.csum:016x}"}
                    for c in img.chunks],
     }

@@ -4,7 +4,6 @@ Only what the save and restore paths need; values are from the kernel's uapi
 headers for x86-64.
 """
 
-import enum
 import functools
 import re
 import struct
@@ -24,29 +23,32 @@ def is_syscall_error(ret: int) -> bool:
     return -MAX_ERRNO <= ret < 0
 
 
-class Prot(enum.IntFlag):
+class Prot:
+    """mmap's PROT_ bits. This module's flags and codes are plain ints, as Sys is: a
+    gdbckpt-batch start made each enum class (~80 us apiece)."""
     NONE = 0
     READ = 1
     WRITE = 2
     EXEC = 4
 
-    @classmethod
-    def from_perms(cls, perms: str) -> "Prot":
-        """'r-xp' -> READ|EXEC. A table: each maps line costs three flag ORs otherwise,
-        slow as enums go."""
-        return _PROT_OF_PERMS[perms[:3]]
 
-    def perms(self) -> str:
-        return ("r" if self & Prot.READ else "-") + ("w" if self & Prot.WRITE else "-") + (
-            "x" if self & Prot.EXEC else "-")
+def prot_of_perms(perms: str) -> int:
+    """'r-xp' -> READ|EXEC, from a table: each maps line would cost three ORs otherwise."""
+    return _PROT_OF_PERMS[perms[:3]]
 
 
-_PROT_OF_PERMS = {f"{r}{w}{x}": Prot((r == "r") * Prot.READ | (w == "w") * Prot.WRITE |
-                                     (x == "x") * Prot.EXEC)
+def perms_of(prot: int) -> str:
+    """READ|EXEC -> 'r-x'."""
+    return ("r" if prot & Prot.READ else "-") + ("w" if prot & Prot.WRITE else "-") + (
+        "x" if prot & Prot.EXEC else "-")
+
+
+_PROT_OF_PERMS = {f"{r}{w}{x}": (r == "r") * Prot.READ | (w == "w") * Prot.WRITE |
+                  (x == "x") * Prot.EXEC
                   for r in "r-" for w in "w-" for x in "x-"}
 
 
-class MapFlag(enum.IntFlag):
+class MapFlag:
     SHARED = 0x01
     PRIVATE = 0x02
     FIXED = 0x10
@@ -56,12 +58,12 @@ class MapFlag(enum.IntFlag):
     FIXED_NOREPLACE = 0x100000
 
 
-class Mremap(enum.IntFlag):
+class Mremap:
     MAYMOVE = 1
     FIXED = 2
 
 
-class OpenFlag(enum.IntFlag):
+class OpenFlag:
     RDONLY = 0
     WRONLY = 1
     RDWR = 2
@@ -158,7 +160,7 @@ class Sys:
     close_range = 436
 
 
-class Restart(enum.IntEnum):
+class Restart:
     """Kernel-internal errnos a stopped system call leaves in rax (negated).
 
     The kernel rewrites them when the task next returns to user space; a
@@ -170,7 +172,11 @@ class Restart(enum.IntEnum):
     ERESTART_RESTARTBLOCK = 516
 
 
-class Prctl(enum.IntEnum):
+RESTART_CODES = frozenset((Restart.ERESTARTSYS, Restart.ERESTARTNOINTR, Restart.ERESTARTNOHAND,
+                           Restart.ERESTART_RESTARTBLOCK))
+
+
+class Prctl:
     SET_PDEATHSIG = 1
     GET_PDEATHSIG = 2
     SET_CHILD_SUBREAPER = 36
@@ -187,7 +193,7 @@ class Prctl(enum.IntEnum):
     SET_VMA = 0x53564D41
 
 
-class PrSetMM(enum.IntEnum):
+class PrSetMM:
     EXE_FILE = 13
     MAP = 14
     MAP_SIZE = 15
@@ -253,7 +259,12 @@ def _syscall_table() -> dict[int, str]:
         return {}
 
 
-_SYS_NAMES = {nr: name for name, nr in vars(Sys).items() if not name.startswith("_")}
+def constants(cls: type) -> dict[str, int]:
+    """{NAME: value} of a class of int constants (Sys, Prot, ...), in their order."""
+    return {k: v for k, v in vars(cls).items() if not k.startswith("_") and type(v) is int}
+
+
+_SYS_NAMES = {nr: name for name, nr in constants(Sys).items()}
 
 
 def sysname(nr: int) -> str:

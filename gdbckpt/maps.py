@@ -11,7 +11,7 @@ import msgspec
 
 from .errors import SaveError
 from .image.kinds import Kind
-from .linux import Prot
+from .linux import perms_of, prot_of_perms
 
 _LINE = re.compile(
     r"^(?P<start>[0-9a-f]+)-(?P<end>[0-9a-f]+) (?P<perms>[rwxsp-]{4}) (?P<offset>[0-9a-f]+) "
@@ -31,7 +31,7 @@ STORED_KINDS = {Kind.ANON, Kind.FILE, Kind.FILE_SHARED, Kind.SHMEM, Kind.DELETED
 class Mapping(msgspec.Struct):
     start: int
     end: int
-    prot: Prot
+    prot: int             # linux.Prot bits
     shared: bool
     offset: int
     dev: str
@@ -47,7 +47,7 @@ class Mapping(msgspec.Struct):
 
     @property
     def perms(self) -> str:
-        return self.prot.perms() + ("s" if self.shared else "p")
+        return perms_of(self.prot) + ("s" if self.shared else "p")
 
     @property
     def file_path(self) -> str | None:
@@ -89,7 +89,7 @@ def parse_line(line: str) -> Mapping:
     inode = int(m.group("inode"))
     path = m.group("path")
     return Mapping(start=int(m.group("start"), 16), end=int(m.group("end"), 16),
-                   prot=Prot.from_perms(perms), shared=shared, offset=int(m.group("offset"), 16),
+                   prot=prot_of_perms(perms), shared=shared, offset=int(m.group("offset"), 16),
                    dev=m.group("dev"), inode=inode, path=path,
                    kind=classify(path, shared, inode))
 

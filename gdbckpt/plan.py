@@ -43,6 +43,7 @@ from .linux import (
     PrSetMM,
     Sys,
     page_up,
+    perms_of,
 )
 from .maps import Kind, Mapping, find_gap
 from .procfs import pack_auxv
@@ -84,7 +85,7 @@ TID_POINTER_FLAGS = 0x100000 | 0x200000      # PARENT_SETTID, CHILD_CLEARTID
 class Op(msgspec.Struct):
     nr: int
     args: tuple[int, ...] = ()
-    flags: StubOpFlags = StubOpFlags.NONE
+    flags: int = StubOpFlags.NONE
 
 
 def pack_ops(ops: list[Op]) -> bytes:
@@ -362,7 +363,7 @@ class WriteChunks(Step):
 
     def describe(self):
         total = sum(c.size for c in self.chunks)
-        kinds = {("zero" if c.flags & fmt.ChunkFlags.ZERO else c.codec.name.lower())
+        kinds = {("zero" if c.flags & fmt.ChunkFlags.ZERO else fmt.CODEC_NAMES[c.codec].lower())
                  for c in self.chunks}
         return f"write {total:#x} bytes at {self.chunks[0].vaddr:#x} ({', '.join(sorted(kinds))})"
 
@@ -419,7 +420,7 @@ class Protect(Step):
     prot: int = 0
 
     def describe(self):
-        return f"protect {self.start:#x}-{self.start + self.size:#x} {Prot(self.prot).perms()}"
+        return f"protect {self.start:#x}-{self.start + self.size:#x} {perms_of(self.prot)}"
 
 
 class Advise(Step):
@@ -1006,7 +1007,7 @@ class _Builder:
             self.steps.append(Map(vma=v, fd=fd, shared=shared, growsdown="gd" in v.vmflags,
                                   note=note, final=not chunks))
             if not chunks:
-                writable = Prot(v.prot)
+                writable = v.prot
             elif shared and from_file and not v.prot & Prot.WRITE:
                 writable = Prot.READ
         self._fill(chunks, image_fd, lazy_ok=not v.shared)
@@ -1540,7 +1541,7 @@ def _map(step: Map, scratch: Scratch) -> list[Op]:
         if step.shared and step.fd >= 0 and not v.prot & Prot.WRITE:
             prot = Prot.READ       # the file may be open read-only
         if step.final:
-            prot = Prot(v.prot)
+            prot = v.prot
         off = v.offset if step.fd >= 0 else 0
         return [Op(Sys.mmap, (v.start, v.end - v.start, int(prot), int(flags), step.fd, off))]
 

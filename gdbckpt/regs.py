@@ -11,7 +11,7 @@ import re
 from .engine.ptrace import USER_REGS
 from .errors import CkptError
 from .image.model import SyscallState
-from .linux import Restart, Sys
+from .linux import RESTART_CODES, Restart, Sys
 
 SYSCALL_INSN = b"\x0f\x05"
 USER_CS_64 = 0x33      # __USER_CS: the code segment of a 64-bit thread
@@ -53,7 +53,7 @@ EINTR = 4
 def pending_restart(regs: dict[str, int]) -> bool:
     """Whether the kernel would rewind this thread into its system call on resuming."""
     return get_signed(regs, "orig_rax") >= 0 and \
-        -get_signed(regs, "rax") in Restart.__members__.values()
+        -get_signed(regs, "rax") in RESTART_CODES
 
 
 def rewind(regs: dict[str, int]) -> None:
@@ -93,7 +93,7 @@ def apply_restart(regs: dict[str, int], code_before: bytes = b"",
     """
     nr = get_signed(regs, "orig_rax")
     err = -get_signed(regs, "rax")
-    if nr < 0 or err not in Restart.__members__.values():
+    if nr < 0 or err not in RESTART_CODES:
         return None
     if nr == Sys.restart_syscall:
         nr = _call_before(regs, code_before, read)

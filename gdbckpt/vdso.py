@@ -165,8 +165,10 @@ def read_mark(data: bytes) -> tuple[tuple[int, int], tuple[int, int]] | None:
 def _own_specials() -> tuple[Mapping, ...]:
     """This process's vDSO and vvar mappings: placed at its start, they never move."""
     with open("/proc/self/maps") as f:
-        return tuple(m for m in parse_maps(f.read())
-                     if m.kind in (Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK))
+        # Only their lines parsed: ours are over a hundred (~1 ms of a restore's start).
+        lines = "".join(line for line in f if "[v" in line)
+    return tuple(m for m in parse_maps(lines)
+                 if m.kind in (Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK))
 
 
 def own_vdso() -> bytes | None:

@@ -101,7 +101,7 @@ def chunk_payloads(n):
 def test_the_image_reads_back():
     out = read("none", ORIGINAL, trace=True)
     assert (out.status, out.stage) == ("opened", "done")
-    assert {fmt.RecordType(r.rtype) for r in LAYOUT.records} == set(fmt.RecordType)
+    assert {r.rtype for r in LAYOUT.records} == set(fmt.RECORD_NAMES)
     assert {c[5] for c in LAYOUT.chunks} == {fmt.Codec.NONE, fmt.Codec.ZSTD}
     flags = [c[4] for c in LAYOUT.chunks]
     assert any(f & fmt.ChunkFlags.ZERO for f in flags)

@@ -280,11 +280,12 @@ def test_flipped_bit_in_trailer(tmp_path, image):
                 assert "trailer checksum mismatch" in msg
 
 
-@pytest.mark.parametrize("rtype", list(fmt.RecordType))
+@pytest.mark.parametrize("rtype", list(fmt.RECORD_NAMES))
 def test_flipped_bit_in_a_record(tmp_path, image, rtype):
     _, data = image
     pos, length = record_spans(data)[rtype]
-    msg = refused(tmp_path / "c.img", flip(data, pos + length // 2, 2), f"({rtype.name})")
+    msg = refused(tmp_path / "c.img", flip(data, pos + length // 2, 2),
+                  f"({fmt.RECORD_NAMES[rtype]})")
     assert "checksum mismatch" in msg
 
 
@@ -401,7 +402,7 @@ def test_an_unknown_kind_is_refused_naming_the_field(tmp_path, record, key):
         for rtype, obj in ((fmt.RecordType.PROCESS, PROCESS), (fmt.RecordType.THREAD, THREAD),
                            (fmt.RecordType.VMAS, {"vmas": VMAS}),
                            (fmt.RecordType.FDS, {"fds": FDS})):
-            w.add_record(rtype, {key: bad} if rtype.name == record else obj)
+            w.add_record(rtype, {key: bad} if fmt.RECORD_NAMES[rtype] == record else obj)
     path = write_image(tmp_path / "k.img", records=records)
     with pytest.raises(ImageError, match=rf"{key}\[0\]\.kind: unknown kind 'teleporter'.*"
                                          "newer gdbckpt"):

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from gdbckpt import stubabi
+from gdbckpt.linux import constants
 from gdbckpt.stubabi import RET_OFFSET, STUB_OP, StubOp, StubOpFlags
 
 NATIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
@@ -56,15 +57,15 @@ def test_constants():
     for name in names:
         assert d[name] == getattr(stubabi, name), name
     ops = {k.removeprefix("STUB_OP_"): v for k, v in d.items() if k.startswith("STUB_OP_")}
-    assert ops == {op.name: op.value for op in StubOp}
+    assert ops == constants(StubOp)
     flags = {k.removeprefix("STUB_OPF_"): v for k, v in d.items() if k.startswith("STUB_OPF_")}
-    assert flags == {f.name: f.value for f in StubOpFlags if f.value}
-    assert set(d) == set(names) | {f"STUB_OP_{o.name}" for o in StubOp} | {
-        f"STUB_OPF_{f.name}" for f in StubOpFlags if f.value}
+    assert flags == {k: v for k, v in constants(StubOpFlags).items() if v}
+    assert set(d) == set(names) | {f"STUB_OP_{o}" for o in ops} | {
+        f"STUB_OPF_{f}" for f in flags}
 
 
 def test_op_numbers_are_not_system_calls():
-    assert all(op.value >= 1000 for op in StubOp)
+    assert all(nr >= 1000 for nr in constants(StubOp).values())
 
 
 def test_struct_stub_op():

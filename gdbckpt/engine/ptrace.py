@@ -8,12 +8,12 @@ attached, which inside GDB is GDB's own (its Python runs there).
 from __future__ import annotations
 
 import ctypes
-import enum
 import os
 import struct
 
 from ..errors import CkptError
 from ..libc import Iovec, libc
+from ..linux import constants
 
 
 class PtraceError(CkptError):
@@ -22,7 +22,8 @@ class PtraceError(CkptError):
         super().__init__(f"ptrace({request}, {tid}) failed: {os.strerror(err)}")
 
 
-class Req(enum.IntEnum):
+class Req:
+    """Requests; plain ints, as linux.py's constants are."""
     CONT = 7
     KILL = 8
     DETACH = 17
@@ -44,7 +45,7 @@ class Req(enum.IntEnum):
     GET_RSEQ_CONFIGURATION = 0x420F
 
 
-class Opt(enum.IntFlag):
+class Opt:
     NONE = 0
     TRACESYSGOOD = 1
     TRACECLONE = 8
@@ -67,7 +68,7 @@ _REGS = struct.Struct(f"<{len(USER_REGS)}Q")
 MASK64 = (1 << 64) - 1
 
 
-class SyscallOp(enum.IntEnum):
+class SyscallOp:
     """struct ptrace_syscall_info's op: what kind of stop a thread is in."""
     NONE = 0
     ENTRY = 1
@@ -75,14 +76,17 @@ class SyscallOp(enum.IntEnum):
     SECCOMP = 3
 
 
-def _call(req: Req, tid: int, addr=None, data=None) -> int:
-    ret = libc().ptrace(int(req), tid, addr, data)
+_REQ_NAMES = {v: k for k, v in constants(Req).items()}
+
+
+def _call(req: int, tid: int, addr=None, data=None) -> int:
+    ret = libc().ptrace(req, tid, addr, data)
     if ret < 0:
-        raise PtraceError(req.name, tid, ctypes.get_errno())
+        raise PtraceError(_REQ_NAMES[req], tid, ctypes.get_errno())
     return ret
 
 
-def seize(tid: int, options: Opt = Opt.TRACESYSGOOD) -> None:
+def seize(tid: int, options: int = Opt.TRACESYSGOOD) -> None:
     _call(Req.SEIZE, tid, None, ctypes.c_void_p(int(options)))
 
 
@@ -90,7 +94,7 @@ def interrupt(tid: int) -> None:
     _call(Req.INTERRUPT, tid)
 
 
-def set_options(tid: int, options: Opt) -> None:
+def set_options(tid: int, options: int) -> None:
     _call(Req.SETOPTIONS, tid, None, ctypes.c_void_p(int(options)))
 
 
@@ -192,11 +196,11 @@ def set_sigmask(tid: int, mask: int) -> None:
     _call(Req.SETSIGMASK, tid, ctypes.c_void_p(8), ctypes.byref(data))
 
 
-def syscall_op(tid: int) -> SyscallOp:
+def syscall_op(tid: int) -> int:
     """Whether tid is stopped at a system call's entry or exit (PTRACE_GET_SYSCALL_INFO)."""
     buf = ctypes.create_string_buffer(88)
     _call(Req.GET_SYSCALL_INFO, tid, ctypes.c_void_p(88), buf)
-    return SyscallOp(buf.raw[0])
+    return buf.raw[0]           # a SyscallOp
 
 
 def rseq_config(tid: int) -> tuple[int, int, int, int] | None:

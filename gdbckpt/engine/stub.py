@@ -18,7 +18,7 @@ import struct
 
 from .. import native
 from ..errors import RestoreError
-from ..linux import is_syscall_error
+from ..linux import constants, is_syscall_error
 from ..maps import Mapping, read_mappings
 from ..plan import Op, Scratch, op_result, pack_ops
 from ..procfs import rlimits
@@ -54,13 +54,13 @@ class OpFailed(Exception):
         super().__init__(f"{op_name(op)} failed: {os.strerror(errno)}")
 
 
+_STUB_OP_NAMES = {v: k for k, v in constants(StubOp).items()}
+
+
 def op_name(op: Op) -> str:
     from ..linux import sysname
-    try:
-        return StubOp(op.nr).name.lower()
-    except ValueError:
-        pass
-    return sysname(op.nr)
+    name = _STUB_OP_NAMES.get(op.nr)
+    return name.lower() if name else sysname(op.nr)
 
 
 # What the stub writes to its ready pipe: where its way in and its buffers are.

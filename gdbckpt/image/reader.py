@@ -32,8 +32,8 @@ class Chunk(msgspec.Struct, frozen=True):
     size: int
     offset: int
     stored: int
-    flags: fmt.ChunkFlags
-    codec: fmt.Codec
+    flags: int              # fmt.ChunkFlags
+    codec: int              # fmt.Codec
     csum: int
 
     @property
@@ -50,7 +50,7 @@ class Image(msgspec.Struct, weakref=True, eq=False):   # weakref: the fd's final
     path: str
     version: int
     created_ns: int
-    flags: fmt.ImageFlags
+    flags: int              # fmt.ImageFlags
     file_size: int
     meta_offset: int
     process: ProcessInfo
@@ -232,7 +232,7 @@ class _Loader:
             os.close(fd)
             raise
         for one in img.living:
-            one.version, one.flags, one.created_ns = version, fmt.ImageFlags(flags), created
+            one.version, one.flags, one.created_ns = version, flags, created
             one.fd = fd
         weakref.finalize(img, os.close, fd)
         return img
@@ -259,7 +259,7 @@ class _Loader:
                             "registers stored under GDB's names); this gdbckpt reads format "
                             f"{fmt.FORMAT_VERSION}: restore it with {fmt.MADE_BY[version]}, "
                             "or save the program again")
-        if algo not in fmt.CsumAlgo.__members__.values():
+        if algo not in fmt.CSUM_ALGOS:
             raise self.fail(f"uses an unknown checksum algorithm {algo}")
         if flags & ~int(fmt.ImageFlags.COMPRESSED):
             raise self.fail(f"has unknown header flags {flags:#x}")
@@ -328,7 +328,7 @@ class _Loader:
         self._check_shared(root, earlier)
         for member, recs in members:
             first, count = member.chunks
-            known = any(r[0] in fmt.RecordType.__members__.values()
+            known = any(r[0] in fmt.RECORD_NAMES
                         or not r[1] & fmt.RecordFlags.OPTIONAL for _, r in recs)
             image = self._build(recs, table, set(range(first, first + count)), size, meta_off,
                                 f" (process {member.pid})") if known else None
@@ -385,32 +385,33 @@ class _Loader:
             self.where = where
 
     def _build_one(self, records, table, own, size, meta_off) -> Image:
-        found: dict[fmt.RecordType, list] = {t: [] for t in fmt.RecordType}
+        found: dict[int, list] = {t: [] for t in fmt.RECORD_NAMES}
         for i, (rtype, rflags, payload) in records:
-            if rtype not in fmt.RecordType.__members__.values():
+            if rtype not in fmt.RECORD_NAMES:
                 if rflags & fmt.RecordFlags.OPTIONAL:
                     continue
                 raise self.fail(f"has record {i} of unknown type {rtype}: it was written by a "
                                 "newer gdbckpt; upgrade to restore it")
-            found[fmt.RecordType(rtype)].append((i, payload))
+            found[rtype].append((i, payload))
         if found[fmt.RecordType.CHUNKS]:
             raise self.fail("is corrupt: its CHUNKS record is not the last one")
         for need in (fmt.RecordType.PROCESS, fmt.RecordType.VMAS, fmt.RecordType.THREAD):
             if not found[need]:
-                raise self.fail(f"is corrupt: it has no {need.name} record")
+                raise self.fail(f"is corrupt: it has no {fmt.RECORD_NAMES[need]} record")
         for rtype, recs in found.items():
             if rtype != fmt.RecordType.THREAD and len(recs) > 1:
-                raise self.fail(f"is corrupt: it has {len(recs)} {rtype.name} records, not one")
+                raise self.fail(f"is corrupt: it has {len(recs)} {fmt.RECORD_NAMES[rtype]} "
+                                "records, not one")
 
         def one(rtype, cls):
             (i, payload), *_ = found[rtype]
-            return decode(cls, payload, f"{self.where} record {i} ({rtype.name})")
+            return decode(cls, payload, f"{self.where} record {i} ({fmt.RECORD_NAMES[rtype]})")
 
         def listed(rtype, key, cls):
             if not found[rtype]:
                 return []
             i, payload = found[rtype][0]
-            where = f"{self.where} record {i} ({rtype.name})"
+            where = f"{self.where} record {i} ({fmt.RECORD_NAMES[rtype]})"
             holder = decode(_ListOf.make(key, cls), payload, where)
             return getattr(holder, key)
 
@@ -453,9 +454,9 @@ class _Loader:
                 raise self.fail(f"is corrupt: {where} is not whole pages")
             if flags & ~int(fmt.ChunkFlags.DIRTY | fmt.ChunkFlags.ZERO | fmt.ChunkFlags.FILE_DATA):
                 raise self.fail(f"is corrupt: {where} has unknown flags {flags:#x}")
-            if codec not in fmt.Codec.__members__.values():
+            if codec not in fmt.CODEC_NAMES:
                 raise self.fail(f"is corrupt: {where} has unknown codec {codec}")
-            c = Chunk(vaddr, csize, off, stored, fmt.ChunkFlags(flags), fmt.Codec(codec), csum)
+            c = Chunk(vaddr, csize, off, stored, flags, codec, csum)
             if c.flags & fmt.ChunkFlags.ZERO:
                 if off or stored:
                     raise self.fail(f"is corrupt: zero {where} claims stored bytes")
@@ -553,10 +554,7 @@ def _wait_status(status: int) -> bool:
 
 
 def _record_name(rtype: int) -> str:
-    try:
-        return fmt.RecordType(rtype).name
-    except ValueError:
-        return f"type {rtype}"
+    return fmt.RECORD_NAMES.get(rtype) or f"type {rtype}"
 
 
 class _ListOf:
