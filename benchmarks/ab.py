@@ -8,8 +8,9 @@ tell a change of a few ms from the weather. Here each REV (a git revision, or
 "." for the working tree) is checked out into a temporary worktree and the
 versions take turns, in alternating order, saving one running ticker: whole
 commands (the venv's Python with that version first on its path, run from its
-own directory, since `python -c` puts the current directory first; the native
-helpers are this checkout's), each from warm memory, each image a new file.
+own directory, since `python -c` puts the current directory first; with that
+version's own restart stub and helpers, built in its worktree), each from warm
+memory, each image a new file.
 Prints each version's median and fastest save and its median and worst pause
 (the ticker's longest gap between two iterations, as headless.py measures it).
 With --restore, the ticker is saved once (by the working tree) and killed, and
@@ -46,6 +47,9 @@ def checkout(rev: str, into: str) -> str:
         tree = os.path.join(into, rev.replace("/", "_"))
         subprocess.run(["git", "-C", REPO, "worktree", "add", "-f", "--detach", tree, rev],
                        check=True, capture_output=True)
+    if tree != REPO:
+        subprocess.run(["make", "-s", "-C", os.path.join(tree, "native")], check=True,
+                       capture_output=True)
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run([PY, "-m", "compileall", "-q", os.path.join(tree, "gdbckpt")], env=env,
@@ -55,7 +59,7 @@ def checkout(rev: str, into: str) -> str:
 
 def batch(tree: str, *args: str) -> tuple[float, str]:
     """gdbckpt-batch ARGS of that version: seconds taken, and its last line of output."""
-    env = dict(os.environ, PYTHONPATH=tree, GDBCKPT_NATIVE=os.path.join(REPO, "native"))
+    env = dict(os.environ, PYTHONPATH=tree, GDBCKPT_NATIVE=os.path.join(tree, "native"))
     t = time.perf_counter()
     r = subprocess.run([PY, "-c", "from gdbckpt.batch import cli; cli()", *args], env=env,
                        cwd=tree, check=True, capture_output=True, text=True)

