@@ -641,6 +641,17 @@ class DropStub(Step):
         return "unmap the restart stub: " + ", ".join(f"{s:#x}-{e:#x}" for s, e in self.ranges)
 
 
+def _adjacent_merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges that touch, as one: one injected munmap each (the stub's are one run)."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
 class SetExe(Step):
     """Point /proc/PID/exe at the program (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
 
@@ -1351,7 +1362,7 @@ class _Builder:
             self._patch_tids(leader)
         self.steps += [Registers(state=t, thread=t.tid) for t in others]
         self.steps.append(Registers(state=leader))
-        self.steps.append(DropStub(ranges=[(m.start, m.end) for m in self.stub]))
+        self.steps.append(DropStub(ranges=_adjacent_merged([(m.start, m.end) for m in self.stub])))
         if self.exe_fd is not None:
             self.steps.append(SetExe(fd=self.exe_fd, path=self.img.process.exe,
                                      fields=self.mm_fields))

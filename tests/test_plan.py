@@ -220,7 +220,8 @@ def test_stub_stack_is_dropped_and_the_stub_unmapped_last(img):
     assert (unmap.start, unmap.size) == (0x7FFE8BBD2000, 0x21000)
     assert p.steps.index(unmap) < p.steps.index(steps_of(p, plan.Map)[0])
     assert isinstance(p.steps[-1], plan.DropStub)
-    assert p.steps[-1].ranges == [(m.start, m.end) for m in STUB_MAPS[:4]]
+    # The stub's four mappings touch: one munmap.
+    assert p.steps[-1].ranges == [(STUB_MAPS[0].start, STUB_MAPS[3].end)]
 
 
 def test_every_mapping_but_the_specials_is_mapped(img):
@@ -388,3 +389,9 @@ def test_unknown_mapping_kind_is_a_clean_error(tmp_path):
     with pytest.raises(CkptError):
         img = Image.open(path)
         plan.build(img, live(img, file_problems={}))
+
+
+def test_stub_ranges_merge_only_where_they_touch():
+    # What lies between two of the stub's mappings is the restored process's: kept.
+    assert plan._adjacent_merged([(0x5000, 0x6000), (0x1000, 0x2000), (0x2000, 0x3000)]) == \
+        [(0x1000, 0x3000), (0x5000, 0x6000)]
