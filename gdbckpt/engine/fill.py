@@ -1,7 +1,8 @@
 """A large fill shared out: the stub reads half from the image, we copy the other half.
 
-Filling memory from the image is a page fault and a copy per page, on one core
-when the stub does it all (its pread). A fill of many MiB is cut in two: the
+Filling memory from the image is a page allocation and a copy per page, on one
+core when the stub does it all (it populates the range, MADV_POPULATE_WRITE,
+then preads into it: a fault per page cost more). A fill of many MiB is cut in two: the
 stub reads its half while a thread of ours copies the other half into the stub
 with process_vm_writev, straight from a mapping of the image (the page cache:
 one copy, as the stub's pread). The two halves take the machine's two cores.
