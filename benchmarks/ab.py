@@ -47,9 +47,11 @@ def checkout(rev: str, into: str) -> str:
         tree = os.path.join(into, rev.replace("/", "_"))
         subprocess.run(["git", "-C", REPO, "worktree", "add", "-f", "--detach", tree, rev],
                        check=True, capture_output=True)
-    if tree != REPO:
-        subprocess.run(["make", "-s", "-C", os.path.join(tree, "native")], check=True,
-                       capture_output=True)
+    # Its own stub and helpers, built (the working tree's too: an edited stub.c counts).
+    made = subprocess.run(["make", "-s", "-C", os.path.join(tree, "native")],
+                          capture_output=True, text=True)
+    if made.returncode:
+        sys.exit(f"ab.py: building {rev}'s native/ failed:\n{made.stderr}")
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run([PY, "-m", "compileall", "-q", os.path.join(tree, "gdbckpt")], env=env,

@@ -370,7 +370,7 @@ class Process:
                                 f"(stopped at {after['rip']:#x})")
         return ptrace.signed(after["rax"])
 
-    def _to_syscall_stop(self, tid: int, want: SyscallOp, nr: int, caught: list[int]) -> None:
+    def _to_syscall_stop(self, tid: int, want: int, nr: int, caught: list[int]) -> None:
         self._pt(ptrace.syscall, tid, 0)
         while True:
             status = ptrace.wait(tid)

@@ -25,7 +25,7 @@ class Prepared(msgspec.Struct):
     """A chunk ready to be written: its payload (possibly compressed) and checksum."""
     payload: object       # a buffer
     size: int             # bytes of memory it stands for
-    codec: fmt.Codec
+    codec: int              # fmt.Codec
     csum: int
 
 
@@ -150,7 +150,7 @@ class ImageWriter:
             h.update(_PAD[:pad])
         return Prepared(payload, size, codec, h.intdigest())
 
-    def put_chunk(self, vaddr: int, p: Prepared, flags: fmt.ChunkFlags) -> int:
+    def put_chunk(self, vaddr: int, p: Prepared, flags: int) -> int:
         """Write a prepared chunk at the end of the chunk area; returns its index."""
         stored = len(p.payload)
         pad = _pad_len(stored)
@@ -163,7 +163,7 @@ class ImageWriter:
         self.offset += stored + pad
         return len(self.chunks) - 1
 
-    def add_chunk(self, vaddr: int, data, flags: fmt.ChunkFlags) -> int:
+    def add_chunk(self, vaddr: int, data, flags: int) -> int:
         """Store data (whole pages of memory saved from vaddr; or, with FILE_DATA, the
         bytes of a file at offset vaddr). Returns the chunk's index. A file's bytes are
         never compressed: the stub copies them into the recreated file as they are."""
@@ -171,7 +171,7 @@ class ImageWriter:
         return self.put_chunk(vaddr, self.prepare_chunk(data, compress), flags)
 
     def add_written_chunk(self, vaddr: int, size: int, offset: int, csum: int,
-                          flags: fmt.ChunkFlags) -> None:
+                          flags: int) -> None:
         """A chunk someone else wrote at offset in the chunk area (engine/selfdump.py),
         with its checksum; whole pages, so no padding."""
         self.chunks.append((vaddr, size, offset, size, int(flags), int(fmt.Codec.NONE), csum))
@@ -181,13 +181,13 @@ class ImageWriter:
         self.offset += size
         self._seek(self.offset)
 
-    def add_zero_chunk(self, vaddr: int, size: int, flags: fmt.ChunkFlags) -> None:
+    def add_zero_chunk(self, vaddr: int, size: int, flags: int) -> None:
         """Pages that are all zero but must still be written (over a file mapping)."""
         self.chunks.append((vaddr, size, 0, 0, int(flags | fmt.ChunkFlags.ZERO), 0, 0))
 
     # -- metadata -----------------------------------------------------------
 
-    def add_record(self, rtype: fmt.RecordType, obj, flags=fmt.RecordFlags.NONE) -> None:
+    def add_record(self, rtype: int, obj, flags=fmt.RecordFlags.NONE) -> None:
         payload = obj if isinstance(obj, bytes) else encode(obj)
         head = fmt.RECORD_HEADER.pack(int(rtype), int(flags), len(payload), fmt.checksum(payload))
         self.records.append(head + payload)
