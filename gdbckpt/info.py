@@ -94,9 +94,11 @@ def text(img: Image, *, mappings: bool = True) -> str:
     if pending:
         lines.append(f"Pending:   {len(pending)} signals, queued again at restore: "
                      + ", ".join(pending))
-    if img.notes:
+    # What a restore cannot give back is a note of the save's too: listed once, below.
+    notes = [n for n in img.notes if n not in p.not_restored]
+    if notes:
         lines.append("Notes:")
-        lines += [f"  {n}" for n in img.notes]
+        lines += [f"  {n}" for n in notes]
     lines.append("Not restored:")
     lines += [f"  {n}" for n in (*p.not_restored, *ALWAYS_LOST)]
     if mappings:

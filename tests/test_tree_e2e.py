@@ -140,6 +140,9 @@ def test_single_saves_the_one_process_and_names_what_it_misses(tmp_path):
         assert any("another process" in n for n in done["not_restorable"]), done
         assert any("are not saved (--single)" in n and "family" in n
                    for n in done["not_restorable"]), done
+        brief = batch("info", img, "--brief", check=0).stdout
+        for n in done["not_restorable"]:
+            assert brief.count(n) == 1, brief      # under "Not restored", not also a note
     finally:
         p.kill()
         p.wait()

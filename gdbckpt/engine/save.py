@@ -293,7 +293,7 @@ class _Saver:
         if self.process is None:
             t0 = time.perf_counter()
             self.threads = self._threads()
-            self.process = self._process(self.files, self.fds, self.threads)
+            self.process = self._process(self.files, self.threads)
             self.phases["state"] = time.perf_counter() - t0
         return self
 
@@ -635,8 +635,7 @@ class _Saver:
 
     # -- the process -------------------------------------------------------------
 
-    def _process(self, files: list[FileRef], fds: list[FdInfo],
-                 threads: list[ThreadState]) -> ProcessInfo:
+    def _process(self, files: list[FileRef], threads: list[ThreadState]) -> ProcessInfo:
         stat = self.proc.stat()
         status = self.proc.status()
         mm = {k: stat[k] for k in MM_FIELDS}
@@ -660,7 +659,7 @@ class _Saver:
             ppid=int(stat["ppid"]), pgid=int(stat["pgrp"]), sid=int(stat["session"]),
             subreaper=self.state.subreaper(), pdeathsig=self.state.pdeathsig(),
             dumpable=self.state.dumpable(), nice=int(stat["nice"]),
-            not_restored=self._not_restored(fds), tid_offset=self._tid_offset(threads),
+            not_restored=list(self.lost), tid_offset=self._tid_offset(threads),
             xcomp_perm=self.state.xcomp_perm(), clocks=clockmod.of_process(self.inf.pid),
             creds=msgspec.structs.replace(credsmod.from_status(status),
                                       securebits=self.state.securebits()))
@@ -672,9 +671,6 @@ class _Saver:
             return None
         from . import elfsym  # pyelftools: 20 ms to import
         return elfsym.tid_offset(self.inf)
-
-    def _not_restored(self, fds: list[FdInfo]) -> list[str]:
-        return list(self.lost)
 
     def _exe(self) -> str:
         exe = self.proc.exe()
