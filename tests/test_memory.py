@@ -172,3 +172,25 @@ def test_an_anonymous_mapping_all_in_memory_is_one_region_as_its_pagemap_says():
     m2 = next(m for m in read_mappings(os.getpid(), vmflags=True) if m.start == at2)
     assert m2.resident == 3 * PAGE_SIZE
     assert pages(regions(os.getpid(), m2, None)) == [(0, 2), (3, 1)]
+
+
+def test_a_dumper_reuses_the_buffers_of_the_one_before_and_reads_only_its_own_data():
+    """GDB saves again and again: the read buffers (populated as reads reach them) are
+    kept for the next dumper, whose chunks hold its own memory, none of the old."""
+    import gdbckpt.memory as memory
+    first = mmap.mmap(-1, 4 * NPAGES * PAGE_SIZE)
+    first.write(b"\xAA" * len(first))
+    second = mmap.mmap(-1, NPAGES * PAGE_SIZE)
+    second.write(b"\x55" * len(second))
+    memory._spare.clear()
+    chunks = []
+    for buf, size in ((first, 4 * NPAGES), (second, NPAGES)):
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        m = next(m for m in read_mappings(os.getpid()) if m.start <= addr < m.end)
+        got, _ = dump(Region(m, (addr - m.start) // PAGE_SIZE, size, b"\1" * size))
+        chunks.append(b"".join(got[a] for a in sorted(got)))
+        if buf is first:
+            kept = list(memory._spare)
+            assert len(kept) == 2 and max(b.populated for b in kept) == 4 * NPAGES * PAGE_SIZE
+    assert chunks == [b"\xAA" * 4 * NPAGES * PAGE_SIZE, b"\x55" * NPAGES * PAGE_SIZE]
+    assert sorted(map(id, memory._spare)) == sorted(map(id, kept))  # taken again, given back
