@@ -172,8 +172,6 @@ class Restart:
     ERESTART_RESTARTBLOCK = 516
 
 
-RESTART_CODES = frozenset((Restart.ERESTARTSYS, Restart.ERESTARTNOINTR, Restart.ERESTARTNOHAND,
-                           Restart.ERESTART_RESTARTBLOCK))
 
 
 class Prctl:
@@ -264,7 +262,13 @@ def constants(cls: type) -> dict[str, int]:
     return {k: v for k, v in vars(cls).items() if not k.startswith("_") and type(v) is int}
 
 
-_SYS_NAMES = {nr: name for name, nr in constants(Sys).items()}
+def names(cls: type) -> dict[int, str]:
+    """{value: NAME} of a class of int constants, for messages."""
+    return {v: k for k, v in constants(cls).items()}
+
+
+RESTART_CODES = frozenset(constants(Restart).values())
+_SYS_NAMES = names(Sys)
 
 
 def sysname(nr: int) -> str:

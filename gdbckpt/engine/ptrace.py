@@ -13,7 +13,7 @@ import struct
 
 from ..errors import CkptError
 from ..libc import Iovec, libc
-from ..linux import constants
+from ..linux import names
 
 
 class PtraceError(CkptError):
@@ -76,7 +76,7 @@ class SyscallOp:
     SECCOMP = 3
 
 
-_REQ_NAMES = {v: k for k, v in constants(Req).items()}
+_REQ_NAMES = names(Req)
 
 
 def _call(req: int, tid: int, addr=None, data=None) -> int:

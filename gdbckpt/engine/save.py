@@ -405,18 +405,15 @@ class _Saver:
         the few ms, and the state is read before it resumes, as ever."""
         if time.perf_counter() - start > OVERLAP_WITHIN:
             return
-        uids = credsmod.from_status(self.status).uids
         # Its resident memory, before its pagemap is walked: a process too small to be
         # written so is not stopped for that walk.
         resident = sum(m.size if m.resident is None else m.resident for m in later_maps)
-        if not self._self_dump_allowed(w, resident, uids, self._file_size_limit()):
+        if not self._self_dump_allowed(w, resident):
             return
         dumper.switch(child)
         self.later = self._todo(child, later_maps)
-        self.out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
-                                           undumpable=selfdump.another_owner(uids))
+        self.out = self._start_self_dump(child, dumper, w)
         if self.out is None:
-            self.self_dump_refused = True       # not tried again: _dump_snapshot
             return
         t0 = time.perf_counter()
         first, self.later = _cut(self.later, FIRST_BATCH >> PAGE_SHIFT)
@@ -432,12 +429,9 @@ class _Saver:
         can (engine/selfdump.py; perhaps begun while the process was stopped), read by
         dumper otherwise."""
         out, self.out = self.out, None
-        uids = self.process.creds.uids
-        fsize = self._file_size_limit()
         if out is None and not self.self_dump_refused and \
-                self._self_dump_allowed(w, _size(todo), uids, fsize):
-            out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
-                                          undumpable=selfdump.another_owner(uids))
+                self._self_dump_allowed(w, _size(todo)):
+            out = self._start_self_dump(child, dumper, w)
         ok = False
         try:
             for region in todo:
@@ -450,13 +444,24 @@ class _Saver:
                 self.phases["memory: written by the snapshot"] = out.write_seconds
                 self.phases["memory: zero pages and checksums (meanwhile)"] = out.scan_seconds
 
-    def _self_dump_allowed(self, w: ImageWriter, size: int, uids: list[int],
-                           fsize: int) -> bool:
+    def _self_dump_allowed(self, w: ImageWriter, size: int) -> bool:
         """Worth its set-up from a few MiB on (size: what there is to write), and not for a
         parked snapshot, which has no tracer to make it write (nor for compression:
         selfdump.used_for says the rest)."""
         return not self.parked and w.compressor is None and size >= SELF_DUMP_FROM \
-            and selfdump.used_for(self.inf.pid, uids, fsize)
+            and selfdump.used_for(self.inf.pid, self._uids(), self._file_size_limit())
+
+    def _start_self_dump(self, child: int, dumper: MemoryDumper,
+                         w: ImageWriter) -> selfdump.SelfDump | None:
+        """The snapshot set up to write its own memory; None where it could not be, and
+        then not tried again."""
+        out = selfdump.SelfDump.start(Process(child, [child]), dumper, w,
+                                      undumpable=selfdump.another_owner(self._uids()))
+        self.self_dump_refused = out is None
+        return out
+
+    def _uids(self) -> list[int]:
+        return credsmod.from_status(self.status).uids
 
     def _file_size_limit(self) -> int:
         """RLIMIT_FSIZE's soft limit: the process's state's, or /proc's before it is read."""
@@ -637,6 +642,7 @@ class _Saver:
 
     def _process(self, files: list[FileRef], threads: list[ThreadState]) -> ProcessInfo:
         stat = self.proc.stat()
+        # Anew: a signal sent while it is stopped is queued (ShdPnd), as PEEKSIGINFO sees.
         status = self.proc.status()
         mm = {k: stat[k] for k in MM_FIELDS}
         mm["brk"] = self.state.brk()

@@ -18,7 +18,7 @@ import struct
 
 from .. import native
 from ..errors import RestoreError
-from ..linux import constants, is_syscall_error
+from ..linux import is_syscall_error, names
 from ..maps import Mapping, read_mappings
 from ..plan import Op, Scratch, op_result, pack_ops
 from ..procfs import rlimits
@@ -54,7 +54,7 @@ class OpFailed(Exception):
         super().__init__(f"{op_name(op)} failed: {os.strerror(errno)}")
 
 
-_STUB_OP_NAMES = {v: k for k, v in constants(StubOp).items()}
+_STUB_OP_NAMES = names(StubOp)
 
 
 def op_name(op: Op) -> str:

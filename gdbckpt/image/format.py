@@ -55,6 +55,7 @@ import xxhash
 from ..linux import (
     EM_X86_64,  # noqa: F401  (re-exported: the header names the machine)
     constants,
+    names,
 )
 
 MAGIC = b"GDBCKPT\0"
@@ -126,13 +127,14 @@ class Codec:
 
 
 CSUM_ALGOS = frozenset(constants(CsumAlgo).values())
-RECORD_NAMES = {v: k for k, v in constants(RecordType).items()}     # type -> name
-CODEC_NAMES = {v: k for k, v in constants(Codec).items()}
+RECORD_NAMES = names(RecordType)     # type -> name
+CODEC_NAMES = names(Codec)
+_CHUNK_FLAGS = tuple((k, v) for k, v in constants(ChunkFlags).items() if v)
 
 
 def chunk_flag_names(flags: int) -> str:
     """DIRTY|ZERO, or NONE."""
-    return "|".join(k for k, v in constants(ChunkFlags).items() if v & flags) or "NONE"
+    return "|".join(k for k, v in _CHUNK_FLAGS if v & flags) or "NONE"
 
 
 def checksum(data) -> int:
