@@ -250,6 +250,9 @@ def test_in_gdb_single_names_the_children_and_a_bad_tree_is_a_one_line_error(ses
     s.start(argv, out, breakpoint="checkpoint_here")
     single = s.save(str(tmp_path / "one.img"), "--single")
     assert "are not saved (--single)" in single and "descendant" not in single, single
+    info = s.cli(f"ckpt info --brief {tmp_path / 'one.img'}")
+    # Under "Not restored" only, not again under Notes.
+    assert info.count("are not saved (--single)") == 1, info
     s.save(img)
     s.cli("kill")
     zombie_of_sigchld = rewrite_record(img, fmt.RecordType.MEMBER, lambda m: {
